@@ -1,0 +1,272 @@
+//! Keys and values of the BPF maps, and the names userspace finds them by.
+//!
+//! Every type is `#[repr(C)]` with explicit padding and a size assert: the eBPF programs and
+//! userspace read the same bytes.
+
+/// Map and global names, shared so a rename cannot silently break the loader.
+pub mod names {
+    /// `HashMap<RegionKey, OccupancyBitmap>`: the occupancy of every tracked region.
+    pub const REGIONS: &str = "REGIONS";
+    /// `Array<u64>`: one bit per pid; set for the thread-group ids being traced.
+    pub const TRACKED: &str = "TRACKED";
+    /// `Array<u64>`: one bit per pid; set once the tgid's `mm` is in `MM_OWNERS`.
+    pub const MM_KNOWN: &str = "MM_KNOWN";
+    /// `HashMap<u64, u32>`: `mm_struct` address → tgid, learned in fault context.
+    pub const MM_OWNERS: &str = "MM_OWNERS";
+    /// `HashMap<u32, u64>`: tgid → `mm_struct` address (to forget it at exit and exec).
+    pub const TGID_MM: &str = "TGID_MM";
+    /// `HashMap<KhugepagedKey, u64>`: khugepaged event counts per (tgid, event, status).
+    pub const KHUGEPAGED_COUNTS: &str = "KHUGEPAGED_COUNTS";
+    /// `PerCpuArray<u64>`: losses by [`DropReason`].
+    pub const DROPS: &str = "DROPS";
+    /// `RingBuf` of [`crate::event::Event`].
+    pub const EVENTS: &str = "EVENTS";
+    /// `PerCpuArray<FaultInFlight>` (one slot): the fault being handled on this CPU.
+    pub const FAULT_IN_FLIGHT: &str = "FAULT_IN_FLIGHT";
+    /// `HashMap<u32, PendingIsolate>`: isolate results waiting for their collapse event.
+    pub const PENDING_ISOLATE: &str = "PENDING_ISOLATE";
+    /// `HashMap<u64, PendingSyscall>`: syscalls whose effect is known only at exit.
+    pub const PENDING_SYSCALL: &str = "PENDING_SYSCALL";
+    /// The `.rodata` globals, see [`super::Config`].
+    pub const CONFIG: &str = "CONFIG";
+}
+
+/// Key of the region map: one PMD-aligned 2 MiB range of one process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RegionKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    /// PMD-aligned start address.
+    pub addr: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<RegionKey>() == 16);
+
+impl RegionKey {
+    pub const fn new(tgid: u32, addr: u64) -> Self {
+        Self { tgid, _pad: 0, addr: addr & crate::consts::PMD_MASK }
+    }
+}
+
+/// Which khugepaged tracepoint an event or count comes from
+/// (`include/trace/events/huge_memory.h`).
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum KhugepagedEvent {
+    /// `mm_khugepaged_scan_pmd`: one PMD scanned.
+    ScanPmd = 0,
+    /// `mm_collapse_huge_page`: end of a collapse attempt.
+    Collapse = 1,
+    /// `mm_collapse_huge_page_isolate`: PTE isolation inside a collapse.
+    Isolate = 2,
+    /// `mm_collapse_huge_page_swapin`: swap-in inside a collapse.
+    Swapin = 3,
+}
+
+impl KhugepagedEvent {
+    pub const ALL: [Self; 4] = [Self::ScanPmd, Self::Collapse, Self::Isolate, Self::Swapin];
+
+    pub const fn from_u16(v: u16) -> Option<Self> {
+        match v {
+            0 => Some(Self::ScanPmd),
+            1 => Some(Self::Collapse),
+            2 => Some(Self::Isolate),
+            3 => Some(Self::Swapin),
+            _ => None,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::ScanPmd => "scan_pmd",
+            Self::Collapse => "collapse",
+            Self::Isolate => "isolate",
+            Self::Swapin => "swapin",
+        }
+    }
+}
+
+/// Key of the khugepaged count map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KhugepagedKey {
+    pub tgid: u32,
+    /// A [`KhugepagedEvent`] as u16.
+    pub event: u16,
+    /// The tracepoint's `status` (`enum scan_result`); for swapin its `ret`.
+    pub status: i16,
+}
+
+const _: () = assert!(core::mem::size_of::<KhugepagedKey>() == 8);
+
+/// Why something was not recorded; index into the `DROPS` per-CPU array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// A new region could not be inserted: the region map is full.
+    RegionMapFull = 0,
+    /// The ring buffer had no room for an event.
+    RingBufFull = 1,
+    /// `mm` → tgid could not be recorded: khugepaged events of that process go unattributed.
+    MmMapFull = 2,
+    /// An unmap spanned more regions than one program can visit; userspace finished it.
+    ClearDeferred = 3,
+    /// A khugepaged count could not be inserted.
+    CountMapFull = 4,
+    /// A syscall's arguments could not be kept until its exit.
+    PendingMapFull = 5,
+}
+
+impl DropReason {
+    pub const COUNT: u32 = 6;
+    pub const ALL: [Self; 6] = [
+        Self::RegionMapFull,
+        Self::RingBufFull,
+        Self::MmMapFull,
+        Self::ClearDeferred,
+        Self::CountMapFull,
+        Self::PendingMapFull,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::RegionMapFull => "region map full",
+            Self::RingBufFull => "ring buffer full",
+            Self::MmMapFull => "mm map full",
+            Self::ClearDeferred => "unmap finished in userspace",
+            Self::CountMapFull => "count map full",
+            Self::PendingMapFull => "syscall map full",
+        }
+    }
+
+    /// Whether this is a real loss of information (as opposed to work moved to userspace).
+    pub const fn is_loss(self) -> bool {
+        !matches!(self, Self::ClearDeferred)
+    }
+}
+
+/// The fault being handled on one CPU, so `kmem:mm_page_alloc` inside it can tell which
+/// address a large folio is for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FaultInFlight {
+    /// `bpf_get_current_pid_tgid()` of the faulting task; 0 when nothing is in flight.
+    pub pid_tgid: u64,
+    pub addr: u64,
+    pub ts_ns: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<FaultInFlight>() == 24);
+
+/// An isolate result, kept per khugepaged task until the collapse it belongs to reports the
+/// `mm` (the isolate tracepoint has no `mm` field).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PendingIsolate {
+    pub ts_ns: u64,
+    pub pfn: u64,
+    pub none_or_zero: i32,
+    pub referenced: i32,
+    pub status: i32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<PendingIsolate>() == 32);
+
+/// What a syscall was asked to do, kept from its entry to its exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PendingSyscall {
+    pub start: u64,
+    pub len: u64,
+    /// [`crate::event::EventKind`] to emit at exit for the affected range.
+    pub kind: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<PendingSyscall>() == 24);
+
+/// Field offsets and switches handed to the programs as `.rodata` globals at load time.
+///
+/// Offsets come from the tracefs `format` files (and `task_struct::mm` from BTF), so nothing
+/// here depends on one kernel's layout.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// `page_fault_user` / `page_fault_kernel`: `address`, `error_code`.
+    pub fault_address: u32,
+    pub fault_error_code: u32,
+    /// `mm_page_alloc`: `order`, `migratetype`.
+    pub alloc_order: u32,
+    pub alloc_migratetype: u32,
+    /// `mm_khugepaged_scan_pmd`: `mm`, `pfn`, `referenced`, `none_or_zero`, `status`, `unmapped`.
+    pub scan_mm: u32,
+    pub scan_pfn: u32,
+    pub scan_referenced: u32,
+    pub scan_none_or_zero: u32,
+    pub scan_status: u32,
+    pub scan_unmapped: u32,
+    /// `mm_collapse_huge_page`: `mm`, `isolated`, `status`.
+    pub collapse_mm: u32,
+    pub collapse_isolated: u32,
+    pub collapse_status: u32,
+    /// `mm_collapse_huge_page_isolate`: `pfn`, `none_or_zero`, `referenced`, `status`.
+    pub isolate_pfn: u32,
+    pub isolate_none_or_zero: u32,
+    pub isolate_referenced: u32,
+    pub isolate_status: u32,
+    /// `mm_collapse_huge_page_swapin`: `mm`, `swapped_in`, `referenced`, `ret`.
+    pub swapin_mm: u32,
+    pub swapin_swapped_in: u32,
+    pub swapin_referenced: u32,
+    pub swapin_ret: u32,
+    /// `sys_enter_munmap`: `addr`, `len`.
+    pub munmap_addr: u32,
+    pub munmap_len: u32,
+    /// `sys_enter_madvise`: `start`, `len_in`, `behavior`.
+    pub madvise_start: u32,
+    pub madvise_len: u32,
+    pub madvise_behavior: u32,
+    /// `sys_enter_mremap`: `addr`, `old_len`, `new_len`, `flags`, `new_addr`.
+    pub mremap_addr: u32,
+    pub mremap_old_len: u32,
+    pub mremap_new_len: u32,
+    pub mremap_flags: u32,
+    /// `sys_exit_*`: `ret`.
+    pub sys_exit_ret: u32,
+    /// `task_newtask`: `pid`, `clone_flags`.
+    pub newtask_pid: u32,
+    pub newtask_clone_flags: u32,
+    /// `sched_process_exit`: `pid`, `group_dead`.
+    pub exit_pid: u32,
+    pub exit_group_dead: u32,
+    /// Offset of `mm` in `struct task_struct` (from BTF).
+    pub task_mm: u32,
+    /// Number of pids the `TRACKED` / `MM_KNOWN` bitsets cover.
+    pub pid_limit: u32,
+    /// Non-zero: every process is traced; `TRACKED` is not consulted.
+    pub all: u8,
+    /// Non-zero: new processes forked by a traced one are traced too.
+    pub follow_children: u8,
+    /// Non-zero: a process whose exec gives it `comm` becomes traced, any other exec untraced.
+    pub match_comm: u8,
+    /// Non-zero: new tasks in cgroup `cgroup_id` are traced.
+    pub match_cgroup: u8,
+    pub _pad: u32,
+    pub cgroup_id: u64,
+    pub comm: [u8; crate::consts::TASK_COMM_LEN],
+}
+
+const _: () = assert!(core::mem::size_of::<Config>() == 184);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for RegionKey {}
+    unsafe impl aya::Pod for KhugepagedKey {}
+    unsafe impl aya::Pod for FaultInFlight {}
+    unsafe impl aya::Pod for PendingIsolate {}
+    unsafe impl aya::Pod for PendingSyscall {}
+    unsafe impl aya::Pod for Config {}
+}

@@ -1,0 +1,1 @@
+//! The region snapshot format of DESIGN.md (one JSON object per line).
