@@ -60,3 +60,164 @@ pub struct Plan {
     len: u16,
     bloat_pages: u32,
 }
+
+/// Settings outside their valid range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SettingsError {
+    MaxPtesNone(u16),
+    MaxPtesSwap(u16),
+    MaxPtesShared(u16),
+    Order(u8),
+    ChunkOrder(u8),
+}
+
+impl core::fmt::Display for SettingsError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        unimplemented!("{f:?}")
+    }
+}
+
+impl OrderSet {
+    pub const fn empty() -> Self {
+        Self(0)
+    }
+    /// Errors on an order outside 2..=9.
+    pub fn from_orders(_orders: impl IntoIterator<Item = u8>) -> Result<Self, SettingsError> {
+        unimplemented!()
+    }
+    pub fn contains(self, _order: u8) -> bool {
+        unimplemented!()
+    }
+    pub fn insert(&mut self, _order: u8) -> Result<(), SettingsError> {
+        unimplemented!()
+    }
+    /// Ascending.
+    pub fn iter(self) -> impl Iterator<Item = u8> {
+        (MIN_ORDER..=MAX_ORDER).filter(move |&k| self.0 >> k & 1 == 1)
+    }
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl Policy {
+    pub const ALL: [Self; 4] = [Self::Seed, Self::Merged, Self::Scaled, Self::Pmd];
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Seed => "seed",
+            Self::Merged => "merged",
+            Self::Scaled => "scaled",
+            Self::Pmd => "pmd",
+        }
+    }
+    pub fn from_name(_name: &str) -> Option<Self> {
+        unimplemented!()
+    }
+}
+
+impl RegionState {
+    pub const fn from_present(present: OccupancyBitmap) -> Self {
+        Self { present, swap: OccupancyBitmap::EMPTY, shared: OccupancyBitmap::EMPTY }
+    }
+}
+
+impl Default for Settings {
+    /// The kernel's defaults: 511 / 64 / 256, PMD only, chunk order 3.
+    fn default() -> Self {
+        unimplemented!()
+    }
+}
+
+impl Settings {
+    pub fn new(
+        _max_ptes_none: u16,
+        _max_ptes_swap: u16,
+        _max_ptes_shared: u16,
+        _orders: OrderSet,
+        _chunk_order: u8,
+    ) -> Result<Self, SettingsError> {
+        unimplemented!()
+    }
+    pub fn max_ptes_none(&self) -> u16 {
+        self.max_ptes_none
+    }
+    pub fn max_ptes_swap(&self) -> u16 {
+        self.max_ptes_swap
+    }
+    pub fn max_ptes_shared(&self) -> u16 {
+        self.max_ptes_shared
+    }
+    pub fn orders(&self) -> OrderSet {
+        self.orders
+    }
+    pub fn chunk_order(&self) -> u8 {
+        self.chunk_order
+    }
+    pub fn with_max_ptes_none(self, _n: u16) -> Result<Self, SettingsError> {
+        unimplemented!()
+    }
+}
+
+impl Plan {
+    pub fn decisions(&self) -> &[Decision] {
+        &self.decisions[..self.len as usize]
+    }
+    pub fn bloat_pages(&self) -> u32 {
+        self.bloat_pages
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// PTEs covered by decisions of `order`.
+    pub fn pages_at_order(&self, _order: u8) -> u32 {
+        unimplemented!()
+    }
+    /// PTEs covered by all decisions.
+    pub fn covered_pages(&self) -> u32 {
+        unimplemented!()
+    }
+}
+
+/// Runs `policy` over one region.
+pub fn plan(_policy: Policy, _region: &RegionState, _settings: &Settings) -> Plan {
+    unimplemented!()
+}
+
+/// Whether `merged` would print the kernel's warning: max_ptes_none is neither 0 nor 511
+/// while an order below 9 is enabled, so those orders get 0 allowed empty PTEs.
+pub fn merged_warns(_settings: &Settings) -> bool {
+    unimplemented!()
+}
+
+/// The creep model of policies.md: a policy applied repeatedly to its own output.
+#[derive(Clone, Debug)]
+pub struct Creep {
+    original: RegionState,
+    current: RegionState,
+    /// Order of the folio each PTE is in after the passes so far (-1: none).
+    folio_order: [i8; 512],
+}
+
+/// One creep pass: the new decisions, total bloat against the original occupancy, and
+/// whether nothing changed (a fixed point).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CreepPass {
+    pub plan: Plan,
+    pub bloat_pages_total: u32,
+    pub fixed_point: bool,
+}
+
+impl Creep {
+    pub fn new(_region: &RegionState) -> Self {
+        unimplemented!()
+    }
+    pub fn pass(&mut self, _policy: Policy, _settings: &Settings) -> CreepPass {
+        unimplemented!()
+    }
+    pub fn state(&self) -> &RegionState {
+        &self.current
+    }
+    pub fn original(&self) -> &RegionState {
+        &self.original
+    }
+}
