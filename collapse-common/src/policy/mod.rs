@@ -73,7 +73,8 @@ pub enum SettingsError {
 
 impl core::fmt::Display for SettingsError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        unimplemented!("{f:?}")
+        let _ = f;
+        unimplemented!()
     }
 }
 
