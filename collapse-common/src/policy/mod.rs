@@ -3,10 +3,20 @@
 //!
 //! Pure, `no_std`, allocation-free: used by `collapse plan`, the live view and the executor.
 //!
-//! API SKELETON — being implemented (see policies.md). Signatures are the contract for
-//! collapse-user; keep them or update every caller.
+//! `merged`, `scaled` and `seed` all search the same binary tree of aligned ranges from
+//! (0, 9) downwards and stop at the first range that qualifies, so a range is chosen iff its
+//! order is enabled, it qualifies, and no enclosing range of an enabled order qualifies. The
+//! engine ([`select`]) evaluates every order's threshold for all ranges at once with SWAR
+//! popcounts and then picks the topmost qualifying ranges with masks, instead of walking the
+//! tree range by range. The literal walks of policies.md live in the tests as references.
 
-use crate::bitmap::OccupancyBitmap;
+mod creep;
+mod select;
+mod settings;
+#[cfg(test)]
+mod tests;
+
+use crate::{bitmap::OccupancyBitmap, consts::PTES_PER_PMD};
 
 /// The most decisions one region can get: 128 ranges of order 2.
 pub const MAX_DECISIONS: usize = 128;
@@ -71,26 +81,32 @@ pub enum SettingsError {
     ChunkOrder(u8),
 }
 
-impl core::fmt::Display for SettingsError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        let _ = f;
-        unimplemented!()
-    }
-}
-
 impl OrderSet {
+    /// Every collapse order, 2..=9.
+    pub const ALL: Self = Self(((1 << (MAX_ORDER + 1)) - 1) & !((1 << MIN_ORDER) - 1));
+    /// The PMD order alone, the kernel's default.
+    pub const PMD: Self = Self(1 << MAX_ORDER);
+
     pub const fn empty() -> Self {
         Self(0)
     }
     /// Errors on an order outside 2..=9.
-    pub fn from_orders(_orders: impl IntoIterator<Item = u8>) -> Result<Self, SettingsError> {
-        unimplemented!()
+    pub fn from_orders(orders: impl IntoIterator<Item = u8>) -> Result<Self, SettingsError> {
+        let mut set = Self::empty();
+        for order in orders {
+            set.insert(order)?;
+        }
+        Ok(set)
     }
-    pub fn contains(self, _order: u8) -> bool {
-        unimplemented!()
+    pub fn contains(self, order: u8) -> bool {
+        (MIN_ORDER..=MAX_ORDER).contains(&order) && self.0 >> order & 1 == 1
     }
-    pub fn insert(&mut self, _order: u8) -> Result<(), SettingsError> {
-        unimplemented!()
+    pub fn insert(&mut self, order: u8) -> Result<(), SettingsError> {
+        if !(MIN_ORDER..=MAX_ORDER).contains(&order) {
+            return Err(SettingsError::Order(order));
+        }
+        self.0 |= 1 << order;
+        Ok(())
     }
     /// Ascending.
     pub fn iter(self) -> impl Iterator<Item = u8> {
@@ -98,6 +114,14 @@ impl OrderSet {
     }
     pub fn is_empty(self) -> bool {
         self.0 == 0
+    }
+    /// Bit k set for each order k in the set.
+    pub const fn bits(self) -> u16 {
+        self.0
+    }
+    /// Whether an order below `order` is in the set.
+    pub fn has_below(self, order: u8) -> bool {
+        self.0 & ((1u16 << order.min(MAX_ORDER + 1)) - 1) != 0
     }
 }
 
@@ -111,57 +135,72 @@ impl Policy {
             Self::Pmd => "pmd",
         }
     }
-    pub fn from_name(_name: &str) -> Option<Self> {
-        unimplemented!()
+    /// The policy called `name` exactly as [`Policy::name`] spells it.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
+}
+
+impl core::fmt::Display for Policy {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
 impl RegionState {
     pub const fn from_present(present: OccupancyBitmap) -> Self {
-        Self { present, swap: OccupancyBitmap::EMPTY, shared: OccupancyBitmap::EMPTY }
+        Self {
+            present,
+            swap: OccupancyBitmap::EMPTY,
+            shared: OccupancyBitmap::EMPTY,
+        }
+    }
+
+    /// PTEs that count as occupied: present or swap (policies.md "Terms": the kernel swaps
+    /// such pages back in).
+    pub fn occupied(&self) -> OccupancyBitmap {
+        self.present.union(&self.swap)
+    }
+
+    /// PTEs that make a range below order 9 be refused: swap or shared (policies.md "Terms").
+    pub fn refused_below_pmd(&self) -> OccupancyBitmap {
+        self.swap.union(&self.shared)
+    }
+
+    /// The gate of policies.md: too many swap or shared PTEs and the kernel's PMD scan fails
+    /// before any order is considered.
+    pub fn passes_gate(&self, settings: &Settings) -> bool {
+        self.swap.count() <= u32::from(settings.max_ptes_swap)
+            && self.shared.count() <= u32::from(settings.max_ptes_shared)
     }
 }
 
-impl Default for Settings {
-    /// The kernel's defaults: 511 / 64 / 256, PMD only, chunk order 3.
-    fn default() -> Self {
-        unimplemented!()
+impl Decision {
+    /// PTEs in the range.
+    pub const fn pages(self) -> u32 {
+        1 << self.order
     }
-}
-
-impl Settings {
-    pub fn new(
-        _max_ptes_none: u16,
-        _max_ptes_swap: u16,
-        _max_ptes_shared: u16,
-        _orders: OrderSet,
-        _chunk_order: u8,
-    ) -> Result<Self, SettingsError> {
-        unimplemented!()
-    }
-    pub fn max_ptes_none(&self) -> u16 {
-        self.max_ptes_none
-    }
-    pub fn max_ptes_swap(&self) -> u16 {
-        self.max_ptes_swap
-    }
-    pub fn max_ptes_shared(&self) -> u16 {
-        self.max_ptes_shared
-    }
-    pub fn orders(&self) -> OrderSet {
-        self.orders
-    }
-    pub fn chunk_order(&self) -> u8 {
-        self.chunk_order
-    }
-    pub fn with_max_ptes_none(self, _n: u16) -> Result<Self, SettingsError> {
-        unimplemented!()
+    /// One past the last PTE of the range.
+    pub const fn end(self) -> u16 {
+        self.offset + (1 << self.order)
     }
 }
 
 impl Plan {
+    /// No decision.
+    pub const EMPTY: Self = Self {
+        decisions: [Decision {
+            offset: 0,
+            order: 0,
+        }; MAX_DECISIONS],
+        len: 0,
+        bloat_pages: 0,
+    };
+
     pub fn decisions(&self) -> &[Decision] {
-        &self.decisions[..self.len as usize]
+        self.decisions
+            .get(..usize::from(self.len))
+            .unwrap_or_default()
     }
     pub fn bloat_pages(&self) -> u32 {
         self.bloat_pages
@@ -170,24 +209,91 @@ impl Plan {
         self.len == 0
     }
     /// PTEs covered by decisions of `order`.
-    pub fn pages_at_order(&self, _order: u8) -> u32 {
-        unimplemented!()
+    pub fn pages_at_order(&self, order: u8) -> u32 {
+        self.decisions()
+            .iter()
+            .filter(|d| d.order == order)
+            .map(|d| d.pages())
+            .sum()
     }
     /// PTEs covered by all decisions.
     pub fn covered_pages(&self) -> u32 {
-        unimplemented!()
+        self.decisions().iter().map(|d| d.pages()).sum()
+    }
+
+    /// Appends a decision that leaves `bloat` pages of zeroes. Callers append in ascending
+    /// offset order; there is room for every non-overlapping set of ranges of order ≥ 2, so
+    /// the capacity check never drops one.
+    #[inline]
+    fn push(&mut self, offset: u16, order: u8, bloat: u32) {
+        if let Some(slot) = self.decisions.get_mut(usize::from(self.len)) {
+            *slot = Decision { offset, order };
+            self.len += 1;
+            self.bloat_pages += bloat;
+        }
+    }
+}
+
+impl Default for Plan {
+    fn default() -> Self {
+        Self::EMPTY
     }
 }
 
 /// Runs `policy` over one region.
-pub fn plan(_policy: Policy, _region: &RegionState, _settings: &Settings) -> Plan {
-    unimplemented!()
+pub fn plan(policy: Policy, region: &RegionState, settings: &Settings) -> Plan {
+    if !region.passes_gate(settings) {
+        return Plan::EMPTY;
+    }
+    let occupied = region.occupied();
+    if occupied.is_empty() {
+        // "A decision needs at least one occupied PTE."
+        return Plan::EMPTY;
+    }
+    let refused = region.refused_below_pmd();
+    match policy {
+        Policy::Pmd => pmd(&occupied, settings),
+        Policy::Merged => select::select(
+            &occupied.words,
+            &occupied.words,
+            &refused.words,
+            &select::Thresholds::merged(settings),
+        ),
+        Policy::Scaled => select::select(
+            &occupied.words,
+            &occupied.words,
+            &refused.words,
+            &select::Thresholds::scaled(settings),
+        ),
+        Policy::Seed => {
+            let utilised = select::chunk_utilisation(&occupied.words, settings);
+            select::select(
+                &utilised,
+                &occupied.words,
+                &refused.words,
+                &select::Thresholds::seed(settings),
+            )
+        }
+    }
+}
+
+/// policies.md "`pmd`": the one candidate (0, 9).
+fn pmd(occupied: &OccupancyBitmap, settings: &Settings) -> Plan {
+    let mut out = Plan::EMPTY;
+    let occupied = occupied.count();
+    if settings.orders.contains(MAX_ORDER)
+        && occupied >= 1
+        && PTES_PER_PMD as u32 - occupied <= u32::from(settings.max_ptes_none)
+    {
+        out.push(0, MAX_ORDER, PTES_PER_PMD as u32 - occupied);
+    }
+    out
 }
 
 /// Whether `merged` would print the kernel's warning: max_ptes_none is neither 0 nor 511
 /// while an order below 9 is enabled, so those orders get 0 allowed empty PTEs.
-pub fn merged_warns(_settings: &Settings) -> bool {
-    unimplemented!()
+pub fn merged_warns(settings: &Settings) -> bool {
+    !matches!(settings.max_ptes_none, 0 | 511) && settings.orders.has_below(MAX_ORDER)
 }
 
 /// The creep model of policies.md: a policy applied repeatedly to its own output.
@@ -206,19 +312,4 @@ pub struct CreepPass {
     pub plan: Plan,
     pub bloat_pages_total: u32,
     pub fixed_point: bool,
-}
-
-impl Creep {
-    pub fn new(_region: &RegionState) -> Self {
-        unimplemented!()
-    }
-    pub fn pass(&mut self, _policy: Policy, _settings: &Settings) -> CreepPass {
-        unimplemented!()
-    }
-    pub fn state(&self) -> &RegionState {
-        &self.current
-    }
-    pub fn original(&self) -> &RegionState {
-        &self.original
-    }
 }
