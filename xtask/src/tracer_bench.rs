@@ -1,0 +1,492 @@
+//! `cargo xtask bench tracer`: what tracing costs per page fault.
+//!
+//! `collapse workload storm` touches SIZE of memory in 4 KiB pages under MADV_NOHUGEPAGE and
+//! reports ns per fault. Three arms: untraced, traced by `collapse trace --pid`, traced by
+//! `collapse trace --all`; they are interleaved round by round so drift on a shared machine
+//! hits them alike, and each arm keeps its best run across all rounds.
+//!
+//! The storm's protocol: with `--wait` it prints `ready <pid>`, then for each run reads one
+//! line from stdin and prints `run <i> ns_per_fault <x>`; at the end `best ns_per_fault <x>`.
+//! `collapse trace --json` prints `{"type": "attached", ...}` once the target is traced and
+//! stops cleanly on SIGTERM.
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader, Read, Write as _},
+    path::Path,
+    process::{Child, ChildStdin, Command, ExitStatus, Stdio},
+    sync::mpsc::{self, Receiver, RecvTimeoutError},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use serde_json::json;
+
+use crate::{
+    cmd::{self, Workspace, say},
+    setup::setup,
+};
+
+/// The overhead the product promises (DESIGN.md: per-fault cost is a benchmarked number).
+const TARGET_OVERHEAD_PCT: f64 = 10.0;
+/// One storm run on 1 GiB takes about half a second; a line this late means it hangs.
+const STORM_LINE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Loading the programs and seeding the target's bitmaps from pagemap.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(120);
+/// Detaching and restoring sysfs after SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub(crate) struct Settings {
+    pub(crate) size: String,
+    pub(crate) runs: u32,
+    pub(crate) rounds: u32,
+}
+
+#[derive(Clone, Copy)]
+enum Arm {
+    Untraced,
+    TracePid,
+    TraceAll,
+}
+
+impl Arm {
+    const ALL: [Arm; 3] = [Arm::Untraced, Arm::TracePid, Arm::TraceAll];
+
+    fn label(self) -> &'static str {
+        match self {
+            Arm::Untraced => "untraced",
+            Arm::TracePid => "trace --pid",
+            Arm::TraceAll => "trace --all",
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Arm::Untraced => "untraced",
+            Arm::TracePid => "trace_pid",
+            Arm::TraceAll => "trace_all",
+        }
+    }
+}
+
+/// One storm process: the ns/fault of each run, and the best the storm itself reported.
+struct StormResult {
+    runs: Vec<f64>,
+    best: f64,
+}
+
+pub(crate) fn run(ws: &Workspace, settings: &Settings) -> Result<()> {
+    let Settings { size, runs, rounds } = settings;
+    ensure!(
+        *runs >= 1 && *rounds >= 1,
+        "--runs and --rounds must be at least 1"
+    );
+    setup(ws)?;
+    if !cmd::is_root() {
+        bail!("bench tracer loads eBPF programs and needs root; run it as root");
+    }
+    cmd::run(
+        &mut ws.cargo([
+            "build",
+            "--release",
+            "-p",
+            "collapse-user",
+            "--bin",
+            "collapse",
+        ]),
+        &ws.root,
+    )?;
+    let bin = ws.collapse_bin(true);
+
+    // results[arm][round]
+    let mut results: [Vec<StormResult>; 3] = Default::default();
+    for round in 1..=*rounds {
+        for (arm, arm_results) in Arm::ALL.into_iter().zip(&mut results) {
+            let label = arm.label();
+            let result = measure(&bin, size, *runs, arm)
+                .with_context(|| format!("round {round}, arm {label}"))?;
+            say!(
+                "bench tracer: round {round}/{rounds}: {label:<11}: runs {} ns/fault, best {:.1}",
+                result
+                    .runs
+                    .iter()
+                    .map(|x| format!("{x:.1}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                result.best
+            );
+            arm_results.push(result);
+        }
+    }
+
+    let best: Vec<f64> = results
+        .iter()
+        .map(|rounds| rounds.iter().map(|r| r.best).fold(f64::INFINITY, f64::min))
+        .collect();
+    let untraced = best[0];
+    let overhead_pct = |ns: f64| (ns / untraced - 1.0) * 100.0;
+
+    println!("fault storm: {size} in 4 KiB pages, best of {runs} runs x {rounds} rounds");
+    println!(
+        "{:<12} {:>15} {:>12}",
+        "arm", "best ns/fault", "vs untraced"
+    );
+    for (arm, &ns) in Arm::ALL.iter().zip(&best) {
+        let (vs, note) = match arm {
+            Arm::Untraced => (String::new(), ""),
+            _ if overhead_pct(ns) <= TARGET_OVERHEAD_PCT => {
+                (format!("{:+.1} %", overhead_pct(ns)), "")
+            }
+            _ => (format!("{:+.1} %", overhead_pct(ns)), "  over target"),
+        };
+        println!("{:<12} {:>15.1} {:>12}{note}", arm.label(), ns, vs);
+    }
+    println!("target: tracing adds at most {TARGET_OVERHEAD_PCT} % per fault");
+
+    let report = json!({
+        "benchmark": "tracer",
+        "size": size,
+        "runs": runs,
+        "rounds": rounds,
+        "kernel": fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default(),
+        "target_overhead_pct": TARGET_OVERHEAD_PCT,
+        "arms": Arm::ALL.iter().zip(&best).zip(&results).map(|((arm, &ns), rounds)| json!({
+            "arm": arm.key(),
+            "best_ns_per_fault": ns,
+            "overhead_pct": overhead_pct(ns),
+            "within_target": overhead_pct(ns) <= TARGET_OVERHEAD_PCT,
+            "ns_per_fault_by_round": rounds.iter().map(|r| &r.runs).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    });
+    let dir = ws.target_dir().join("bench");
+    fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let path = dir.join("tracer.json");
+    fs::write(&path, format!("{report:#}\n"))
+        .with_context(|| format!("write {}", path.display()))?;
+    say!("bench tracer: results written to {}", path.display());
+    Ok(())
+}
+
+fn measure(bin: &Path, size: &str, runs: u32, arm: Arm) -> Result<StormResult> {
+    let trace_target = match arm {
+        Arm::Untraced => return Storm::spawn(bin, size, runs, false)?.finish(runs),
+        Arm::TracePid => None,
+        Arm::TraceAll => Some("--all"),
+    };
+    let mut storm = Storm::spawn(bin, size, runs, true)?;
+    let pid = storm.ready()?;
+    let pid_arg = pid.to_string();
+    let target: Vec<&str> = match trace_target {
+        Some(all) => vec![all],
+        None => vec!["--pid", &pid_arg],
+    };
+    let mut trace = Command::new(bin);
+    trace
+        .arg("trace")
+        .args(&target)
+        .args(["--json", "--interval", "3600"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    let what = format!("collapse trace {}", target.join(" "));
+    say!("bench tracer: $ {}", cmd::describe(&trace, Path::new("")));
+    let mut trace = Spawned::spawn(&mut trace, &what, Signal::SIGTERM)?;
+    let lines = LineReader::new(trace.stdout()?, &what);
+    lines.wait_attached(ATTACH_TIMEOUT).map_err(|err| {
+        let status = trace
+            .stop()
+            .map(|s| s.to_string())
+            .unwrap_or_else(|e| format!("{e:#}"));
+        err.context(format!("{what} did not attach (it ended with: {status})"))
+    })?;
+    // The reader thread keeps draining trace's stdout so the pipe never fills.
+    drop(lines);
+
+    let result = storm.feed(runs)?;
+    if let Some(status) = trace.exited()? {
+        bail!("{what} ended during the storm ({status}); the measurement is void");
+    }
+    let status = trace.stop()?;
+    ensure!(
+        status.success(),
+        "{what} did not stop cleanly on SIGTERM ({status})"
+    );
+    Ok(result)
+}
+
+/// A `collapse workload storm` process and its stdout, line by line.
+struct Storm {
+    process: Spawned,
+    stdin: Option<ChildStdin>,
+    lines: LineReader,
+}
+
+enum StormLine {
+    Ready(i32),
+    Run(f64),
+    Best(f64),
+}
+
+impl Storm {
+    fn spawn(bin: &Path, size: &str, runs: u32, wait: bool) -> Result<Self> {
+        let mut c = Command::new(bin);
+        c.args([
+            "workload",
+            "storm",
+            "--size",
+            size,
+            "--runs",
+            &runs.to_string(),
+        ]);
+        if wait {
+            c.arg("--wait");
+        }
+        c.stdin(if wait { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped());
+        let what = "collapse workload storm";
+        say!("bench tracer: $ {}", cmd::describe(&c, Path::new("")));
+        let mut process = Spawned::spawn(&mut c, what, Signal::SIGKILL)?;
+        let stdin = process.child.stdin.take();
+        let lines = LineReader::new(process.stdout()?, what);
+        Ok(Self {
+            process,
+            stdin,
+            lines,
+        })
+    }
+
+    /// The next line of the protocol; other lines are ignored.
+    fn next(&mut self) -> Result<StormLine> {
+        loop {
+            let line = self
+                .lines
+                .next(STORM_LINE_TIMEOUT)?
+                .ok_or_else(|| anyhow!("collapse workload storm ended before its protocol did"))?;
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let float = |s: &str| {
+                s.parse::<f64>()
+                    .with_context(|| format!("storm printed {line:?}: bad ns_per_fault"))
+            };
+            match fields.as_slice() {
+                ["ready", pid] => {
+                    return pid
+                        .parse()
+                        .map(StormLine::Ready)
+                        .with_context(|| format!("storm printed {line:?}: bad pid"));
+                }
+                ["run", _, "ns_per_fault", ns] => return float(ns).map(StormLine::Run),
+                ["best", "ns_per_fault", ns] => return float(ns).map(StormLine::Best),
+                _ => {}
+            }
+        }
+    }
+
+    fn ready(&mut self) -> Result<i32> {
+        match self.next()? {
+            StormLine::Ready(pid) => Ok(pid),
+            _ => bail!("collapse workload storm --wait did not start with `ready <pid>`"),
+        }
+    }
+
+    /// Lets each run go (one stdin line each) and collects the results.
+    fn feed(mut self, runs: u32) -> Result<StormResult> {
+        let mut stdin = self
+            .stdin
+            .take()
+            .context("storm was not started with --wait")?;
+        let mut results = Vec::new();
+        for i in 1..=runs {
+            writeln!(stdin, "go")
+                .and_then(|()| stdin.flush())
+                .with_context(|| format!("write to storm's stdin for run {i}"))?;
+            match self.next()? {
+                StormLine::Run(ns) => results.push(ns),
+                _ => bail!("storm: expected `run {i} ns_per_fault <x>`"),
+            }
+        }
+        drop(stdin);
+        self.best(results)
+    }
+
+    /// For a storm without --wait: reads the runs as they come.
+    fn finish(mut self, runs: u32) -> Result<StormResult> {
+        let mut results = Vec::new();
+        while results.len() < runs as usize {
+            match self.next()? {
+                StormLine::Run(ns) => results.push(ns),
+                StormLine::Ready(_) => {}
+                StormLine::Best(_) => bail!("storm printed its best after {} runs", results.len()),
+            }
+        }
+        self.best(results)
+    }
+
+    fn best(mut self, runs: Vec<f64>) -> Result<StormResult> {
+        let best = match self.next()? {
+            StormLine::Best(ns) => ns,
+            _ => bail!("storm: expected `best ns_per_fault <x>` after its runs"),
+        };
+        let status = self.process.wait(STORM_LINE_TIMEOUT)?;
+        ensure!(
+            status.success(),
+            "collapse workload storm failed ({status})"
+        );
+        Ok(StormResult { runs, best })
+    }
+}
+
+/// A child that is stopped (with `stop_signal`, then SIGKILL) if it is still running when
+/// this is dropped, so an error half-way leaves nothing behind.
+struct Spawned {
+    child: Child,
+    /// Reaped: its pid may belong to another process now, so it must not be signalled.
+    reaped: bool,
+    what: String,
+    stop_signal: Signal,
+}
+
+impl Spawned {
+    fn spawn(cmd: &mut Command, what: &str, stop_signal: Signal) -> Result<Self> {
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("could not start {what}"))?;
+        Ok(Self {
+            child,
+            reaped: false,
+            what: what.to_owned(),
+            stop_signal,
+        })
+    }
+
+    fn stdout(&mut self) -> Result<impl Read + Send + 'static> {
+        self.child
+            .stdout
+            .take()
+            .with_context(|| format!("{}: stdout not piped", self.what))
+    }
+
+    /// `Some(status)` when the child has ended.
+    fn exited(&mut self) -> Result<Option<ExitStatus>> {
+        let status = self
+            .child
+            .try_wait()
+            .with_context(|| format!("wait for {}", self.what))?;
+        self.reaped |= status.is_some();
+        Ok(status)
+    }
+
+    fn wait(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exited()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                bail!("{} still running after {timeout:?}", self.what);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends the stop signal to the pid we spawned (never by name) and waits for the exit.
+    fn stop(&mut self) -> Result<ExitStatus> {
+        if let Some(status) = self.exited()? {
+            return Ok(status);
+        }
+        let pid = Pid::from_raw(self.child.id().cast_signed());
+        kill(pid, self.stop_signal)
+            .with_context(|| format!("kill({pid}, {}) for {}", self.stop_signal, self.what))?;
+        let status = self.wait(STOP_TIMEOUT);
+        if status.is_err() {
+            self.kill_now();
+        }
+        status
+    }
+
+    fn kill_now(&mut self) {
+        if !self.reaped {
+            // Errors here mean it has already gone; there is nothing else to do.
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            self.reaped = true;
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if self.reaped {
+            return;
+        }
+        if self.stop_signal != Signal::SIGKILL
+            && let Err(err) = self.stop()
+        {
+            say!("bench tracer: {err:#}; killing it");
+        }
+        self.kill_now();
+    }
+}
+
+/// Reads a child's stdout on a thread, one line at a time, so the pipe never fills; the
+/// thread keeps draining after this is dropped, until the child closes its stdout.
+struct LineReader {
+    rx: Receiver<std::io::Result<String>>,
+    what: String,
+}
+
+impl LineReader {
+    fn new(stdout: impl Read + Send + 'static, what: &str) -> Self {
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let failed = line.is_err();
+                // Once nobody listens, lines are read and dropped.
+                let _ = tx.send(line);
+                if failed {
+                    break;
+                }
+            }
+        });
+        Self {
+            rx,
+            what: what.to_owned(),
+        }
+    }
+
+    /// The next line; `None` at end of output.
+    fn next(&self, timeout: Duration) -> Result<Option<String>> {
+        match self.rx.recv_timeout(timeout) {
+            Ok(line) => line
+                .map(Some)
+                .with_context(|| format!("read {}'s stdout", self.what)),
+            Err(RecvTimeoutError::Disconnected) => Ok(None),
+            Err(RecvTimeoutError::Timeout) => {
+                bail!("{} printed nothing for {timeout:?}", self.what)
+            }
+        }
+    }
+
+    /// Skips lines until the JSON object with `"type": "attached"`.
+    fn wait_attached(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .next(left)?
+                .ok_or_else(|| anyhow!("{} ended its output", self.what))?;
+            let value: serde_json::Value = match serde_json::from_str(&line) {
+                Ok(value) => value,
+                Err(_) => continue,
+            };
+            if value.get("type").and_then(|t| t.as_str()) == Some("attached") {
+                return Ok(());
+            }
+        }
+    }
+}
