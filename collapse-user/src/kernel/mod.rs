@@ -1,2 +1,4 @@
 //! Interfaces to the running kernel: tracefs formats, THP sysfs (with restore), pagemap and
 //! kpageflags, BTF, /proc.
+pub mod tracefs;
+pub mod btf;
