@@ -200,6 +200,7 @@ pub struct Config {
     /// `mm_page_alloc`: `order`, `migratetype`.
     pub alloc_order: u32,
     pub alloc_migratetype: u32,
+    pub alloc_pfn: u32,
     /// `mm_khugepaged_scan_pmd`: `mm`, `pfn`, `referenced`, `none_or_zero`, `status`, `unmapped`.
     pub scan_mm: u32,
     pub scan_pfn: u32,
@@ -233,6 +234,10 @@ pub struct Config {
     pub mremap_old_len: u32,
     pub mremap_new_len: u32,
     pub mremap_flags: u32,
+    /// `sys_enter_mmap`: `addr`, `len`, `flags`.
+    pub mmap_addr: u32,
+    pub mmap_len: u32,
+    pub mmap_flags: u32,
     /// `sys_exit_*`: `ret`.
     pub sys_exit_ret: u32,
     /// `task_newtask`: `pid`, `clone_flags`.
@@ -253,12 +258,19 @@ pub struct Config {
     pub match_comm: u8,
     /// Non-zero: new tasks in cgroup `cgroup_id` are traced.
     pub match_cgroup: u8,
-    pub _pad: u32,
     pub cgroup_id: u64,
     pub comm: [u8; crate::consts::TASK_COMM_LEN],
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 184);
+const _: () = assert!(core::mem::size_of::<Config>() == 192);
+
+impl Config {
+    /// All offsets zero and every switch off: the placeholder compiled into the object.
+    pub const ZERO: Self = {
+        // SAFETY: every field is an integer or an integer array, for which zero is valid.
+        unsafe { core::mem::zeroed() }
+    };
+}
 
 #[cfg(feature = "user")]
 mod pod {

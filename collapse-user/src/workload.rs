@@ -1,10 +1,319 @@
-//! Deterministic memory workloads for the tests, the demo and the benchmarks.
+//! Deterministic memory workloads for the integration tests, the demo and the benchmarks
+//! (`collapse workload ...`, hidden from `--help`).
+//!
+//! - `storm`: the fault storm of `cargo xtask bench tracer` (touch SIZE in 4 KiB pages under
+//!   MADV_NOHUGEPAGE, ns per fault per run).
+//! - `script`: a process driven line by line over stdin, so a test can map, touch, unmap and
+//!   then hold still while it compares the tracer with pagemap.
+//! - `demo`: dense, sparse and half-full regions, populated over a few seconds.
 
-use std::process::ExitCode;
+use std::{
+    collections::HashMap,
+    io::{self, BufRead, Write},
+    process::ExitCode,
+    ptr::NonNull,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use collapse_common::consts::{PAGE_SIZE, PMD_SIZE};
+use nix::sys::mman::{MapFlags, MmapAdvise, ProtFlags, madvise, mmap_anonymous, munmap};
 
 #[derive(Debug, clap::Args)]
-pub struct WorkloadArgs {}
+pub struct WorkloadArgs {
+    #[command(subcommand)]
+    pub kind: WorkloadKind,
+}
 
-pub fn run(_args: WorkloadArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("workload: not built yet")
+#[derive(Debug, clap::Subcommand)]
+pub enum WorkloadKind {
+    /// Touch SIZE of fresh anonymous memory in 4 KiB pages, RUNS times; print ns per fault.
+    Storm {
+        /// Bytes per run (K, M, G suffixes).
+        #[arg(long, default_value = "1G", value_parser = parse_bytes)]
+        size: u64,
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+        /// Print `ready <pid>` and wait for a line on stdin before each run.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Read commands from stdin (see `Script::command`); print `ready <pid>` first.
+    Script,
+    /// The demo's memory: dense, sparse and half-full regions populated over time.
+    Demo {
+        /// Seconds to keep running after populating.
+        #[arg(long, default_value_t = 3600)]
+        hold: u64,
+    },
+}
+
+/// `1G`, `256M`, `64K` or plain bytes.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1 << 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("{s:?} is not a size (e.g. 1G, 256M, 64K)"))
+}
+
+pub fn run(args: WorkloadArgs) -> anyhow::Result<ExitCode> {
+    match args.kind {
+        WorkloadKind::Storm { size, runs, wait } => storm(size, runs, wait),
+        WorkloadKind::Script => Script::default().run(),
+        WorkloadKind::Demo { hold } => demo(hold),
+    }
+}
+
+/// An anonymous private mapping whose start is 2 MiB aligned, unmapped on drop (what is left
+/// of it).
+pub struct Area {
+    base: NonNull<libc::c_void>,
+    len: usize,
+}
+
+impl Area {
+    /// Maps `len` bytes (rounded up to 2 MiB) at a 2 MiB-aligned address.
+    pub fn map(len: u64, advice: Option<MmapAdvise>) -> anyhow::Result<Self> {
+        let len = len.div_ceil(PMD_SIZE) * PMD_SIZE;
+        let over = (len + PMD_SIZE) as usize;
+        let nz = std::num::NonZeroUsize::new(over).ok_or_else(|| anyhow!("empty mapping"))?;
+        // SAFETY: a fresh anonymous mapping; nothing else refers to it.
+        let raw = unsafe {
+            mmap_anonymous(None, nz, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_PRIVATE)
+        }
+        .context("mmap")?;
+        let start = raw.as_ptr() as usize;
+        let aligned = start.next_multiple_of(PMD_SIZE as usize);
+        // Trim the unaligned head and the tail so the area is exactly [aligned, aligned + len).
+        // SAFETY: both pieces lie inside the mapping just made.
+        unsafe {
+            if aligned > start {
+                munmap(raw, aligned - start).context("munmap head")?;
+            }
+            let tail = aligned + len as usize;
+            let end = start + over;
+            if end > tail {
+                munmap(NonNull::new_unchecked(tail as *mut _), end - tail).context("munmap tail")?;
+            }
+        }
+        let area = Self {
+            base: NonNull::new(aligned as *mut libc::c_void).ok_or_else(|| anyhow!("null mapping"))?,
+            len: len as usize,
+        };
+        if let Some(advice) = advice {
+            area.advise(0, area.pages(), advice)?;
+        }
+        Ok(area)
+    }
+
+    pub fn addr(&self) -> u64 {
+        self.base.as_ptr() as u64
+    }
+
+    pub fn pages(&self) -> u64 {
+        self.len as u64 / PAGE_SIZE
+    }
+
+    fn page_ptr(&self, page: u64) -> anyhow::Result<*mut u8> {
+        if page > self.pages() {
+            bail!("page {page} is outside the area of {} pages", self.pages());
+        }
+        // SAFETY: within the mapping (checked above).
+        Ok(unsafe { (self.base.as_ptr() as *mut u8).add((page * PAGE_SIZE) as usize) })
+    }
+
+    /// Writes one byte in each page of `[start, end)`.
+    pub fn touch(&self, start: u64, end: u64) -> anyhow::Result<()> {
+        self.page_ptr(end)?;
+        for page in start..end {
+            // SAFETY: inside the mapping, which is readable and writable.
+            unsafe { self.page_ptr(page)?.write_volatile(1) };
+        }
+        Ok(())
+    }
+
+    /// Reads one byte in each page of `[start, end)` (maps the zero page where nothing is).
+    pub fn read(&self, start: u64, end: u64) -> anyhow::Result<u64> {
+        self.page_ptr(end)?;
+        let mut sum = 0u64;
+        for page in start..end {
+            // SAFETY: as `touch`.
+            sum += u64::from(unsafe { self.page_ptr(page)?.read_volatile() });
+        }
+        Ok(sum)
+    }
+
+    pub fn advise(&self, start: u64, end: u64, advice: MmapAdvise) -> anyhow::Result<()> {
+        let ptr = self.page_ptr(start)?;
+        self.page_ptr(end)?;
+        // SAFETY: the range lies inside the mapping.
+        unsafe { madvise(NonNull::new_unchecked(ptr.cast()), ((end - start) * PAGE_SIZE) as usize, advice) }
+            .with_context(|| format!("madvise({advice:?}) pages {start}..{end}"))
+    }
+
+    /// Unmaps pages `[start, end)`; the area's drop later unmaps the rest (munmap of an
+    /// already unmapped range is a no-op).
+    pub fn unmap(&self, start: u64, end: u64) -> anyhow::Result<()> {
+        let ptr = self.page_ptr(start)?;
+        self.page_ptr(end)?;
+        // SAFETY: the range lies inside the mapping; nothing holds references into it.
+        unsafe { munmap(NonNull::new_unchecked(ptr.cast()), ((end - start) * PAGE_SIZE) as usize) }
+            .with_context(|| format!("munmap pages {start}..{end}"))
+    }
+}
+
+impl Drop for Area {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping; munmap ignores holes.
+        let _ = unsafe { munmap(self.base, self.len) };
+    }
+}
+
+fn storm(size: u64, runs: u32, wait: bool) -> anyhow::Result<ExitCode> {
+    let stdin = io::stdin();
+    let mut out = io::stdout().lock();
+    if wait {
+        writeln!(out, "ready {}", std::process::id())?;
+        out.flush()?;
+    }
+    let mut best = f64::INFINITY;
+    for run in 1..=runs {
+        if wait {
+            let mut line = String::new();
+            if stdin.lock().read_line(&mut line)? == 0 {
+                bail!("stdin closed before run {run}");
+            }
+        }
+        let area = Area::map(size, Some(MmapAdvise::MADV_NOHUGEPAGE))?;
+        let pages = area.pages();
+        let t0 = Instant::now();
+        area.touch(0, pages)?;
+        let ns = t0.elapsed().as_nanos() as f64 / pages as f64;
+        drop(area);
+        best = best.min(ns);
+        writeln!(out, "run {run} ns_per_fault {ns:.1}")?;
+        out.flush()?;
+    }
+    writeln!(out, "best ns_per_fault {best:.1}")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A process driven over stdin, one command per line, one reply line per command:
+///
+/// ```text
+/// map NAME MIB [huge|nohuge]   -> mapped NAME 0xADDR PAGES
+/// touch NAME START END         -> ok      (write one byte per page, pages [START, END))
+/// read NAME START END          -> ok      (read: maps the zero page)
+/// dontneed|free NAME START END -> ok      (madvise)
+/// huge|nohuge NAME START END   -> ok      (MADV_HUGEPAGE / MADV_NOHUGEPAGE)
+/// unmap NAME START END         -> ok
+/// exit                         -> (exits 0)
+/// ```
+/// Errors reply `error <message>`, and the process keeps going.
+#[derive(Default)]
+pub struct Script {
+    areas: HashMap<String, Area>,
+}
+
+impl Script {
+    fn run(mut self) -> anyhow::Result<ExitCode> {
+        let mut out = io::stdout().lock();
+        writeln!(out, "ready {}", std::process::id())?;
+        out.flush()?;
+        for line in io::stdin().lock().lines() {
+            let line = line?;
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            if line == "exit" {
+                break;
+            }
+            match self.command(line) {
+                Ok(reply) => writeln!(out, "{reply}")?,
+                Err(err) => writeln!(out, "error {err:#}")?,
+            }
+            out.flush()?;
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    fn command(&mut self, line: &str) -> anyhow::Result<String> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let num = |i: usize| -> anyhow::Result<u64> {
+            words.get(i).ok_or_else(|| anyhow!("missing argument {i}"))?.parse().context("not a number")
+        };
+        let area = |areas: &HashMap<String, Area>| -> anyhow::Result<*const Area> {
+            let name = words.get(1).ok_or_else(|| anyhow!("missing area name"))?;
+            areas.get(*name).map(|a| a as *const Area).ok_or_else(|| anyhow!("no area {name}"))
+        };
+        match words[0] {
+            "map" => {
+                let name = words.get(1).ok_or_else(|| anyhow!("missing area name"))?.to_string();
+                let advice = match words.get(3).copied() {
+                    Some("huge") => Some(MmapAdvise::MADV_HUGEPAGE),
+                    Some("nohuge") | None => Some(MmapAdvise::MADV_NOHUGEPAGE),
+                    Some(other) => bail!("unknown advice {other}"),
+                };
+                let a = Area::map(num(2)? << 20, advice)?;
+                let reply = format!("mapped {name} {:#x} {}", a.addr(), a.pages());
+                self.areas.insert(name, a);
+                Ok(reply)
+            }
+            verb @ ("touch" | "read" | "dontneed" | "free" | "huge" | "nohuge" | "unmap") => {
+                // SAFETY: the pointer comes from `self.areas`, which is not modified below.
+                let a = unsafe { &*area(&self.areas)? };
+                let (start, end) = (num(2)?, num(3)?);
+                if start > end {
+                    bail!("empty range {start}..{end}");
+                }
+                match verb {
+                    "touch" => a.touch(start, end)?,
+                    "read" => {
+                        a.read(start, end)?;
+                    }
+                    "dontneed" => a.advise(start, end, MmapAdvise::MADV_DONTNEED)?,
+                    "free" => a.advise(start, end, MmapAdvise::MADV_FREE)?,
+                    "huge" => a.advise(start, end, MmapAdvise::MADV_HUGEPAGE)?,
+                    "nohuge" => a.advise(start, end, MmapAdvise::MADV_NOHUGEPAGE)?,
+                    _ => a.unmap(start, end)?,
+                }
+                Ok("ok".into())
+            }
+            other => bail!("unknown command {other}"),
+        }
+    }
+}
+
+/// The demo's layout, in 2 MiB regions: 8 dense (every page), 8 sparse (one page in 32),
+/// 8 half-full (first half of each region), populated one region set per second so the live
+/// view moves; then MADV_HUGEPAGE so khugepaged may collapse what its rules allow.
+fn demo(hold: u64) -> anyhow::Result<ExitCode> {
+    const REGIONS: u64 = 8;
+    let per_region = PMD_SIZE / PAGE_SIZE;
+    let dense = Area::map(REGIONS * PMD_SIZE, Some(MmapAdvise::MADV_NOHUGEPAGE))?;
+    let sparse = Area::map(REGIONS * PMD_SIZE, Some(MmapAdvise::MADV_NOHUGEPAGE))?;
+    let half = Area::map(REGIONS * PMD_SIZE, Some(MmapAdvise::MADV_NOHUGEPAGE))?;
+    for r in 0..REGIONS {
+        let base = r * per_region;
+        dense.touch(base, base + per_region)?;
+        for p in (base..base + per_region).step_by(32) {
+            sparse.touch(p, p + 1)?;
+        }
+        half.touch(base, base + per_region / 2)?;
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    for a in [&dense, &sparse, &half] {
+        a.advise(0, a.pages(), MmapAdvise::MADV_HUGEPAGE)?;
+    }
+    std::thread::sleep(Duration::from_secs(hold));
+    Ok(ExitCode::SUCCESS)
 }

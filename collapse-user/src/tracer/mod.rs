@@ -1,11 +1,290 @@
-//! `collapse trace`: load the eBPF programs, keep the occupancy bitmaps, show them live.
+//! `collapse trace`: load the eBPF programs, keep the per-(process, PMD) occupancy bitmaps
+//! exact, and show them live.
+//!
+//! `bpf` loads and attaches the programs; `target` decides which processes; `session` keeps
+//! the bitmaps exact (seeding, resyncs, exits); `view` turns the maps into what people and
+//! programs read.
 
-use std::process::ExitCode;
+pub mod bpf;
+pub mod session;
+pub mod target;
+pub mod view;
 
-pub fn run(_args: crate::cli::TraceArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("trace: not built yet")
+use std::{
+    io::{IsTerminal as _, Write as _},
+    path::Path,
+    process::ExitCode,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use aya::maps::{MapData, RingBuf};
+use collapse_common::event::Event;
+use serde_json::json;
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+    time::{Instant, MissedTickBehavior},
+};
+
+pub use self::{
+    bpf::Capacity,
+    session::{Observed, Session},
+    target::Target,
+};
+use crate::{
+    cli::{CapacityArgs, DemoArgs, TargetArgs, TraceArgs},
+    snapshot::{SnapshotRegion, write_snapshot},
+};
+
+impl From<&CapacityArgs> for Capacity {
+    fn from(c: &CapacityArgs) -> Self {
+        Self { max_regions: c.max_regions, ringbuf_bytes: c.ringbuf_kib.saturating_mul(1024), max_processes: c.max_processes }
+    }
 }
 
-pub fn demo(_args: crate::cli::DemoArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("demo: not built yet")
+/// How a drive of the session reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Output {
+    Human { events: bool, redraw: bool },
+    Json { events: bool },
+    Quiet,
+}
+
+/// Why tracing stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    Signal,
+    Duration,
+    TargetsGone,
+}
+
+impl Stop {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Signal => "signal",
+            Self::Duration => "duration",
+            Self::TargetsGone => "targets ended",
+        }
+    }
+}
+
+fn seconds(name: &str, s: f64) -> anyhow::Result<Duration> {
+    if !s.is_finite() || s < 0.0 {
+        bail!("{name} {s} is not a number of seconds >= 0");
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
+    let interval = seconds("--interval", args.interval)?;
+    if interval.is_zero() {
+        bail!("--interval must be more than 0 seconds");
+    }
+    let duration = args.duration.map(|d| seconds("--duration", d)).transpose()?;
+    if let Some(path) = &args.snapshot {
+        check_writable(path)?;
+    }
+    let target = Target::resolve(&args.target)?;
+    let mut session = Session::start(target, Capacity::from(&args.capacity))?;
+    let output = if args.json {
+        Output::Json { events: args.events }
+    } else {
+        Output::Human { events: args.events, redraw: !args.events && std::io::stdout().is_terminal() }
+    };
+    let stop = runtime()?.block_on(drive(&mut session, output, interval, duration))?;
+    if let Some(path) = &args.snapshot {
+        let regions = session.snapshot()?;
+        write_atomically(path, &regions)?;
+        if output != Output::Quiet && !args.json {
+            eprintln!("collapse: wrote {} regions to {}", regions.len(), path.display());
+        }
+    }
+    if args.json {
+        println!("{}", json!({"type": "end", "reason": stop.name()}));
+    }
+    session.stop_child();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Traces `target` for `duration_s` seconds (0: just the seeded state) and returns its regions:
+/// the live input of `collapse plan`.
+pub fn snapshot_target(args: &TargetArgs, duration_s: f64, capacity: &CapacityArgs) -> anyhow::Result<Vec<SnapshotRegion>> {
+    let duration = seconds("--duration", duration_s)?;
+    let target = Target::resolve(args)?;
+    let mut session = Session::start(target, Capacity::from(capacity))?;
+    if !duration.is_zero() {
+        runtime()?.block_on(drive(&mut session, Output::Quiet, Duration::from_secs(1), Some(duration)))?;
+    }
+    let regions = session.snapshot()?;
+    session.stop_child();
+    Ok(regions)
+}
+
+/// `collapse demo`: the built-in workload (dense, sparse and half-full regions) traced live.
+pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let duration = seconds("--duration", args.duration)?;
+    let exe = std::env::current_exe().context("finding the collapse binary")?;
+    let hold = (duration.as_secs() + 5).to_string();
+    let target = TargetArgs {
+        cmd: vec![exe.display().to_string(), "workload".into(), "demo".into(), "--hold".into(), hold],
+        ..TargetArgs::default()
+    };
+    eprintln!(
+        "collapse demo: a workload with 8 dense, 8 sparse (1 page in 32) and 8 half-full 2 MiB regions,\n\
+         populated over ~3 s, then marked MADV_HUGEPAGE for khugepaged; traced for {:.0} s (Ctrl-C stops).",
+        duration.as_secs_f64()
+    );
+    let mut session = Session::start(Target::resolve(&target)?, Capacity::from(&default_capacity()))?;
+    let output = Output::Human { events: true, redraw: false };
+    runtime()?.block_on(drive(&mut session, output, Duration::from_secs(1), Some(duration)))?;
+    let regions = session.snapshot()?;
+    session.stop_child();
+    println!();
+    crate::planner::print_demo_comparison(&regions)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn default_capacity() -> CapacityArgs {
+    CapacityArgs { max_regions: 262_144, ringbuf_kib: 1024, max_processes: 16_384 }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the event loop")
+}
+
+/// Fails early, before anything is traced, if the snapshot cannot be written.
+fn check_writable(path: &Path) -> anyhow::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        bail!("cannot write snapshot {}: {} is not a directory", path.display(), dir.display());
+    }
+    Ok(())
+}
+
+/// Writes the snapshot to a temporary file beside `path`, then renames it: never half-written.
+fn write_atomically(path: &Path, regions: &[SnapshotRegion]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp-collapse");
+    let file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut w = std::io::BufWriter::new(file);
+    write_snapshot(&mut w, regions).with_context(|| format!("writing {}", tmp.display()))?;
+    w.flush().with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+}
+
+fn drain(ring: &mut RingBuf<MapData>) -> Vec<Event> {
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        if item.len() >= size_of::<Event>() {
+            // SAFETY: the programs write whole `Event`s; the slice is at least that long.
+            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
+        }
+    }
+    out
+}
+
+fn report(session: &mut Session, output: Output, events: &[Event]) -> anyhow::Result<()> {
+    let elapsed = session.started.elapsed().as_secs_f64();
+    let mut out = std::io::stdout().lock();
+    for ev in events {
+        let Some(o) = session.handle(ev)? else { continue };
+        match output {
+            Output::Human { events: true, .. } => writeln!(out, "{}", view::render_observed(&o, elapsed))?,
+            Output::Json { events: true } => writeln!(out, "{}", view::observed_json(&o, elapsed))?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+async fn drive(session: &mut Session, output: Output, interval: Duration, duration: Option<Duration>) -> anyhow::Result<Stop> {
+    // SAFETY: the ring buffer owns its map fd, which stays open and the same for as long as
+    // the AsyncFd holds it.
+    let mut ring = unsafe { AsyncFd::register_with_interest(session.bpf.take_events()?, Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("polling the ring buffer: {}", e.into_parts().1))?;
+    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let deadline = duration.map(|d| Instant::now() + d);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    tick.tick().await;
+    match output {
+        Output::Json { .. } => {
+            let pids: Vec<u32> = session.procs.keys().copied().collect();
+            println!(
+                "{}",
+                json!({"type": "attached", "pids": pids, "pid_max": session.bpf.pid_limit, "missing": session.bpf.missing})
+            );
+        }
+        Output::Human { .. } => {
+            eprintln!(
+                "collapse: tracing {} process{} ({}); Ctrl-C to stop",
+                session.procs.len(),
+                if session.procs.len() == 1 { "" } else { "es" },
+                session.procs.values().map(|p| format!("{} {}", p.tgid, p.comm)).collect::<Vec<_>>().join(", ")
+            );
+            for m in &session.bpf.missing {
+                eprintln!("collapse: warning: not attached: {m}");
+            }
+        }
+        Output::Quiet => {}
+    }
+    std::io::stdout().flush()?;
+    let stop = loop {
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = sigint.recv() => break Stop::Signal,
+            _ = sigterm.recv() => break Stop::Signal,
+            () = sleep => break Stop::Duration,
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                let events = drain(guard.get_inner_mut());
+                guard.clear_ready();
+                report(session, output, &events)?;
+            }
+            _ = tick.tick() => {
+                let joined = session.rescan()?;
+                let elapsed = session.started.elapsed().as_secs_f64();
+                if matches!(output, Output::Human { events: true, .. }) {
+                    for o in &joined {
+                        println!("{}", view::render_observed(o, elapsed));
+                    }
+                }
+                show(session, output)?;
+                if session.targets_gone() {
+                    break Stop::TargetsGone;
+                }
+            }
+        }
+        std::io::stdout().flush()?;
+    };
+    // What arrived before the stop still counts.
+    let events = drain(ring.get_mut());
+    report(session, output, &events)?;
+    session.resync_pending()?;
+    if output != Output::Quiet {
+        show(session, output)?;
+    }
+    Ok(stop)
+}
+
+fn show(session: &Session, output: Output) -> anyhow::Result<()> {
+    let sample = view::sample(session)?;
+    let mut out = std::io::stdout().lock();
+    match output {
+        Output::Human { redraw, .. } => {
+            if redraw {
+                write!(out, "\x1b[H\x1b[2J")?;
+            }
+            writeln!(out, "{}", view::render(&sample))?;
+        }
+        Output::Json { .. } => writeln!(out, "{}", view::sample_json(&sample))?,
+        Output::Quiet => {}
+    }
+    Ok(())
 }

@@ -1,0 +1,98 @@
+//! Process lifetime: which new processes become traced (children, a matching comm, the
+//! target cgroup), and forgetting a process at exit or exec.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use collapse_common::{consts::CLONE_THREAD, event::EventKind};
+
+use crate::state::{
+    bit_clear, bit_set, conf, current_tgid, emit_range, field, forget_mm, is_tracked, CONFIG,
+    TRACKED,
+};
+
+/// Whether the current task's comm is the `--comm` target.
+#[inline(always)]
+fn comm_matches() -> bool {
+    let Ok(comm) = bpf_get_current_comm() else {
+        return false;
+    };
+    // SAFETY: reading the frozen global byte array.
+    let want = unsafe { core::ptr::read_volatile(&raw const CONFIG.comm) };
+    comm == want
+}
+
+/// `task_newtask` runs in the parent during `copy_process` (`kernel/fork.c`).
+#[tracepoint]
+pub fn task_newtask(ctx: TracePointContext) -> u32 {
+    try_newtask(&ctx).unwrap_or(0)
+}
+
+fn try_newtask(ctx: &TracePointContext) -> Result<u32, i64> {
+    let clone_flags: u64 = field(ctx, conf!(newtask_clone_flags));
+    if clone_flags & CLONE_THREAD != 0 {
+        return Ok(0);
+    }
+    let parent = current_tgid();
+    let follow = conf!(follow_children) != 0 && is_tracked(parent);
+    // SAFETY: no preconditions.
+    let in_cgroup = conf!(match_cgroup) != 0
+        && unsafe { bpf_get_current_cgroup_id() } == conf!(cgroup_id);
+    // The child inherits the parent's comm until it execs.
+    let same_comm = conf!(match_comm) != 0 && comm_matches();
+    if !(follow || in_cgroup || same_comm) {
+        return Ok(0);
+    }
+    let child: i32 = field(ctx, conf!(newtask_pid));
+    if child <= 0 {
+        return Ok(0);
+    }
+    bit_set(&TRACKED, child as u32);
+    // The child starts with a copy of the parent's pages: userspace seeds it from pagemap.
+    emit_range(EventKind::Fork, parent, child as u64, 0);
+    Ok(0)
+}
+
+/// `sched_process_exec` runs in the task after the new image replaced the old one.
+#[tracepoint]
+pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
+    let tgid = current_tgid();
+    let mut tracked = conf!(all) != 0 || is_tracked(tgid);
+    if conf!(match_comm) != 0 {
+        let matches = comm_matches();
+        if matches && !tracked {
+            bit_set(&TRACKED, tgid);
+            emit_range(EventKind::Attach, tgid, 0, 0);
+            tracked = true;
+        } else if !matches && tracked && conf!(all) == 0 {
+            bit_clear(&TRACKED, tgid);
+            forget_mm(tgid);
+            emit_range(EventKind::Exit, tgid, 0, 0);
+            return 0;
+        }
+    }
+    if tracked {
+        // A new address space: a new mm to learn; userspace re-reads the regions.
+        forget_mm(tgid);
+        emit_range(EventKind::Exec, tgid, 0, 0);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    let group_dead: u8 = field(&ctx, conf!(exit_group_dead));
+    if group_dead == 0 {
+        return 0;
+    }
+    let tgid = current_tgid();
+    if !is_tracked(tgid) {
+        return 0;
+    }
+    bit_clear(&TRACKED, tgid);
+    forget_mm(tgid);
+    emit_range(EventKind::Exit, tgid, 0, 0);
+    0
+}

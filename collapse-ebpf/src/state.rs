@@ -1,0 +1,345 @@
+//! Maps, configuration and the small operations every program shares.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+use collapse_common::{
+    consts::{BITMAP_WORDS, PAGE_SHIFT, PMD_SIZE, PTES_PER_PMD},
+    event::{Event, EventKind},
+    maps::{
+        Config, DropReason, FaultInFlight, KhugepagedKey, PendingIsolate, PendingSyscall,
+        RegionKey,
+    },
+    OccupancyBitmap,
+};
+
+/// Offsets and switches, written by userspace before load (`.rodata`, frozen: the verifier
+/// sees the values as constants).
+#[unsafe(no_mangle)]
+pub static CONFIG: Config = Config::ZERO;
+
+/// Reads one `CONFIG` field. `read_volatile` stops the compiler from folding the placeholder.
+macro_rules! conf {
+    ($field:ident) => {
+        unsafe { core::ptr::read_volatile(&raw const crate::state::CONFIG.$field) }
+    };
+}
+pub(crate) use conf;
+
+// Default capacities; userspace resizes them before load (`--max-regions` etc.).
+#[map]
+pub static REGIONS: HashMap<RegionKey, OccupancyBitmap> = HashMap::with_max_entries(262_144, 0);
+#[map]
+pub static TRACKED: Array<u64> = Array::with_max_entries(65_536, 0);
+#[map]
+pub static MM_KNOWN: Array<u64> = Array::with_max_entries(65_536, 0);
+#[map]
+pub static MM_OWNERS: HashMap<u64, u32> = HashMap::with_max_entries(16_384, 0);
+#[map]
+pub static TGID_MM: HashMap<u32, u64> = HashMap::with_max_entries(16_384, 0);
+#[map]
+pub static KHUGEPAGED_COUNTS: HashMap<KhugepagedKey, u64> = HashMap::with_max_entries(16_384, 0);
+#[map]
+pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReason::COUNT, 0);
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+#[map]
+pub static FAULT_IN_FLIGHT: PerCpuArray<FaultInFlight> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+pub static PENDING_ISOLATE: HashMap<u32, PendingIsolate> = HashMap::with_max_entries(64, 0);
+#[map]
+pub static PENDING_SYSCALL: HashMap<u64, PendingSyscall> = HashMap::with_max_entries(4096, 0);
+
+/// `BPF_NOEXIST`: insert only.
+pub const NOEXIST: u64 = 1;
+
+/// Reads a tracepoint field at an offset from `CONFIG`. The verifier forbids context loads
+/// at offsets that are not in the instruction itself, so this goes through the helper.
+#[inline(always)]
+pub fn field<T: Copy + Default>(ctx: &TracePointContext, offset: u32) -> T {
+    // SAFETY: the offset comes from the tracepoint's own format file.
+    unsafe { ctx.read_at::<T>(offset as usize) }.unwrap_or_default()
+}
+
+/// The first `8 * N` bytes of a record in one helper call, for programs that need several
+/// fields (the fault path, `mm_page_alloc`).
+#[inline(always)]
+pub fn record<const N: usize>(ctx: &TracePointContext) -> Option<[u64; N]> {
+    // SAFETY: reading the record's own bytes; userspace checked every offset used is inside.
+    unsafe { ctx.read_at::<[u64; N]>(0) }.ok()
+}
+
+/// The u64 at byte `offset` (8-aligned) of a record read with [`record`].
+#[inline(always)]
+pub fn u64_at<const N: usize>(rec: &[u64; N], offset: u32) -> u64 {
+    rec.get((offset >> 3) as usize).copied().unwrap_or(0)
+}
+
+/// The u32 at byte `offset` (4-aligned) of a record read with [`record`] (little endian).
+#[inline(always)]
+pub fn u32_at<const N: usize>(rec: &[u64; N], offset: u32) -> u32 {
+    (u64_at(rec, offset) >> ((offset & 4) * 8)) as u32
+}
+
+#[inline(always)]
+pub fn count_drop(reason: DropReason) {
+    if let Some(p) = DROPS.get_ptr_mut(reason as u32) {
+        // SAFETY: per-CPU slot, no other CPU writes it.
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+fn bit_test(map: &Array<u64>, id: u32) -> bool {
+    match map.get(id >> 6) {
+        Some(w) => *w >> (id & 63) & 1 == 1,
+        None => false,
+    }
+}
+
+#[inline(always)]
+pub fn bit_set(map: &Array<u64>, id: u32) {
+    if let Some(p) = map.get_ptr_mut(id >> 6) {
+        atomic_or(p, 1 << (id & 63));
+    }
+}
+
+#[inline(always)]
+pub fn bit_clear(map: &Array<u64>, id: u32) {
+    if let Some(p) = map.get_ptr_mut(id >> 6) {
+        atomic_and(p, !(1u64 << (id & 63)));
+    }
+}
+
+/// Whether faults of `tgid` are recorded: one inlined array load for untracked processes.
+#[inline(always)]
+pub fn is_tracked(tgid: u32) -> bool {
+    conf!(all) != 0 || bit_test(&TRACKED, tgid)
+}
+
+#[inline(always)]
+pub fn atomic_or(p: *mut u64, v: u64) {
+    // SAFETY: `p` points into a map value; BPF_ATOMIC_OR is what this compiles to.
+    unsafe {
+        core::intrinsics::atomic_or::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, v)
+    };
+}
+
+#[inline(always)]
+pub fn atomic_and(p: *mut u64, v: u64) {
+    // SAFETY: as `atomic_or`.
+    unsafe {
+        core::intrinsics::atomic_and::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, v)
+    };
+}
+
+#[inline(always)]
+pub fn atomic_add(p: *mut u64, v: u64) {
+    // SAFETY: as `atomic_or`.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, v)
+    };
+}
+
+/// PTE index of `addr` within its PMD region.
+#[inline(always)]
+pub fn pte_index(addr: u64) -> u32 {
+    ((addr >> PAGE_SHIFT) as u32) & (PTES_PER_PMD as u32 - 1)
+}
+
+/// Mask of bits `[lo, hi)` within one 64-bit word, `lo <= hi <= 64`.
+#[inline(always)]
+fn word_mask(lo: u32, hi: u32) -> u64 {
+    let width = hi.saturating_sub(lo);
+    if width == 0 {
+        0
+    } else if width >= 64 {
+        u64::MAX
+    } else {
+        ((1u64 << width) - 1) << (lo & 63)
+    }
+}
+
+/// Mask of PTE bits `[lo, hi)` (0..=512) that fall in word `w`.
+#[inline(always)]
+fn range_word_mask(lo: u32, hi: u32, w: u32) -> u64 {
+    let base = w * 64;
+    let l = if lo > base { lo - base } else { 0 };
+    let h = if hi < base + 64 { hi.saturating_sub(base) } else { 64 };
+    if l >= 64 { 0 } else { word_mask(l, h) }
+}
+
+/// Sets PTE bits `[lo, hi)` of region `key`, creating the region if needed.
+#[inline(always)]
+pub fn set_bits(key: &RegionKey, lo: u32, hi: u32) {
+    if let Some(v) = REGIONS.get_ptr_mut(key) {
+        or_range(v, lo, hi);
+        return;
+    }
+    let mut fresh = OccupancyBitmap::EMPTY;
+    let mut w = 0;
+    while w < BITMAP_WORDS as u32 {
+        fresh.words[w as usize] = range_word_mask(lo, hi, w);
+        w += 1;
+    }
+    if REGIONS.insert(key, &fresh, NOEXIST).is_ok() {
+        return;
+    }
+    // Lost the race to another CPU, or the map is full.
+    match REGIONS.get_ptr_mut(key) {
+        Some(v) => or_range(v, lo, hi),
+        None => count_drop(DropReason::RegionMapFull),
+    }
+}
+
+/// Sets one PTE bit: the common fault case, one word.
+#[inline(always)]
+pub fn set_bit(key: &RegionKey, pte: u32) {
+    let pte = pte & (PTES_PER_PMD as u32 - 1);
+    if let Some(v) = REGIONS.get_ptr_mut(key) {
+        let word = unsafe { (v as *mut u64).add((pte >> 6) as usize) };
+        atomic_or(word, 1 << (pte & 63));
+        return;
+    }
+    set_bits(key, pte, pte + 1);
+}
+
+#[inline(always)]
+fn or_range(v: *mut OccupancyBitmap, lo: u32, hi: u32) {
+    let mut w = 0;
+    while w < BITMAP_WORDS as u32 {
+        let m = range_word_mask(lo, hi, w);
+        if m != 0 {
+            // SAFETY: w < 8 words of the 64-byte map value.
+            atomic_or(unsafe { (v as *mut u64).add(w as usize) }, m);
+        }
+        w += 1;
+    }
+}
+
+/// Regions one program visits when clearing a range; larger ranges are finished by
+/// userspace (`EventKind::ClearRange`).
+const MAX_CLEAR_REGIONS: u32 = 128;
+
+/// Clears the bits of `[start, end)` of `tgid`'s regions; whole regions are deleted.
+#[inline(always)]
+pub fn clear_range(tgid: u32, start: u64, end: u64) {
+    let mut addr = start & !0xfff;
+    let mut i = 0;
+    while i < MAX_CLEAR_REGIONS && addr < end {
+        let key = RegionKey::new(tgid, addr);
+        let region_end = key.addr + PMD_SIZE;
+        let lo = pte_index(addr);
+        // A partial last page still loses its page: round up.
+        let hi = if end >= region_end {
+            PTES_PER_PMD as u32
+        } else {
+            ((end - key.addr + 0xfff) >> PAGE_SHIFT) as u32
+        };
+        if lo == 0 && hi == PTES_PER_PMD as u32 {
+            let _ = REGIONS.remove(&key);
+        } else if let Some(v) = REGIONS.get_ptr_mut(&key) {
+            let mut w = 0;
+            while w < BITMAP_WORDS as u32 {
+                let m = range_word_mask(lo, hi, w);
+                if m != 0 {
+                    // SAFETY: w < 8.
+                    atomic_and(unsafe { (v as *mut u64).add(w as usize) }, !m);
+                }
+                w += 1;
+            }
+        }
+        addr = region_end;
+        i += 1;
+    }
+    if addr < end {
+        count_drop(DropReason::ClearDeferred);
+        emit_range(EventKind::ClearRange, tgid, addr, end - addr);
+    }
+}
+
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+pub fn emit(event: &Event) {
+    if EVENTS.output::<Event>(event, 0).is_err() {
+        count_drop(DropReason::RingBufFull);
+    }
+}
+
+#[inline(always)]
+pub fn emit_range(kind: EventKind, tgid: u32, addr: u64, len: u64) {
+    let pid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
+    emit(&Event { ts_ns: now(), addr, len, kind: kind as u32, tgid, pid, ..Event::default() });
+}
+
+/// Remembers `current->mm` → `tgid` once per process, so khugepaged events (which carry only
+/// the `mm`) can be attributed. Called in the process's own context.
+#[inline(always)]
+pub fn learn_mm(tgid: u32) {
+    if bit_test(&MM_KNOWN, tgid) {
+        return;
+    }
+    let offset = conf!(task_mm) as usize;
+    // SAFETY: reading a kernel pointer field with the checked helper.
+    let mm: u64 = unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        match bpf_probe_read_kernel(task.add(offset) as *const u64) {
+            Ok(mm) => mm,
+            Err(_) => return,
+        }
+    };
+    if mm == 0 {
+        return;
+    }
+    if MM_OWNERS.insert(&mm, &tgid, 0).is_err() || TGID_MM.insert(&tgid, &mm, 0).is_err() {
+        count_drop(DropReason::MmMapFull);
+        return;
+    }
+    bit_set(&MM_KNOWN, tgid);
+}
+
+/// Forgets `tgid`'s `mm` (exit, exec): the address may be reused by another process.
+#[inline(always)]
+pub fn forget_mm(tgid: u32) {
+    if let Some(mm) = unsafe { TGID_MM.get(&tgid) } {
+        let mm = *mm;
+        let _ = MM_OWNERS.remove(&mm);
+    }
+    let _ = TGID_MM.remove(&tgid);
+    bit_clear(&MM_KNOWN, tgid);
+}
+
+/// The tgid a khugepaged event's `mm` belongs to, if it is traced.
+#[inline(always)]
+pub fn mm_owner(mm: u64) -> Option<u32> {
+    unsafe { MM_OWNERS.get(&mm) }.copied()
+}
+
+#[inline(always)]
+pub fn current_tgid() -> u32 {
+    (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32
+}
+
+/// Counts a khugepaged event for `tgid`.
+#[inline(always)]
+pub fn count_khugepaged(key: &KhugepagedKey) {
+    if let Some(p) = KHUGEPAGED_COUNTS.get_ptr_mut(key) {
+        atomic_add(p, 1);
+        return;
+    }
+    if KHUGEPAGED_COUNTS.insert(key, &1, NOEXIST).is_err() {
+        match KHUGEPAGED_COUNTS.get_ptr_mut(key) {
+            Some(p) => atomic_add(p, 1),
+            None => count_drop(DropReason::CountMapFull),
+        }
+    }
+}
+

@@ -1,0 +1,352 @@
+//! Loading and attaching the eBPF programs, and typed access to their maps.
+
+use std::{collections::HashMap as StdHashMap, path::Path};
+
+use anyhow::{Context as _, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use collapse_common::{
+    OccupancyBitmap,
+    consts::TASK_COMM_LEN,
+    maps::{Config, DropReason, KhugepagedKey, RegionKey, names},
+};
+
+use crate::kernel::{btf, tracefs::TracepointFormat};
+
+/// The eBPF object, built by build.rs from collapse-ebpf.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/collapse"));
+
+/// Every program: (name in the object, tracepoint category, tracepoint name, required).
+/// Optional ones make collapse less exact when missing, and it says so; required ones are
+/// what the tool is for.
+const PROGRAMS: &[(&str, &str, &str, bool)] = &[
+    ("page_fault_user", "exceptions", "page_fault_user", true),
+    ("page_fault_kernel", "exceptions", "page_fault_kernel", false),
+    ("mm_page_alloc", "kmem", "mm_page_alloc", false),
+    ("sys_enter_munmap", "syscalls", "sys_enter_munmap", true),
+    ("sys_enter_madvise", "syscalls", "sys_enter_madvise", true),
+    ("sys_exit_madvise", "syscalls", "sys_exit_madvise", false),
+    ("sys_enter_mmap", "syscalls", "sys_enter_mmap", false),
+    ("sys_exit_mmap", "syscalls", "sys_exit_mmap", false),
+    ("sys_enter_mremap", "syscalls", "sys_enter_mremap", false),
+    ("sys_exit_mremap", "syscalls", "sys_exit_mremap", false),
+    ("task_newtask", "task", "task_newtask", false),
+    ("sched_process_exec", "sched", "sched_process_exec", false),
+    ("sched_process_exit", "sched", "sched_process_exit", true),
+    ("mm_khugepaged_scan_pmd", "huge_memory", "mm_khugepaged_scan_pmd", true),
+    ("mm_collapse_huge_page", "huge_memory", "mm_collapse_huge_page", true),
+    ("mm_collapse_huge_page_isolate", "huge_memory", "mm_collapse_huge_page_isolate", true),
+    ("mm_collapse_huge_page_swapin", "huge_memory", "mm_collapse_huge_page_swapin", true),
+];
+
+/// Which processes the programs record, decided before load (it is `.rodata`).
+#[derive(Clone, Debug, Default)]
+pub struct Selection {
+    pub all: bool,
+    pub follow_children: bool,
+    pub comm: Option<String>,
+    pub cgroup_id: Option<u64>,
+}
+
+/// Map capacities.
+#[derive(Clone, Copy, Debug)]
+pub struct Capacity {
+    pub max_regions: u32,
+    pub ringbuf_bytes: u32,
+    pub max_processes: u32,
+}
+
+/// The status-name tables of the khugepaged tracepoints (`__print_symbolic` in their formats).
+#[derive(Clone, Debug, Default)]
+pub struct StatusNames(StdHashMap<i64, String>);
+
+impl StatusNames {
+    pub fn name(&self, status: i64) -> String {
+        self.0.get(&status).cloned().unwrap_or_else(|| format!("status_{status}"))
+    }
+}
+
+/// The loaded, attached programs and their maps.
+pub struct Bpf {
+    ebpf: Ebpf,
+    pub status_names: StatusNames,
+    pub pid_limit: u32,
+    /// Optional programs that could not be attached, with why.
+    pub missing: Vec<String>,
+}
+
+/// Where tracefs is; `COLLAPSE_TRACEFS` overrides it (tests point it at a fake tree).
+pub fn tracefs_root() -> anyhow::Result<std::path::PathBuf> {
+    if let Some(root) = std::env::var_os("COLLAPSE_TRACEFS") {
+        return Ok(root.into());
+    }
+    Ok(crate::kernel::tracefs::ensure_mounted()?)
+}
+
+fn pid_limit() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(1 << 22)
+        .clamp(64, 1 << 22)
+}
+
+/// Builds the program configuration from the tracefs formats and BTF.
+fn config(root: &Path, sel: &Selection, pid_limit: u32) -> anyhow::Result<(Config, StatusNames)> {
+    let fmt = |cat: &str, name: &str| -> anyhow::Result<TracepointFormat> {
+        Ok(TracepointFormat::read(root, cat, name)?)
+    };
+    // The fault and allocation programs read their record's first 32 / 40 bytes in one helper
+    // call and pick fields out of it: each field must lie inside, naturally aligned.
+    let within = |f: &TracepointFormat, name: &str, size: u32, limit: u32| -> anyhow::Result<u32> {
+        let field = f.field(name)?;
+        if field.size != size || field.offset % size != 0 || field.offset + size > limit {
+            bail!(
+                "{}:{} field {name} is at offset {} size {}; collapse expects a {size}-byte field within the first {limit} bytes",
+                f.category, f.name, field.offset, field.size
+            );
+        }
+        Ok(field.offset)
+    };
+    let mut c = Config::ZERO;
+    let fault = fmt("exceptions", "page_fault_user")?;
+    c.fault_address = within(&fault, "address", 8, 32)?;
+    c.fault_error_code = within(&fault, "error_code", 8, 32)?;
+    if let Ok(kfault) = fmt("exceptions", "page_fault_kernel") {
+        if (within(&kfault, "address", 8, 32)?, within(&kfault, "error_code", 8, 32)?) != (c.fault_address, c.fault_error_code) {
+            bail!("exceptions:page_fault_kernel and page_fault_user have different layouts");
+        }
+    }
+    if let Ok(alloc) = fmt("kmem", "mm_page_alloc") {
+        c.alloc_order = within(&alloc, "order", 4, 40)?;
+        c.alloc_migratetype = within(&alloc, "migratetype", 4, 40)?;
+        c.alloc_pfn = within(&alloc, "pfn", 8, 40)?;
+    }
+    let scan = fmt("huge_memory", "mm_khugepaged_scan_pmd")?;
+    c.scan_mm = scan.offset("mm")?;
+    c.scan_pfn = scan.offset("pfn")?;
+    c.scan_referenced = scan.offset("referenced")?;
+    c.scan_none_or_zero = scan.offset("none_or_zero")?;
+    c.scan_status = scan.offset("status")?;
+    c.scan_unmapped = scan.offset("unmapped")?;
+    let collapse = fmt("huge_memory", "mm_collapse_huge_page")?;
+    c.collapse_mm = collapse.offset("mm")?;
+    c.collapse_isolated = collapse.offset("isolated")?;
+    c.collapse_status = collapse.offset("status")?;
+    let isolate = fmt("huge_memory", "mm_collapse_huge_page_isolate")?;
+    c.isolate_pfn = isolate.offset("pfn")?;
+    c.isolate_none_or_zero = isolate.offset("none_or_zero")?;
+    c.isolate_referenced = isolate.offset("referenced")?;
+    c.isolate_status = isolate.offset("status")?;
+    let swapin = fmt("huge_memory", "mm_collapse_huge_page_swapin")?;
+    c.swapin_mm = swapin.offset("mm")?;
+    c.swapin_swapped_in = swapin.offset("swapped_in")?;
+    c.swapin_referenced = swapin.offset("referenced")?;
+    c.swapin_ret = swapin.offset("ret")?;
+    let munmap = fmt("syscalls", "sys_enter_munmap")?;
+    c.munmap_addr = munmap.offset("addr")?;
+    c.munmap_len = munmap.offset("len")?;
+    let madvise = fmt("syscalls", "sys_enter_madvise")?;
+    c.madvise_start = madvise.offset("start")?;
+    c.madvise_len = madvise.offset("len_in")?;
+    c.madvise_behavior = madvise.offset("behavior")?;
+    if let Ok(mremap) = fmt("syscalls", "sys_enter_mremap") {
+        c.mremap_addr = mremap.offset("addr")?;
+        c.mremap_old_len = mremap.offset("old_len")?;
+        c.mremap_new_len = mremap.offset("new_len")?;
+        c.mremap_flags = mremap.offset("flags")?;
+    }
+    if let Ok(mmap) = fmt("syscalls", "sys_enter_mmap") {
+        c.mmap_addr = mmap.offset("addr")?;
+        c.mmap_len = mmap.offset("len")?;
+        c.mmap_flags = mmap.offset("flags")?;
+    }
+    if let Ok(exit) = fmt("syscalls", "sys_exit_madvise") {
+        c.sys_exit_ret = exit.offset("ret")?;
+    }
+    if let Ok(newtask) = fmt("task", "task_newtask") {
+        c.newtask_pid = newtask.offset("pid")?;
+        c.newtask_clone_flags = newtask.offset("clone_flags")?;
+    }
+    let exit = fmt("sched", "sched_process_exit")?;
+    c.exit_pid = exit.offset("pid")?;
+    c.exit_group_dead = exit.offset("group_dead")?;
+    c.task_mm = btf::task_struct_mm_offset().context("khugepaged attribution needs task_struct::mm")?;
+    c.pid_limit = pid_limit;
+    c.all = sel.all.into();
+    c.follow_children = sel.follow_children.into();
+    if let Some(comm) = &sel.comm {
+        let bytes = comm.as_bytes();
+        if bytes.len() >= TASK_COMM_LEN {
+            bail!("--comm {comm:?} is longer than the kernel's 15-byte comm");
+        }
+        c.match_comm = 1;
+        c.comm[..bytes.len()].copy_from_slice(bytes);
+    }
+    if let Some(id) = sel.cgroup_id {
+        c.match_cgroup = 1;
+        c.cgroup_id = id;
+    }
+    let names = StatusNames(scan.symbolic("status").unwrap_or_default().into_iter().collect());
+    Ok((c, names))
+}
+
+impl Bpf {
+    /// Loads the programs configured for `sel` and attaches them all.
+    pub fn load(sel: &Selection, cap: Capacity) -> anyhow::Result<Self> {
+        if OBJECT.is_empty() {
+            bail!("this collapse was built with AYA_BUILD_SKIP=1 and has no eBPF programs; rebuild with `cargo xtask build`");
+        }
+        if !nix::unistd::geteuid().is_root() {
+            bail!("tracing needs root (loading eBPF programs); run it with sudo or `cargo xtask run -- ...`");
+        }
+        let root = tracefs_root()?;
+        let pid_limit = pid_limit();
+        let (config, status_names) = config(&root, sel, pid_limit)?;
+        let bitset_words = pid_limit.div_ceil(64);
+        let ringbuf = cap.ringbuf_bytes.next_power_of_two().max(4096);
+        let mut ebpf = EbpfLoader::new()
+            .override_global(names::CONFIG, &config, true)
+            .map_max_entries(names::REGIONS, cap.max_regions)
+            .map_max_entries(names::TRACKED, bitset_words)
+            .map_max_entries(names::MM_KNOWN, bitset_words)
+            .map_max_entries(names::MM_OWNERS, cap.max_processes)
+            .map_max_entries(names::TGID_MM, cap.max_processes)
+            .map_max_entries(names::EVENTS, ringbuf)
+            .load(OBJECT)
+            .context("loading the eBPF programs")?;
+        let mut missing = Vec::new();
+        for &(prog, category, name, required) in PROGRAMS {
+            if !root.join("events").join(category).join(name).exists() {
+                if required {
+                    bail!("tracepoint {category}:{name} is missing from this kernel ({}); collapse needs it", root.display());
+                }
+                missing.push(format!("{category}:{name} (not in this kernel)"));
+                continue;
+            }
+            let program: &mut TracePoint = ebpf
+                .program_mut(prog)
+                .ok_or_else(|| anyhow!("program {prog} is missing from the eBPF object"))?
+                .try_into()?;
+            program.load().with_context(|| format!("loading program {prog}"))?;
+            if let Err(err) = program.attach(category, name) {
+                if required {
+                    return Err(err).with_context(|| format!("attaching to tracepoint {category}:{name}"));
+                }
+                missing.push(format!("{category}:{name} ({err})"));
+            }
+        }
+        Ok(Self { ebpf, status_names, pid_limit, missing })
+    }
+
+    fn map<'a>(&'a self, name: &str) -> anyhow::Result<&'a aya::maps::Map> {
+        self.ebpf.map(name).ok_or_else(|| anyhow!("map {name} is missing from the eBPF object"))
+    }
+
+    fn map_mut<'a>(&'a mut self, name: &str) -> anyhow::Result<&'a mut aya::maps::Map> {
+        self.ebpf.map_mut(name).ok_or_else(|| anyhow!("map {name} is missing from the eBPF object"))
+    }
+
+    /// The ring buffer, to be polled by the caller (taken out once).
+    pub fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+        let map = self.ebpf.take_map(names::EVENTS).ok_or_else(|| anyhow!("ring buffer already taken"))?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    fn set_bit(&mut self, name: &str, id: u32, on: bool) -> anyhow::Result<()> {
+        if id >= self.pid_limit {
+            bail!("pid {id} is above pid_max {}", self.pid_limit);
+        }
+        let mut arr: Array<&mut MapData, u64> = Array::try_from(self.map_mut(name)?)?;
+        let word = arr.get(&(id / 64), 0)?;
+        let bit = 1u64 << (id % 64);
+        arr.set(id / 64, if on { word | bit } else { word & !bit }, 0)?;
+        Ok(())
+    }
+
+    /// Starts or stops recording `tgid`'s faults.
+    pub fn set_tracked(&mut self, tgid: u32, on: bool) -> anyhow::Result<()> {
+        self.set_bit(names::TRACKED, tgid, on)
+    }
+
+    pub fn is_tracked(&self, tgid: u32) -> anyhow::Result<bool> {
+        let arr: Array<&MapData, u64> = Array::try_from(self.map(names::TRACKED)?)?;
+        Ok(arr.get(&(tgid / 64), 0)? >> (tgid % 64) & 1 == 1)
+    }
+
+    /// Every region in the map.
+    pub fn regions(&self) -> anyhow::Result<Vec<(RegionKey, OccupancyBitmap)>> {
+        let map: HashMap<&MapData, RegionKey, OccupancyBitmap> = HashMap::try_from(self.map(names::REGIONS)?)?;
+        // An entry deleted between get_next_key and lookup shows up as KeyNotFound: skip it.
+        Ok(map.iter().filter_map(Result::ok).collect())
+    }
+
+    pub fn region(&self, key: &RegionKey) -> anyhow::Result<Option<OccupancyBitmap>> {
+        let map: HashMap<&MapData, RegionKey, OccupancyBitmap> = HashMap::try_from(self.map(names::REGIONS)?)?;
+        match map.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes (or, when empty, deletes) one region.
+    pub fn set_region(&mut self, key: &RegionKey, bits: &OccupancyBitmap) -> anyhow::Result<()> {
+        let mut map: HashMap<&mut MapData, RegionKey, OccupancyBitmap> =
+            HashMap::try_from(self.map_mut(names::REGIONS)?)?;
+        if bits.is_empty() {
+            match map.remove(key) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        } else {
+            map.insert(key, bits, 0).context("region map full while seeding")
+        }
+    }
+
+    /// Deletes `tgid`'s regions, those overlapping `[start, end)` only when a range is given.
+    pub fn remove_regions(&mut self, tgid: u32, range: Option<(u64, u64)>) -> anyhow::Result<()> {
+        let keys: Vec<RegionKey> = self
+            .regions()?
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| k.tgid == tgid)
+            .collect();
+        for key in keys {
+            match range {
+                None => self.set_region(&key, &OccupancyBitmap::EMPTY)?,
+                Some((start, end)) => {
+                    let region_end = key.addr + collapse_common::consts::PMD_SIZE;
+                    if end <= key.addr || start >= region_end {
+                        continue;
+                    }
+                    let Some(mut bits) = self.region(&key)? else { continue };
+                    let lo = (start.max(key.addr) - key.addr) >> 12;
+                    let hi = (end.min(region_end) - key.addr).div_ceil(4096);
+                    bits.clear_range(lo as usize, hi as usize);
+                    self.set_region(&key, &bits)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// khugepaged counts per (tgid, event, status).
+    pub fn khugepaged_counts(&self) -> anyhow::Result<Vec<(KhugepagedKey, u64)>> {
+        let map: HashMap<&MapData, KhugepagedKey, u64> =
+            HashMap::try_from(self.map(names::KHUGEPAGED_COUNTS)?)?;
+        Ok(map.iter().filter_map(Result::ok).collect())
+    }
+
+    /// Drops so far, summed over CPUs, by reason.
+    pub fn drops(&self) -> anyhow::Result<Vec<(DropReason, u64)>> {
+        let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(names::DROPS)?)?;
+        DropReason::ALL
+            .iter()
+            .map(|&r| Ok((r, arr.get(&(r as u32), 0)?.iter().sum())))
+            .collect()
+    }
+}

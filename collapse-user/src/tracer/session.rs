@@ -1,0 +1,349 @@
+//! A tracing session: the loaded programs, the processes being traced, and the userspace half
+//! of keeping the bitmaps exact (seeding from pagemap, finishing what the programs hand over
+//! through the ring buffer).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    ops::Range,
+    time::Instant,
+};
+
+use anyhow::bail;
+use collapse_common::{
+    OccupancyBitmap,
+    consts::{PMD_SIZE, PTES_PER_PMD},
+    event::{Event, EventKind},
+    maps::{KhugepagedEvent, RegionKey},
+    policy::RegionState,
+};
+
+use super::{
+    bpf::{Bpf, Capacity, Selection},
+    target::{CommandChild, Target},
+};
+use crate::{
+    kernel::{pagemap, procs},
+    snapshot::SnapshotRegion,
+};
+
+/// `enum scan_result` SCAN_SUCCEED (`mm/khugepaged.c`): a collapse that worked.
+pub const SCAN_SUCCEED: i32 = 1;
+
+/// A traced process as userspace knows it.
+#[derive(Clone, Debug)]
+pub struct TracedProcess {
+    pub tgid: u32,
+    pub comm: String,
+    pub since: Instant,
+    /// Regions to re-read from pagemap at the next tick (`None`: none; empty range list with
+    /// `whole` set: the whole process).
+    pub resync_whole: bool,
+    pub resync_ranges: Vec<Range<u64>>,
+}
+
+/// What the session saw happen, for `--events` and the JSON stream.
+#[derive(Clone, Debug)]
+pub enum Observed {
+    LargeFolio { tgid: u32, addr: u64, order: u16 },
+    Khugepaged { tgid: u32, which: KhugepagedEvent, status: String, event: Event },
+    Started { tgid: u32, comm: String, how: &'static str },
+    Ended { tgid: u32, comm: String, how: &'static str },
+}
+
+pub struct Session {
+    pub bpf: Bpf,
+    pub target: Target,
+    pub procs: BTreeMap<u32, TracedProcess>,
+    /// Processes that ended while traced (tgid, comm), in order.
+    pub ended: Vec<(u32, String)>,
+    pub child: Option<CommandChild>,
+    pub started: Instant,
+}
+
+/// Bits set by the programs while pagemap was being read are kept; bits the programs cleared
+/// in that window are dropped; everything else comes from pagemap.
+fn merge(truth: &OccupancyBitmap, before: &OccupancyBitmap, after: &OccupancyBitmap) -> OccupancyBitmap {
+    let cleared = before.difference(after);
+    let set = after.difference(before);
+    truth.difference(&cleared).union(&set)
+}
+
+fn range_mask(key_addr: u64, range: &Range<u64>) -> OccupancyBitmap {
+    let end = key_addr + PMD_SIZE;
+    if range.end <= key_addr || range.start >= end {
+        return OccupancyBitmap::EMPTY;
+    }
+    let lo = (range.start.max(key_addr) - key_addr) >> 12;
+    let hi = (range.end.min(end) - key_addr).div_ceil(4096);
+    OccupancyBitmap::from_range(lo as usize, hi as usize)
+}
+
+impl Session {
+    /// Loads the programs for `target`, starts tracing its processes and seeds them.
+    pub fn start(mut target: Target, cap: Capacity) -> anyhow::Result<Self> {
+        let sel = Selection {
+            all: target.all,
+            follow_children: target.follow_children(),
+            comm: target.comm.clone(),
+            cgroup_id: target.cgroup_id,
+        };
+        let bpf = Bpf::load(&sel, cap)?;
+        let mut session = Self {
+            bpf,
+            procs: BTreeMap::new(),
+            ended: Vec::new(),
+            child: None,
+            started: Instant::now(),
+            target: Target::default(),
+        };
+        // Tracking starts before seeding, so no page populated in between is missed.
+        for tgid in target.initial_tgids()? {
+            session.add(tgid)?;
+        }
+        if let Some(spawned) = target.spawn.take() {
+            session.add(spawned.tgid)?;
+            session.child = Some(spawned.release()?);
+        }
+        session.target = target;
+        session.resync_pending()?;
+        Ok(session)
+    }
+
+    /// Starts tracing `tgid` and schedules its seeding from pagemap.
+    fn add(&mut self, tgid: u32) -> anyhow::Result<()> {
+        if !self.target.all {
+            self.bpf.set_tracked(tgid, true)?;
+        }
+        let comm = procs::comm(tgid as i32).unwrap_or_else(|_| "?".into());
+        self.procs.insert(
+            tgid,
+            TracedProcess { tgid, comm, since: Instant::now(), resync_whole: true, resync_ranges: Vec::new() },
+        );
+        Ok(())
+    }
+
+    fn end(&mut self, tgid: u32) -> anyhow::Result<Option<String>> {
+        self.bpf.remove_regions(tgid, None)?;
+        if !self.target.all {
+            // The program clears the bit at exit already; a comm change clears it too.
+            let _ = self.bpf.set_tracked(tgid, false);
+        }
+        let comm = self.procs.remove(&tgid).map(|p| p.comm);
+        if let Some(c) = &comm {
+            self.ended.push((tgid, c.clone()));
+        }
+        Ok(comm)
+    }
+
+    /// Applies one ring-buffer record; returns what a person may want to see.
+    pub fn handle(&mut self, ev: &Event) -> anyhow::Result<Option<Observed>> {
+        let Some(kind) = EventKind::from_u32(ev.kind) else {
+            return Ok(None);
+        };
+        let tgid = ev.tgid;
+        Ok(match kind {
+            EventKind::LargeFolioFault => Some(Observed::LargeFolio { tgid, addr: ev.addr, order: ev.order }),
+            EventKind::Khugepaged => {
+                let Some(which) = KhugepagedEvent::from_u16(ev.khugepaged) else {
+                    return Ok(None);
+                };
+                // A collapse fills the holes of the PMD with zeroed pages: re-read the process
+                // (the tracepoint says which mm, not which address).
+                if which == KhugepagedEvent::Collapse && ev.status == SCAN_SUCCEED {
+                    if let Some(p) = self.procs.get_mut(&tgid) {
+                        p.resync_whole = true;
+                    }
+                }
+                let status = if which == KhugepagedEvent::Swapin {
+                    format!("ret={}", ev.status)
+                } else {
+                    self.bpf.status_names.name(ev.status.into())
+                };
+                Some(Observed::Khugepaged { tgid, which, status, event: *ev })
+            }
+            EventKind::Exit => {
+                let comm = self.end(tgid)?;
+                comm.map(|comm| Observed::Ended { tgid, comm, how: "exited" })
+            }
+            EventKind::Exec => {
+                let comm = procs::comm(tgid as i32).unwrap_or_else(|_| "?".into());
+                if let Some(p) = self.procs.get_mut(&tgid) {
+                    p.comm = comm.clone();
+                    p.resync_whole = true;
+                    p.resync_ranges.clear();
+                } else {
+                    self.add(tgid)?;
+                }
+                Some(Observed::Started { tgid, comm, how: "exec" })
+            }
+            EventKind::Fork | EventKind::Attach => {
+                let child = if kind == EventKind::Fork { ev.addr as u32 } else { tgid };
+                if self.procs.contains_key(&child) {
+                    None
+                } else {
+                    self.add(child)?;
+                    let comm = self.procs.get(&child).map(|p| p.comm.clone()).unwrap_or_default();
+                    Some(Observed::Started {
+                        tgid: child,
+                        comm,
+                        how: if kind == EventKind::Fork { "fork" } else { "comm match" },
+                    })
+                }
+            }
+            EventKind::ClearRange => {
+                self.bpf.remove_regions(tgid, Some((ev.addr, ev.addr.saturating_add(ev.len))))?;
+                None
+            }
+            EventKind::Resync => {
+                if let Some(p) = self.procs.get_mut(&tgid) {
+                    p.resync_ranges.push(ev.addr..ev.addr.saturating_add(ev.len));
+                }
+                None
+            }
+        })
+    }
+
+    /// Picks up processes that joined the target since the last call (a process renamed to the
+    /// comm, moved into the cgroup) and forgets pids that vanished without an exit event.
+    pub fn rescan(&mut self) -> anyhow::Result<Vec<Observed>> {
+        let mut seen = Vec::new();
+        for tgid in self.target.current_members()? {
+            if !self.procs.contains_key(&tgid) {
+                self.add(tgid)?;
+                let comm = self.procs[&tgid].comm.clone();
+                seen.push(Observed::Started { tgid, comm, how: "joined" });
+            }
+        }
+        let gone: Vec<u32> = self.procs.keys().copied().filter(|&t| !procs::exists(t as i32)).collect();
+        for tgid in gone {
+            if let Some(comm) = self.end(tgid)? {
+                seen.push(Observed::Ended { tgid, comm, how: "gone" });
+            }
+        }
+        self.resync_pending()?;
+        Ok(seen)
+    }
+
+    /// Re-reads from pagemap what the events said may have changed without a fault.
+    pub fn resync_pending(&mut self) -> anyhow::Result<()> {
+        let todo: Vec<(u32, bool, Vec<Range<u64>>)> = self
+            .procs
+            .values_mut()
+            .filter(|p| p.resync_whole || !p.resync_ranges.is_empty())
+            .map(|p| (p.tgid, std::mem::take(&mut p.resync_whole), std::mem::take(&mut p.resync_ranges)))
+            .collect();
+        for (tgid, whole, ranges) in todo {
+            let result = if whole { self.resync(tgid, None) } else { ranges.iter().try_for_each(|r| self.resync(tgid, Some(r))) };
+            if let Err(err) = result {
+                // The process may have exited meanwhile; its exit event will clean up.
+                if procs::exists(tgid as i32) {
+                    return Err(err.context(format!("seeding pid {tgid} from pagemap")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes `tgid`'s bitmaps (within `range`, or all of them) equal to pagemap's present bits,
+    /// keeping what the programs changed while pagemap was being read.
+    fn resync(&mut self, tgid: u32, range: Option<&Range<u64>>) -> anyhow::Result<()> {
+        let in_range = |addr: u64| range.is_none_or(|r| addr < r.end && addr + PMD_SIZE > r.start);
+        let before: BTreeMap<u64, OccupancyBitmap> = self
+            .bpf
+            .regions()?
+            .into_iter()
+            .filter(|(k, _)| k.tgid == tgid && in_range(k.addr))
+            .map(|(k, v)| (k.addr, v))
+            .collect();
+        let truth: BTreeMap<u64, OccupancyBitmap> = match range {
+            None => pagemap::read_regions(tgid as i32)?,
+            Some(r) => pagemap::read_range(tgid as i32, r.clone())?,
+        }
+        .into_iter()
+        .map(|t| (t.addr, t.present))
+        .collect();
+        let addrs: BTreeSet<u64> = before.keys().chain(truth.keys()).copied().collect();
+        for addr in addrs {
+            let key = RegionKey::new(tgid, addr);
+            let after = self.bpf.region(&key)?.unwrap_or_default();
+            let b = before.get(&addr).copied().unwrap_or_default();
+            let t = truth.get(&addr).copied().unwrap_or_default();
+            let merged = merge(&t, &b, &after);
+            let new = match range {
+                None => merged,
+                Some(r) => {
+                    let mask = range_mask(addr, r);
+                    after.difference(&mask).union(&merged.intersection(&mask))
+                }
+            };
+            if new != after {
+                self.bpf.set_region(&key, &new)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The traced processes' regions as they are now: present bits from the programs, masked
+    /// to anonymous VMAs; swap and shared from pagemap.
+    pub fn snapshot(&self) -> anyhow::Result<Vec<SnapshotRegion>> {
+        let mut by_tgid: BTreeMap<u32, BTreeMap<u64, OccupancyBitmap>> = BTreeMap::new();
+        for (key, bits) in self.bpf.regions()? {
+            if self.procs.contains_key(&key.tgid) {
+                by_tgid.entry(key.tgid).or_default().insert(key.addr, bits);
+            }
+        }
+        let mut out = Vec::new();
+        for (tgid, regions) in by_tgid {
+            // A process may exit at any point here: skip it rather than fail the snapshot.
+            let Ok(truths) = pagemap::read_regions(tgid as i32) else { continue };
+            for t in truths {
+                let Some(bits) = regions.get(&t.addr) else { continue };
+                let present = bits.intersection(&t.vma_mask);
+                if present.is_empty() {
+                    continue;
+                }
+                out.push(SnapshotRegion {
+                    pid: tgid as i32,
+                    addr: t.addr,
+                    state: RegionState { present, swap: t.swap, shared: t.shared },
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether every process the target named has ended (for `--pid` and `-- CMD`).
+    pub fn targets_gone(&mut self) -> bool {
+        if let Some(child) = &mut self.child {
+            if child.try_wait().is_some() {
+                return true;
+            }
+        }
+        self.target.ends_with_its_processes() && self.procs.is_empty()
+    }
+
+    /// Occupancy of one region as a fraction of its PTEs.
+    pub fn occupancy(bits: &OccupancyBitmap) -> f64 {
+        f64::from(bits.count()) / PTES_PER_PMD as f64
+    }
+
+    pub fn require_targets(&self) -> anyhow::Result<()> {
+        if self.procs.is_empty() && !self.target.picks_up_later() {
+            bail!("no process to trace");
+        }
+        Ok(())
+    }
+
+    /// Stops the command we spawned, if it still runs.
+    pub fn stop_child(&mut self) {
+        if let Some(child) = &mut self.child {
+            child.stop();
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.stop_child();
+    }
+}

@@ -1,0 +1,281 @@
+//! What `collapse trace` shows: per-process statistics computed from the maps each interval,
+//! rendered for people (aligned table) or programs (one JSON object per line).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt::Write as _,
+    ops::Range,
+};
+
+use collapse_common::{
+    OccupancyBitmap,
+    consts::{PAGE_SIZE, PMD_SIZE},
+    maps::{DropReason, KhugepagedEvent},
+    policy::{self, OrderSet, Policy, RegionState, Settings},
+};
+use serde_json::{Value, json};
+
+use super::session::{Observed, SCAN_SUCCEED, Session};
+use crate::kernel::{pagemap, procs, thp::ThpSettings};
+
+/// Occupancy buckets: eighths of a region, then completely full.
+pub const BUCKETS: usize = 9;
+const BUCKET_NAMES: [&str; BUCKETS] = ["<1/8", "<2/8", "<3/8", "<4/8", "<5/8", "<6/8", "<7/8", "<8/8", "full"];
+
+#[derive(Clone, Debug, Default)]
+pub struct ProcessStats {
+    pub tgid: u32,
+    pub comm: String,
+    pub regions: u32,
+    pub populated_pages: u64,
+    pub histogram: [u32; BUCKETS],
+    /// Regions the `pmd` rule would collapse with the kernel's max_ptes_none.
+    pub pmd_collapsible: u32,
+    pub anon_rss_kb: u64,
+    pub anon_huge_kb: u64,
+    /// khugepaged events per tracepoint, by status name.
+    pub khugepaged: BTreeMap<&'static str, BTreeMap<String, u64>>,
+}
+
+impl ProcessStats {
+    pub fn coverage(&self) -> f64 {
+        if self.anon_rss_kb == 0 { 0.0 } else { self.anon_huge_kb as f64 / self.anon_rss_kb as f64 }
+    }
+
+    fn collapses(&self) -> (u64, u64) {
+        let Some(c) = self.khugepaged.get(KhugepagedEvent::Collapse.name()) else {
+            return (0, 0);
+        };
+        let ok = c.get("succeeded").copied().unwrap_or(0);
+        (ok, c.values().sum::<u64>() - ok)
+    }
+}
+
+/// One sample of everything the view shows.
+#[derive(Clone, Debug, Default)]
+pub struct Sample {
+    pub elapsed_s: f64,
+    pub processes: Vec<ProcessStats>,
+    pub drops: Vec<(DropReason, u64)>,
+    pub max_ptes_none: u16,
+}
+
+fn bucket(count: u32) -> usize {
+    if count >= 512 { 8 } else { (count / 64) as usize }
+}
+
+/// The occupancy mask of anonymous VMAs over one region.
+pub fn vma_mask(vmas: &[Range<u64>], region: u64) -> OccupancyBitmap {
+    let mut m = OccupancyBitmap::EMPTY;
+    for v in vmas {
+        if v.end <= region || v.start >= region + PMD_SIZE {
+            continue;
+        }
+        let lo = (v.start.max(region) - region) / PAGE_SIZE;
+        let hi = (v.end.min(region + PMD_SIZE) - region).div_ceil(PAGE_SIZE);
+        m.set_range(lo as usize, hi as usize);
+    }
+    m
+}
+
+/// The `pmd` rule as the running kernel applies it (its max_ptes_* settings).
+fn kernel_pmd_settings(thp: Option<&ThpSettings>) -> Settings {
+    let Some(t) = thp else { return Settings::default() };
+    let k = &t.khugepaged;
+    let orders = OrderSet::from_orders([9]).unwrap_or_default();
+    Settings::new(k.max_ptes_none, k.max_ptes_swap, k.max_ptes_shared, orders, 3).unwrap_or_default()
+}
+
+pub fn sample(session: &Session) -> anyhow::Result<Sample> {
+    let thp = ThpSettings::read().ok();
+    let settings = kernel_pmd_settings(thp.as_ref());
+    let mut regions: HashMap<u32, Vec<(u64, OccupancyBitmap)>> = HashMap::new();
+    for (key, bits) in session.bpf.regions()? {
+        regions.entry(key.tgid).or_default().push((key.addr, bits));
+    }
+    let mut counts: HashMap<u32, BTreeMap<&'static str, BTreeMap<String, u64>>> = HashMap::new();
+    for (key, n) in session.bpf.khugepaged_counts()? {
+        let Some(which) = KhugepagedEvent::from_u16(key.event) else { continue };
+        let status = if which == KhugepagedEvent::Swapin {
+            if key.status == 0 { "ok".to_string() } else { format!("ret={}", key.status) }
+        } else {
+            session.bpf.status_names.name(key.status.into())
+        };
+        *counts.entry(key.tgid).or_default().entry(which.name()).or_default().entry(status).or_default() += n;
+    }
+    let mut processes = Vec::new();
+    for p in session.procs.values() {
+        let mut s = ProcessStats { tgid: p.tgid, comm: p.comm.clone(), ..ProcessStats::default() };
+        let vmas = pagemap::anon_vmas(p.tgid as i32).unwrap_or_default();
+        for (addr, bits) in regions.get(&p.tgid).map(Vec::as_slice).unwrap_or_default() {
+            let present = bits.intersection(&vma_mask(&vmas, *addr));
+            let n = present.count();
+            if n == 0 {
+                continue;
+            }
+            s.regions += 1;
+            s.populated_pages += u64::from(n);
+            s.histogram[bucket(n)] += 1;
+            if !policy::plan(Policy::Pmd, &RegionState::from_present(present), &settings).is_empty() {
+                s.pmd_collapsible += 1;
+            }
+        }
+        if let Ok(m) = procs::memory_coverage(p.tgid as i32) {
+            s.anon_rss_kb = m.anon_rss_kb;
+            s.anon_huge_kb = m.anon_huge_kb;
+        }
+        s.khugepaged = counts.remove(&p.tgid).unwrap_or_default();
+        processes.push(s);
+    }
+    Ok(Sample {
+        elapsed_s: session.started.elapsed().as_secs_f64(),
+        processes,
+        drops: session.bpf.drops()?,
+        max_ptes_none: settings.max_ptes_none(),
+    })
+}
+
+fn mib(pages: u64) -> f64 {
+    (pages * PAGE_SIZE) as f64 / f64::from(1 << 20)
+}
+
+/// The human view of one sample.
+pub fn render(s: &Sample) -> String {
+    let mut out = String::new();
+    let losses: u64 = s.drops.iter().filter(|(r, _)| r.is_loss()).map(|(_, n)| n).sum();
+    let _ = writeln!(
+        out,
+        "collapse trace  {:>7.1}s  {} process{}  pmd rule: max_ptes_none {}  drops: {}",
+        s.elapsed_s,
+        s.processes.len(),
+        if s.processes.len() == 1 { "" } else { "es" },
+        s.max_ptes_none,
+        if losses == 0 { "none".to_string() } else { losses.to_string() }
+    );
+    let _ = write!(out, "{:>8} {:<16} {:>7} {:>9} {:>6} {:>6}  ", "PID", "COMM", "REGIONS", "POP MiB", "PMD-OK", "THP%");
+    for b in BUCKET_NAMES {
+        let _ = write!(out, "{b:>5}");
+    }
+    out.push('\n');
+    for p in &s.processes {
+        let _ = write!(
+            out,
+            "{:>8} {:<16} {:>7} {:>9.1} {:>6} {:>5.1}%  ",
+            p.tgid,
+            p.comm,
+            p.regions,
+            mib(p.populated_pages),
+            p.pmd_collapsible,
+            p.coverage() * 100.0
+        );
+        for n in p.histogram {
+            let _ = write!(out, "{n:>5}");
+        }
+        out.push('\n');
+        if !p.khugepaged.is_empty() {
+            let (ok, failed) = p.collapses();
+            let scans = p
+                .khugepaged
+                .get(KhugepagedEvent::ScanPmd.name())
+                .map(|m| m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "))
+                .unwrap_or_else(|| "none".into());
+            let _ = writeln!(out, "{:>8} khugepaged: scans: {scans}; collapses ok {ok}, failed {failed}", "");
+            if let Some(c) = p.khugepaged.get(KhugepagedEvent::Collapse.name()) {
+                let failures: Vec<String> =
+                    c.iter().filter(|(k, _)| k.as_str() != "succeeded").map(|(k, v)| format!("{k} {v}")).collect();
+                if !failures.is_empty() {
+                    let _ = writeln!(out, "{:>8} collapse failures: {}", "", failures.join(", "));
+                }
+            }
+        }
+    }
+    if losses > 0 {
+        let detail: Vec<String> = s
+            .drops
+            .iter()
+            .filter(|(r, n)| *n > 0 && r.is_loss())
+            .map(|(r, n)| format!("{} {n}", r.name()))
+            .collect();
+        let _ = writeln!(out, "drops: {} (raise --max-regions / --ringbuf-kib)", detail.join(", "));
+    }
+    out
+}
+
+pub fn sample_json(s: &Sample) -> Value {
+    let processes: Vec<Value> = s
+        .processes
+        .iter()
+        .map(|p| {
+            let (ok, failed) = p.collapses();
+            json!({
+                "pid": p.tgid,
+                "comm": p.comm,
+                "regions": p.regions,
+                "populated_bytes": p.populated_pages * PAGE_SIZE,
+                "histogram": p.histogram,
+                "pmd_collapsible": p.pmd_collapsible,
+                "anon_rss_bytes": p.anon_rss_kb * 1024,
+                "anon_huge_bytes": p.anon_huge_kb * 1024,
+                "coverage": p.coverage(),
+                "khugepaged": p.khugepaged,
+                "collapses_ok": ok,
+                "collapses_failed": failed,
+            })
+        })
+        .collect();
+    let drops: BTreeMap<&str, u64> = s.drops.iter().map(|(r, n)| (r.name(), *n)).collect();
+    json!({
+        "type": "sample",
+        "elapsed_s": s.elapsed_s,
+        "max_ptes_none": s.max_ptes_none,
+        "processes": processes,
+        "drops": drops,
+    })
+}
+
+/// One `--events` line for people.
+pub fn render_observed(o: &Observed, elapsed_s: f64) -> String {
+    match o {
+        Observed::LargeFolio { tgid, addr, order } => {
+            format!("{elapsed_s:>9.3} {tgid:>8} large folio  {addr:#x} order {order} ({} KiB)", 4u64 << order)
+        }
+        Observed::Khugepaged { tgid, which, status, event } => {
+            let detail = match which {
+                KhugepagedEvent::ScanPmd => {
+                    format!("referenced {} none_or_zero {} unmapped {}", event.a, event.b, event.c)
+                }
+                KhugepagedEvent::Collapse => format!("isolated {}", event.a),
+                KhugepagedEvent::Isolate => format!("none_or_zero {} referenced {}", event.a, event.b),
+                KhugepagedEvent::Swapin => format!("swapped_in {} referenced {}", event.a, event.b),
+            };
+            let ok = if event.status == SCAN_SUCCEED || (*which == KhugepagedEvent::Swapin && event.status == 0) {
+                "ok"
+            } else {
+                "--"
+            };
+            format!("{elapsed_s:>9.3} {tgid:>8} khugepaged {:<9} {ok} {status:<22} {detail}", which.name())
+        }
+        Observed::Started { tgid, comm, how } => format!("{elapsed_s:>9.3} {tgid:>8} traced ({how}) {comm}"),
+        Observed::Ended { tgid, comm, how } => format!("{elapsed_s:>9.3} {tgid:>8} ended ({how}) {comm}"),
+    }
+}
+
+pub fn observed_json(o: &Observed, elapsed_s: f64) -> Value {
+    match o {
+        Observed::LargeFolio { tgid, addr, order } => json!({
+            "type": "event", "event": "large_folio_fault", "elapsed_s": elapsed_s,
+            "pid": tgid, "addr": format!("{addr:#x}"), "order": order,
+        }),
+        Observed::Khugepaged { tgid, which, status, event } => json!({
+            "type": "event", "event": which.name(), "elapsed_s": elapsed_s, "pid": tgid,
+            "status": status, "status_code": event.status, "khugepaged_pid": event.pid,
+            "a": event.a, "b": event.b, "c": event.c, "pfn": event.addr,
+        }),
+        Observed::Started { tgid, comm, how } => json!({
+            "type": "event", "event": "traced", "elapsed_s": elapsed_s, "pid": tgid, "comm": comm, "how": how,
+        }),
+        Observed::Ended { tgid, comm, how } => json!({
+            "type": "event", "event": "ended", "elapsed_s": elapsed_s, "pid": tgid, "comm": comm, "how": how,
+        }),
+    }
+}
