@@ -1,0 +1,139 @@
+//! Bad input of every kind: one line on stderr naming the problem, a non-zero exit, nothing
+//! on stdout and nothing half-written.
+
+mod common;
+
+use std::{
+    os::unix::process::CommandExt as _,
+    path::Path,
+    process::{Command, Output},
+};
+
+use common::*;
+
+fn collapse(args: &[&str], env: &[(&str, &str)], uid: Option<u32>) -> Output {
+    let mut cmd = Command::new(collapse_bin());
+    cmd.args(args).envs(env.iter().copied());
+    if let Some(uid) = uid {
+        cmd.uid(uid).gid(uid);
+    }
+    cmd.output().expect("run collapse")
+}
+
+/// Exactly one stderr line, starting `collapse: ` and containing `needle`; empty stdout.
+fn assert_error(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "exit status 0 for bad input; stderr {stderr:?}");
+    assert_eq!(stdout, "", "stdout must stay empty on error");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "want one error line, got {lines:?}");
+    assert!(lines[0].starts_with("collapse: "), "{lines:?}");
+    assert!(lines[0].contains(needle), "{:?} does not mention {needle:?}", lines[0]);
+}
+
+#[test]
+fn bad_arguments_and_targets() {
+    if !root_or_skip("bad_arguments_and_targets") {
+        return;
+    }
+    let me = std::process::id().to_string();
+    assert_error(&collapse(&["trace"], &[], None), "no target");
+    assert_error(&collapse(&["trace", "--pid", &me, "--all"], &[], None), "one kind of target");
+    assert_error(&collapse(&["trace", "--pid", "999999999"], &[], None), "no process with pid 999999999");
+    assert_error(&collapse(&["trace", "--pid", &me, "--interval", "0"], &[], None), "--interval");
+    assert_error(&collapse(&["trace", "--pid", &me, "--duration", "-3"], &[], None), "--duration");
+    assert_error(&collapse(&["trace", "--comm", "a-name-longer-than-15"], &[], None), "15 bytes");
+    assert_error(&collapse(&["trace", "--cgroup", "/nonexistent/cgroup"], &[], None), "/nonexistent/cgroup");
+    assert_error(&collapse(&["trace", "--", "/nonexistent/program"], &[], None), "/nonexistent/program");
+    let dir = temp_dir("bad-snapshot");
+    let snap = dir.join("missing-dir").join("snap.jsonl");
+    assert_error(&collapse(&["trace", "--pid", &me, "--snapshot", snap.to_str().unwrap()], &[], None), "not a directory");
+    assert!(!snap.exists());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn not_root_is_refused() {
+    if !root_or_skip("not_root_is_refused") {
+        return;
+    }
+    let me = std::process::id().to_string();
+    // nobody/nogroup: loading eBPF programs needs root.
+    let out = collapse(&["trace", "--pid", &me, "--duration", "1"], &[], Some(65534));
+    assert_error(&out, "needs root");
+}
+
+/// A copy of the tracefs format files collapse reads, minus one tracepoint.
+fn fake_tracefs(dir: &Path, without: &str) {
+    let real = Path::new("/sys/kernel/tracing/events");
+    for tp in [
+        "exceptions/page_fault_user",
+        "exceptions/page_fault_kernel",
+        "kmem/mm_page_alloc",
+        "huge_memory/mm_khugepaged_scan_pmd",
+        "huge_memory/mm_collapse_huge_page",
+        "huge_memory/mm_collapse_huge_page_isolate",
+        "huge_memory/mm_collapse_huge_page_swapin",
+        "syscalls/sys_enter_munmap",
+        "syscalls/sys_enter_madvise",
+        "syscalls/sys_exit_madvise",
+        "syscalls/sys_enter_mmap",
+        "syscalls/sys_exit_mmap",
+        "syscalls/sys_enter_mremap",
+        "syscalls/sys_exit_mremap",
+        "task/task_newtask",
+        "sched/sched_process_exec",
+        "sched/sched_process_exit",
+    ] {
+        if tp == without {
+            continue;
+        }
+        let to = dir.join("events").join(tp);
+        std::fs::create_dir_all(&to).unwrap();
+        std::fs::copy(real.join(tp).join("format"), to.join("format")).unwrap();
+    }
+}
+
+#[test]
+fn missing_tracepoint_is_named() {
+    if !root_or_skip("missing_tracepoint_is_named") {
+        return;
+    }
+    let dir = temp_dir("fake-tracefs");
+    fake_tracefs(&dir, "huge_memory/mm_collapse_huge_page_swapin");
+    let me = std::process::id().to_string();
+    let out = collapse(&["trace", "--pid", &me, "--duration", "1"], &[("COLLAPSE_TRACEFS", dir.to_str().unwrap())], None);
+    assert_error(&out, "mm_collapse_huge_page_swapin");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Remounts tracefs if a test left it unmounted.
+struct Remount;
+
+impl Drop for Remount {
+    fn drop(&mut self) {
+        if !Path::new("/sys/kernel/tracing/events").exists() {
+            let _ = Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]).status();
+        }
+    }
+}
+
+#[test]
+fn unmounted_tracefs_gets_mounted() {
+    if !root_or_skip("unmounted_tracefs_gets_mounted") {
+        return;
+    }
+    let _remount = Remount;
+    if Path::new("/sys/kernel/tracing/events").exists() {
+        let st = Command::new("umount").arg("/sys/kernel/tracing").status().expect("umount");
+        if !st.success() {
+            eprintln!("SKIPPED unmounted_tracefs_gets_mounted: tracefs is busy and cannot be unmounted");
+            return;
+        }
+    }
+    let w = Workload::spawn();
+    let out = collapse(&["trace", "--pid", &w.pid.to_string(), "--duration", "0.3", "--json"], &[], None);
+    assert!(out.status.success(), "trace failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(Path::new("/sys/kernel/tracing/events").exists(), "collapse did not mount tracefs");
+}

@@ -1,0 +1,249 @@
+//! Shared pieces of the root integration tests: the workload child driven over stdin, the
+//! `collapse trace` subprocess read as JSON lines, and pagemap ground truth.
+#![allow(dead_code, reason = "each test binary uses a different part of this module")]
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Write},
+    path::PathBuf,
+    process::{Child, ChildStdin, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use collapse::{kernel::pagemap, snapshot::read_snapshot};
+use collapse_common::OccupancyBitmap;
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use serde_json::Value;
+
+/// Root tests run only as root; anything else is a loud skip, not a silent pass.
+pub fn root_or_skip(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("SKIPPED {test}: needs root and eBPF (run `cargo xtask test` as root)");
+    false
+}
+
+/// The `collapse` binary built next to this test (xtask builds it first), or `COLLAPSE_BIN`.
+pub fn collapse_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("COLLAPSE_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = exe.parent().and_then(|deps| deps.parent()).expect("target dir").join("collapse");
+    assert!(bin.is_file(), "{} is missing: build it first (`cargo build -p collapse-user`)", bin.display());
+    bin
+}
+
+/// `collapse workload script`: a child whose memory the test shapes command by command.
+pub struct Workload {
+    child: Child,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+    pub pid: i32,
+}
+
+fn line_reader(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+impl Workload {
+    pub fn spawn() -> Self {
+        let mut child = Command::new(collapse_bin())
+            .args(["workload", "script"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn workload");
+        let stdin = child.stdin.take().expect("stdin");
+        let lines = line_reader(child.stdout.take().expect("stdout"));
+        let ready = lines.recv_timeout(Duration::from_secs(10)).expect("workload ready line");
+        let pid = ready.strip_prefix("ready ").and_then(|p| p.parse().ok()).expect("ready <pid>");
+        Self { child, stdin, lines, pid }
+    }
+
+    /// Sends one command and returns its reply; an `error` reply fails the test.
+    pub fn cmd(&mut self, line: &str) -> String {
+        writeln!(self.stdin, "{line}").expect("write to workload");
+        self.stdin.flush().expect("flush");
+        let reply = self.lines.recv_timeout(Duration::from_secs(60)).expect("workload reply");
+        assert!(!reply.starts_with("error"), "workload `{line}`: {reply}");
+        reply
+    }
+
+    /// Maps `mib` MiB (2 MiB aligned) and returns its address.
+    pub fn map(&mut self, name: &str, mib: u64, huge: bool) -> u64 {
+        let reply = self.cmd(&format!("map {name} {mib} {}", if huge { "huge" } else { "nohuge" }));
+        let addr = reply.split_whitespace().nth(2).expect("mapped NAME ADDR PAGES");
+        u64::from_str_radix(addr.trim_start_matches("0x"), 16).expect("hex address")
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "exit");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Only the process this test started, by its pid.
+        let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// `collapse trace ... --json` running in the background.
+pub struct Tracer {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    pub seen: Vec<Value>,
+}
+
+impl Tracer {
+    /// Starts `collapse trace ARGS --json` and waits until it reports it is attached.
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(collapse_bin())
+            .arg("trace")
+            .args(args)
+            .arg("--json")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn collapse trace");
+        let lines = line_reader(child.stdout.take().expect("stdout"));
+        let mut tracer = Self { child, lines, seen: Vec::new() };
+        let attached = tracer.wait_for(Duration::from_secs(60), |v| v["type"] == "attached");
+        assert!(attached.is_some(), "collapse trace did not attach: {:?}", tracer.seen);
+        tracer
+    }
+
+    /// Reads lines until one satisfies `pred` or `timeout` passes.
+    pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let line = self.lines.recv_timeout(left).ok()?;
+            let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"));
+            self.seen.push(v.clone());
+            if pred(&v) {
+                return Some(v);
+            }
+        }
+    }
+
+    /// SIGTERM, then the rest of the output and the exit status.
+    pub fn stop(mut self) -> (ExitStatus, Vec<Value>) {
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).expect("SIGTERM collapse trace");
+        let status = self.child.wait().expect("wait for collapse trace");
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            self.seen.push(serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}")));
+        }
+        (status, self.seen)
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub type Regions = BTreeMap<u64, OccupancyBitmap>;
+
+/// pagemap's present bits (not the zero page) for every anonymous region of `pid`.
+pub fn truth(pid: i32) -> Regions {
+    pagemap::read_regions(pid)
+        .expect("read pagemap")
+        .into_iter()
+        .filter(|r| !r.present.is_empty())
+        .map(|r| (r.addr, r.present))
+        .collect()
+}
+
+/// The regions of `pid` in a snapshot file.
+pub fn snapshot_regions(path: &std::path::Path, pid: i32) -> Regions {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    read_snapshot(BufReader::new(file))
+        .expect("valid snapshot")
+        .into_iter()
+        .filter(|r| r.pid == pid)
+        .map(|r| (r.addr, r.state.present))
+        .collect()
+}
+
+/// Only the regions of `[start, start + len)`.
+pub fn within(regions: &Regions, start: u64, len: u64) -> Regions {
+    regions.iter().filter(|(a, _)| **a >= start && **a < start + len).map(|(a, b)| (*a, *b)).collect()
+}
+
+fn runs(b: &OccupancyBitmap) -> String {
+    b.runs().map(|(s, e)| format!("[{s},{e})")).collect::<Vec<_>>().join(" ")
+}
+
+/// Asserts two region sets are equal, explaining every difference.
+pub fn assert_same(what: &str, traced: &Regions, truth: &Regions) {
+    let mut diffs = Vec::new();
+    for addr in traced.keys().chain(truth.keys()).collect::<std::collections::BTreeSet<_>>() {
+        let t = traced.get(addr).copied().unwrap_or_default();
+        let g = truth.get(addr).copied().unwrap_or_default();
+        if t != g {
+            diffs.push(format!(
+                "  region {addr:#x}: traced {} pages {}, pagemap {} pages {}; only traced {}; only pagemap {}",
+                t.count(),
+                runs(&t),
+                g.count(),
+                runs(&g),
+                runs(&t.difference(&g)),
+                runs(&g.difference(&t))
+            ));
+        }
+    }
+    assert!(diffs.is_empty(), "{what}: tracer and pagemap differ in {} region(s):\n{}", diffs.len(), diffs.join("\n"));
+}
+
+/// A fresh temp directory for one test.
+pub fn temp_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("collapse-test-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// The pattern the accuracy tests apply to an 8 MiB area (4 regions): a full region, a sparse
+/// one (every 7th page), runs at odd offsets straddling a region boundary, read-only pages
+/// (zero page: not present), then DONTNEED and munmap of parts.
+pub fn shape(w: &mut Workload, name: &str) {
+    w.cmd(&format!("touch {name} 0 512"));
+    for p in (512..1024).step_by(7) {
+        w.cmd(&format!("touch {name} {p} {}", p + 1));
+    }
+    w.cmd(&format!("touch {name} 1021 1100"));
+    w.cmd(&format!("touch {name} 1333 1337"));
+    w.cmd(&format!("read {name} 1400 1500"));
+    w.cmd(&format!("touch {name} 1536 2048"));
+    // Drop parts: inside the full region, across a boundary, a whole region.
+    w.cmd(&format!("dontneed {name} 100 164"));
+    w.cmd(&format!("dontneed {name} 1000 1030"));
+    w.cmd(&format!("unmap {name} 1800 1900"));
+    w.cmd(&format!("unmap {name} 1024 1536"));
+    w.cmd(&format!("touch {name} 120 130"));
+}

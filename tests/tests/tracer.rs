@@ -1,0 +1,122 @@
+//! The tracer against the real kernel: its bitmaps must equal pagemap's present bits, exactly.
+//! Runs as root (CI); each test starts its own workload child and its own `collapse trace`.
+
+mod common;
+
+use std::time::Duration;
+
+use collapse_common::{OccupancyBitmap, consts::PMD_SIZE};
+use common::*;
+
+/// What `shape` leaves in its 4 regions, derived from the commands alone.
+fn expected_shape(addr: u64) -> Regions {
+    let mut r = [OccupancyBitmap::EMPTY; 4];
+    let mut set = |lo: usize, hi: usize, on: bool| {
+        for p in lo..hi {
+            let (reg, pte) = (p / 512, p % 512);
+            if on { r[reg].set(pte) } else { r[reg].clear(pte) }
+        }
+    };
+    set(0, 512, true);
+    for p in (512..1024).step_by(7) {
+        set(p, p + 1, true);
+    }
+    set(1021, 1100, true);
+    set(1333, 1337, true);
+    set(1536, 2048, true);
+    set(100, 164, false);
+    set(1000, 1030, false);
+    set(1800, 1900, false);
+    set(1024, 1536, false);
+    set(120, 130, true);
+    r.iter()
+        .enumerate()
+        .filter(|(_, b)| !b.is_empty())
+        .map(|(i, b)| (addr + i as u64 * PMD_SIZE, *b))
+        .collect()
+}
+
+#[test]
+fn bitmaps_follow_faults_unmaps_and_dontneed() {
+    if !root_or_skip("bitmaps_follow_faults_unmaps_and_dontneed") {
+        return;
+    }
+    let dir = temp_dir("follow");
+    let snap = dir.join("snap.jsonl");
+    let mut w = Workload::spawn();
+    let pid = w.pid.to_string();
+    let tracer = Tracer::start(&["--pid", &pid, "--interval", "0.2", "--snapshot", snap.to_str().unwrap()]);
+    // Everything below happens while traced: only events build these bitmaps.
+    let addr = w.map("a", 8, false);
+    shape(&mut w, "a");
+    let (status, _) = tracer.stop();
+    assert!(status.success(), "collapse trace exited with {status}");
+    let traced = snapshot_regions(&snap, w.pid);
+    let truth = truth(w.pid);
+    assert_same("pagemap vs the pattern itself", &within(&truth, addr, 8 << 20), &expected_shape(addr));
+    assert_same("the traced mapping", &within(&traced, addr, 8 << 20), &within(&truth, addr, 8 << 20));
+    assert_same("every region of the child", &traced, &truth);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn attaching_seeds_from_pagemap() {
+    if !root_or_skip("attaching_seeds_from_pagemap") {
+        return;
+    }
+    let dir = temp_dir("seed");
+    let snap = dir.join("snap.jsonl");
+    let mut w = Workload::spawn();
+    // Populated before the tracer exists: only seeding can know these pages.
+    let addr = w.map("a", 8, false);
+    shape(&mut w, "a");
+    let pid = w.pid.to_string();
+    let tracer = Tracer::start(&["--pid", &pid, "--interval", "0.2", "--snapshot", snap.to_str().unwrap()]);
+    // And changes after attaching, on top of the seeded state.
+    w.cmd("dontneed a 0 32");
+    w.cmd("touch a 600 700");
+    w.cmd("unmap a 1536 1600");
+    let (status, _) = tracer.stop();
+    assert!(status.success(), "collapse trace exited with {status}");
+    let traced = snapshot_regions(&snap, w.pid);
+    let truth = truth(w.pid);
+    assert!(!within(&truth, addr, 8 << 20).is_empty(), "the workload populated nothing");
+    assert_same("the seeded mapping", &within(&traced, addr, 8 << 20), &within(&truth, addr, 8 << 20));
+    assert_same("every region of the child", &traced, &truth);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn thp_fault_sets_all_512_bits() {
+    if !root_or_skip("thp_fault_sets_all_512_bits") {
+        return;
+    }
+    let enabled = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    if enabled.contains("[never]") {
+        eprintln!("SKIPPED thp_fault_sets_all_512_bits: transparent_hugepage/enabled is never");
+        return;
+    }
+    let dir = temp_dir("thp");
+    let snap = dir.join("snap.jsonl");
+    let mut w = Workload::spawn();
+    let pid = w.pid.to_string();
+    let tracer = Tracer::start(&["--pid", &pid, "--interval", "0.2", "--events", "--snapshot", snap.to_str().unwrap()]);
+    let addr = w.map("h", 4, true);
+    // One byte per region: each write fault maps a whole PMD THP.
+    w.cmd("touch h 0 1");
+    w.cmd("touch h 700 701");
+    let (status, seen) = tracer.stop();
+    assert!(status.success());
+    let traced = snapshot_regions(&snap, w.pid);
+    let truth = truth(w.pid);
+    let mapping = within(&truth, addr, 4 << 20);
+    let full = mapping.values().filter(|b| b.count() == 512).count();
+    assert_eq!(full, 2, "the kernel did not fault THPs here (pagemap: {mapping:?}); is memory fragmented?");
+    assert_same("THP regions", &within(&traced, addr, 4 << 20), &mapping);
+    let folio_events = seen
+        .iter()
+        .filter(|v| v["event"] == "large_folio_fault" && v["pid"] == w.pid && v["order"] == 9)
+        .count();
+    assert_eq!(folio_events, 2, "expected two order-9 large-folio events, saw {seen:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
