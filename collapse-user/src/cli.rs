@@ -3,7 +3,7 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, error::ErrorKind};
 
 #[derive(Debug, Parser)]
 #[command(name = "collapse", version, about = "Huge-page occupancy tracing and mTHP collapse planning", long_about = None)]
@@ -160,7 +160,10 @@ pub struct DemoArgs {
 /// Parses arguments, runs the command, and turns any error into one line on stderr and a
 /// non-zero exit status.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_error(err),
+    };
     let result = match cli.command {
         Command::Status(args) => crate::status::run(&args),
         Command::Trace(args) => crate::tracer::run(args),
@@ -176,4 +179,21 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Help and version go to stdout as clap writes them; a usage error becomes one line.
+fn usage_error(err: clap::Error) -> ExitCode {
+    if matches!(err.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+        let _ = err.print();
+        return if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    let text = err.render().to_string();
+    let first = text.lines().next().unwrap_or("bad arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    eprintln!("collapse: {first} (see --help)");
+    ExitCode::from(2)
 }

@@ -42,7 +42,7 @@ fn bad_arguments_and_targets() {
     assert_error(&collapse(&["trace", "--pid", &me, "--all"], &[], None), "one kind of target");
     assert_error(&collapse(&["trace", "--pid", "999999999"], &[], None), "no process with pid 999999999");
     assert_error(&collapse(&["trace", "--pid", &me, "--interval", "0"], &[], None), "--interval");
-    assert_error(&collapse(&["trace", "--pid", &me, "--duration", "-3"], &[], None), "--duration");
+    assert_error(&collapse(&["trace", "--pid", &me, "--duration=-3"], &[], None), "--duration");
     assert_error(&collapse(&["trace", "--comm", "a-name-longer-than-15"], &[], None), "15 bytes");
     assert_error(&collapse(&["trace", "--cgroup", "/nonexistent/cgroup"], &[], None), "/nonexistent/cgroup");
     assert_error(&collapse(&["trace", "--", "/nonexistent/program"], &[], None), "/nonexistent/program");

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
 
 use collapse_common::{OccupancyBitmap, consts::PMD_SIZE};
 use common::*;

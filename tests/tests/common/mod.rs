@@ -154,7 +154,7 @@ impl Tracer {
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
             self.seen.push(serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}")));
         }
-        (status, self.seen)
+        (status, std::mem::take(&mut self.seen))
     }
 }
 
