@@ -1,4 +1,5 @@
 //! Interfaces to the running kernel: tracefs formats, THP sysfs (with restore), pagemap and
 //! kpageflags, BTF, /proc.
+pub mod thp;
 pub mod tracefs;
 pub mod btf;
