@@ -1,0 +1,277 @@
+//! `--sweep`: every policy over a list of max_ptes_none values, as a table, JSON lines, and
+//! an SVG chart of coverage against bloat.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    fs,
+    io::{self, Write},
+    path::Path,
+};
+
+use anyhow::Context as _;
+use collapse_common::policy::{Policy, Settings, merged_warns, plan};
+use plotters::prelude::*;
+use serde::Serialize;
+
+use super::{
+    Job,
+    report::{count, header, json_line},
+    settings::size_name,
+    table::Table,
+    tally::{Tally, bytes, mib},
+};
+use crate::snapshot::SnapshotRegion;
+
+/// One policy at one max_ptes_none, over every region.
+#[derive(Clone, Debug)]
+pub(crate) struct SweepPoint {
+    pub policy: Policy,
+    pub max_ptes_none: u16,
+    pub tally: Tally,
+    /// `merged` with this value prints the kernel's warning.
+    pub merged_warns: bool,
+}
+
+#[derive(Serialize)]
+struct SweepLine {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    policy: &'static str,
+    max_ptes_none: u16,
+    coverage: f64,
+    decisions_per_order: BTreeMap<u8, u64>,
+    pages_per_order: BTreeMap<u8, u64>,
+    covered_pages: u64,
+    populated_pages: u64,
+    bloat_pages: u64,
+    bloat_bytes: u64,
+}
+
+/// Policies in the given order, each over `values` ascending.
+pub(crate) fn run(
+    regions: &[SnapshotRegion],
+    policies: &[Policy],
+    values: &[u16],
+    base: &Settings,
+) -> anyhow::Result<Vec<SweepPoint>> {
+    let mut points = Vec::with_capacity(policies.len() * values.len());
+    for &policy in policies {
+        for &n in values {
+            let settings = base
+                .with_max_ptes_none(n)
+                .map_err(|err| anyhow::anyhow!("--sweep-values {n}: {err}"))?;
+            let mut tally = Tally::default();
+            for region in regions {
+                let p = plan(policy, &region.state, &settings);
+                tally.add_region(&region.state, p.decisions(), p.bloat_pages());
+            }
+            let merged_warns = policy == Policy::Merged && merged_warns(&settings);
+            points.push(SweepPoint {
+                policy,
+                max_ptes_none: n,
+                tally,
+                merged_warns,
+            });
+        }
+    }
+    Ok(points)
+}
+
+/// JSON lines or the table.
+pub(crate) fn write(
+    out: &mut impl Write,
+    job: &Job<'_>,
+    points: &[SweepPoint],
+    plot: Option<&Path>,
+) -> io::Result<()> {
+    let orders = job.settings.settings.orders();
+    if job.json {
+        for point in points {
+            let t = &point.tally;
+            let line = SweepLine {
+                kind: "sweep",
+                policy: point.policy.name(),
+                max_ptes_none: point.max_ptes_none,
+                coverage: t.coverage(),
+                decisions_per_order: t.decisions_per_order(orders),
+                pages_per_order: t.pages_per_order(orders),
+                covered_pages: t.covered_pages(),
+                populated_pages: t.populated,
+                bloat_pages: t.bloat,
+                bloat_bytes: bytes(t.bloat),
+            };
+            json_line(out, &line)?;
+        }
+        return Ok(());
+    }
+    let mut text = header(job, false);
+    let (regions, populated) = points.first().map_or((job.regions.len() as u64, 0), |p| {
+        (p.tally.regions, p.tally.populated)
+    });
+    let _ = writeln!(
+        text,
+        "input     {}: {}, {:.2} MiB populated",
+        job.input,
+        count(regions, "region"),
+        mib(populated)
+    );
+    text.push_str("\ncoverage: % of the populated memory that ends up in a folio of each size\n");
+    let mut head = vec![
+        "policy".to_owned(),
+        "max_ptes_none".to_owned(),
+        "all %".to_owned(),
+    ];
+    head.extend(orders.iter().map(|k| format!("{} %", size_name(k))));
+    head.extend(["covered MiB", "bloat pages", "bloat MiB"].map(String::from));
+    let mut table = Table::new(head);
+    let mut marked = false;
+    for point in points {
+        let t = &point.tally;
+        let mut name = point.policy.name().to_owned();
+        if point.merged_warns {
+            name.push('*');
+            marked = true;
+        }
+        let mut cells = vec![
+            name,
+            point.max_ptes_none.to_string(),
+            format!("{:.1}", 100.0 * t.coverage()),
+        ];
+        cells.extend(
+            orders
+                .iter()
+                .map(|k| format!("{:.1}", 100.0 * t.coverage_at(k))),
+        );
+        cells.extend([
+            format!("{:.2}", mib(t.covered_pages())),
+            t.bloat.to_string(),
+            format!("{:.2}", mib(t.bloat)),
+        ]);
+        table.row(cells);
+    }
+    text.push_str(&table.render("  "));
+    if marked {
+        text.push_str(
+            "  * max_ptes_none is neither 0 nor 511: the kernel (7.2) warns and allows no empty PTEs below 2M\n",
+        );
+    }
+    if let Some(path) = plot {
+        let _ = writeln!(text, "\nchart written to {}", path.display());
+    }
+    out.write_all(text.as_bytes())
+}
+
+/// An SVG chart: coverage (% of populated) against bloat (MiB), one line per policy, each
+/// point labelled with its max_ptes_none (a run of values that land on the same point gets
+/// one label, `0-255`).
+pub(crate) fn plot(points: &[SweepPoint], policies: &[Policy], path: &Path) -> anyhow::Result<()> {
+    let svg = render_svg(points, policies).context("draw the chart")?;
+    fs::write(path, svg).with_context(|| format!("write {}", path.display()))
+}
+
+fn render_svg(points: &[SweepPoint], policies: &[Policy]) -> anyhow::Result<String> {
+    let x_max = points
+        .iter()
+        .map(|p| mib(p.tally.bloat))
+        .fold(0.0, f64::max);
+    let x_max = if x_max > 0.0 { x_max * 1.08 } else { 1.0 };
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (960, 640)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                "collapse plan --sweep: coverage against bloat",
+                ("sans-serif", 22),
+            )
+            .margin(20)
+            .x_label_area_size(48)
+            .y_label_area_size(64)
+            .build_cartesian_2d(0.0..x_max, 0.0..105.0)?;
+        chart
+            .configure_mesh()
+            .x_desc("bloat (MiB of zero-filled pages)")
+            .y_desc("coverage (% of populated memory)")
+            .draw()?;
+        for (i, &policy) in policies.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            let series: Vec<(f64, f64, u16)> = points
+                .iter()
+                .filter(|p| p.policy == policy)
+                .map(|p| {
+                    (
+                        mib(p.tally.bloat),
+                        100.0 * p.tally.coverage(),
+                        p.max_ptes_none,
+                    )
+                })
+                .collect();
+            chart
+                .draw_series(LineSeries::new(
+                    series.iter().map(|&(x, y, _)| (x, y)),
+                    color.stroke_width(2),
+                ))?
+                .label(policy.name())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(2))
+                });
+            chart.draw_series(labelled_points(&series).into_iter().map(|(x, y, label)| {
+                EmptyElement::at((x, y))
+                    + Circle::new((0, 0), 3, color.filled())
+                    + Text::new(
+                        label,
+                        (5, -14),
+                        ("sans-serif", 11).into_font().color(&color),
+                    )
+            }))?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()?;
+        root.present()?;
+    }
+    Ok(svg)
+}
+
+/// Consecutive values on the same point merged into one labelled point.
+fn labelled_points(series: &[(f64, f64, u16)]) -> Vec<(f64, f64, String)> {
+    let mut out: Vec<(f64, f64, u16, u16)> = Vec::new();
+    for &(x, y, n) in series {
+        match out.last_mut() {
+            Some(last) if last.0 == x && last.1 == y => last.3 = n,
+            _ => out.push((x, y, n, n)),
+        }
+    }
+    out.into_iter()
+        .map(|(x, y, first, last)| {
+            let label = if first == last {
+                first.to_string()
+            } else {
+                format!("{first}-{last}")
+            };
+            (x, y, label)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_merge_equal_points() {
+        let series = [
+            (0.0, 0.0, 0),
+            (0.0, 0.0, 32),
+            (1.0, 5.0, 64),
+            (2.0, 5.0, 128),
+            (2.0, 5.0, 511),
+        ];
+        let labels: Vec<String> = labelled_points(&series).into_iter().map(|p| p.2).collect();
+        assert_eq!(labels, ["0-32", "64", "128-511"]);
+    }
+}
