@@ -130,13 +130,16 @@ pub struct PlanArgs {
     pub input: Option<PathBuf>,
     #[command(flatten)]
     pub policy: PolicyArgs,
-    /// Apply the policy N times to its own output (the creep model).
+    /// Apply the policy up to N times to its own output (the creep model); stops at a fixed
+    /// point. With --json: the region lines (pass 1, the plan itself), one "pass" line per
+    /// pass, then the summary (of pass 1, plus "passes").
     #[arg(long, value_name = "N")]
     pub passes: Option<u32>,
-    /// Every policy over a list of max_ptes_none values.
+    /// Every policy (or only --policy) over a list of max_ptes_none values: coverage and bloat
+    /// per policy and value (with --json, one "sweep" line each).
     #[arg(long)]
     pub sweep: bool,
-    /// max_ptes_none values for --sweep.
+    /// max_ptes_none values for --sweep (default 0,32,64,128,192,255,256,320,384,448,511).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub sweep_values: Option<Vec<u16>>,
     /// With --sweep: an SVG chart of coverage against bloat.
