@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use btf_rs::{Btf, BtfType, Type};
+use btf_rs::{Backend, Btf, BtfType, Type};
 
 /// Where the kernel exposes its own BTF (CONFIG_DEBUG_INFO_BTF, kernel/bpf/sysfs_btf.c).
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -71,10 +71,14 @@ impl KernelBtf {
                 path: path.to_path_buf(),
             });
         }
-        let btf = Btf::from_file(path).map_err(|source| BtfError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        // Mapping the file and parsing types on demand takes milliseconds; parsing all of
+        // vmlinux's types up front (the cached backend) takes a few hundred.
+        let btf = Btf::from_file_with_backend(path, Backend::Mmap)
+            .or_else(|_| Btf::from_file(path))
+            .map_err(|source| BtfError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
         Ok(Self {
             btf,
             path: path.to_path_buf(),

@@ -3,3 +3,4 @@
 pub mod thp;
 pub mod tracefs;
 pub mod btf;
+pub mod pagemap;
