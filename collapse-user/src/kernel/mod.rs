@@ -4,3 +4,4 @@ pub mod thp;
 pub mod tracefs;
 pub mod btf;
 pub mod pagemap;
+pub mod procs;

@@ -1,0 +1,285 @@
+//! Processes and cgroups as /proc and cgroupfs describe them (Documentation/filesystems/proc.rst,
+//! Documentation/admin-guide/cgroup-v2.rst).
+
+use std::{
+    fs, io,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use procfs::{ProcError, process::Process};
+
+/// Where cgroup v2 is mounted on a unified system, and on a hybrid one (like ours: v1
+/// controllers, v2 at `unified`).
+pub const CGROUP_ROOTS: [&str; 2] = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcsError {
+    #[error("no process with pid {pid}")]
+    NoProcess { pid: i32 },
+    #[error("reading {}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error("reading {} needs root: run collapse as root", path.display())]
+    Permission { path: PathBuf },
+    #[error("{}: malformed: {what}", path.display())]
+    Parse { path: PathBuf, what: String },
+    #[error(
+        "{} is not a cgroup directory (it has no cgroup.procs); give a directory under {}",
+        path.display(),
+        CGROUP_ROOTS.join(" or ")
+    )]
+    NotCgroup { path: PathBuf },
+    #[error(
+        "{} is a cgroup v1 directory; processes are matched by their cgroup v2 id \
+         (bpf_get_current_cgroup_id), so give the same group under the v2 mount ({})",
+        path.display(),
+        CGROUP_ROOTS.join(" or ")
+    )]
+    NotCgroupV2 { path: PathBuf },
+}
+
+type Result<T> = std::result::Result<T, ProcsError>;
+
+/// Whether `pid` names a live process or thread (not a zombie).
+pub fn exists(pid: i32) -> bool {
+    pid > 0 && Process::new(pid).is_ok_and(|p| p.is_alive())
+}
+
+/// The command name (`comm`, at most 15 bytes) of `pid`.
+pub fn comm(pid: i32) -> Result<String> {
+    let path = PathBuf::from(format!("/proc/{pid}/comm"));
+    let text = fs::read_to_string(&path).map_err(|e| io_error(pid, path, e))?;
+    Ok(text.trim_end_matches('\n').to_owned())
+}
+
+/// The thread-group id (the process id) of thread `pid`.
+pub fn tgid(pid: i32) -> Result<i32> {
+    let path = || PathBuf::from(format!("/proc/{pid}/status"));
+    let status = Process::new(pid)
+        .and_then(|p| p.status())
+        .map_err(|e| proc_error(pid, path(), e))?;
+    Ok(status.tgid)
+}
+
+/// The processes (thread-group ids) whose `comm` is `name`, ascending.
+pub fn pids_with_comm(name: &str) -> Result<Vec<i32>> {
+    let mut out: Vec<i32> = all_processes()?
+        .into_iter()
+        .filter(|p| p.stat().is_ok_and(|s| s.comm == name))
+        .map(|p| p.pid())
+        .collect();
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Every user-space process (thread-group ids, ascending): kernel threads left out.
+pub fn user_processes() -> Result<Vec<i32>> {
+    // PF_KTHREAD, include/linux/sched.h.
+    const PF_KTHREAD: u32 = 0x0020_0000;
+    let mut out: Vec<i32> = all_processes()?
+        .into_iter()
+        .filter(|p| {
+            p.stat()
+                .is_ok_and(|s| s.flags & PF_KTHREAD == 0 && s.state != 'Z')
+        })
+        .map(|p| p.pid())
+        .collect();
+    out.sort_unstable();
+    Ok(out)
+}
+
+fn all_processes() -> Result<Vec<Process>> {
+    let procs =
+        procfs::process::all_processes().map_err(|e| proc_error(0, PathBuf::from("/proc"), e))?;
+    // Processes that exit while we list them are skipped.
+    Ok(procs.filter_map(|p| p.ok()).collect())
+}
+
+/// The cgroup directory `path` names: as given if it exists, else relative to a cgroup mount
+/// (`system.slice/x.service`).
+pub fn resolve_cgroup(path: &Path) -> Result<PathBuf> {
+    let candidates = std::iter::once(path.to_path_buf())
+        .chain(
+            (!path.is_absolute())
+                .then(|| {
+                    CGROUP_ROOTS
+                        .iter()
+                        .rev()
+                        .map(|root| Path::new(root).join(path))
+                })
+                .into_iter()
+                .flatten(),
+        )
+        .collect::<Vec<_>>();
+    candidates
+        .into_iter()
+        .find(|p| p.join("cgroup.procs").is_file())
+        .ok_or_else(|| ProcsError::NotCgroup {
+            path: path.to_path_buf(),
+        })
+}
+
+/// The processes in cgroup `path` itself (not its descendants), from `cgroup.procs`, ascending.
+/// Works for v1 and v2 directories.
+pub fn cgroup_pids(path: &Path) -> Result<Vec<i32>> {
+    let dir = resolve_cgroup(path)?;
+    let procs = dir.join("cgroup.procs");
+    let text = fs::read_to_string(&procs).map_err(|e| io_error(0, procs.clone(), e))?;
+    let mut out = text
+        .lines()
+        .map(|l| {
+            l.trim().parse::<i32>().map_err(|_| ProcsError::Parse {
+                path: procs.clone(),
+                what: format!("pid {l:?}"),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// The id of cgroup v2 directory `path`: its inode number, which is the kernfs node id that
+/// `bpf_get_current_cgroup_id()` returns (kernel/bpf/helpers.c, `cgroup_id()` in
+/// include/linux/cgroup.h).
+pub fn cgroup_id(path: &Path) -> Result<u64> {
+    let dir = resolve_cgroup(path)?;
+    let fs = nix::sys::statfs::statfs(&dir).map_err(|e| ProcsError::Read {
+        path: dir.clone(),
+        source: io::Error::from(e),
+    })?;
+    if fs.filesystem_type() != nix::sys::statfs::CGROUP2_SUPER_MAGIC {
+        return Err(ProcsError::NotCgroupV2 { path: dir });
+    }
+    let meta = fs::metadata(&dir).map_err(|source| ProcsError::Read {
+        path: dir.clone(),
+        source,
+    })?;
+    Ok(meta.ino())
+}
+
+/// How much of a process's anonymous memory is PMD-mapped THP.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryCoverage {
+    /// `RssAnon` of /proc/<pid>/status.
+    pub anon_rss_kb: u64,
+    /// `AnonHugePages` of /proc/<pid>/smaps_rollup: PMD-mapped THP only (mTHP is not counted,
+    /// fs/proc/task_mmu.c smaps_pmd_entry).
+    pub anon_huge_kb: u64,
+}
+
+impl MemoryCoverage {
+    /// Fraction of anonymous RSS that is PMD-mapped, 0 when there is none.
+    pub fn coverage(&self) -> f64 {
+        if self.anon_rss_kb == 0 {
+            0.0
+        } else {
+            self.anon_huge_kb as f64 / self.anon_rss_kb as f64
+        }
+    }
+}
+
+/// The THP coverage of `pid`'s anonymous memory.
+pub fn memory_coverage(pid: i32) -> Result<MemoryCoverage> {
+    let process =
+        Process::new(pid).map_err(|e| proc_error(pid, PathBuf::from(format!("/proc/{pid}")), e))?;
+    let status_path = || PathBuf::from(format!("/proc/{pid}/status"));
+    let rollup_path = || PathBuf::from(format!("/proc/{pid}/smaps_rollup"));
+    let status = process
+        .status()
+        .map_err(|e| proc_error(pid, status_path(), e))?;
+    let rollup = process
+        .smaps_rollup()
+        .map_err(|e| proc_error(pid, rollup_path(), e))?;
+    // procfs converts the smaps "kB" values to bytes.
+    let anon_huge_bytes = rollup
+        .memory_map_rollup
+        .iter()
+        .filter_map(|m| m.extension.map.get("AnonHugePages"))
+        .sum::<u64>();
+    Ok(MemoryCoverage {
+        // Kernel threads and zombies have no RssAnon line.
+        anon_rss_kb: status.rssanon.unwrap_or(0),
+        anon_huge_kb: anon_huge_bytes / 1024,
+    })
+}
+
+fn proc_error(pid: i32, path: PathBuf, e: ProcError) -> ProcsError {
+    match e {
+        ProcError::NotFound(_) if pid > 0 => ProcsError::NoProcess { pid },
+        ProcError::NotFound(p) => ProcsError::Read {
+            path: p.unwrap_or(path),
+            source: io::Error::from(io::ErrorKind::NotFound),
+        },
+        ProcError::PermissionDenied(p) => ProcsError::Permission {
+            path: p.unwrap_or(path),
+        },
+        ProcError::Io(source, p) => io_error(pid, p.unwrap_or(path), source),
+        other => ProcsError::Parse {
+            path,
+            what: other.to_string(),
+        },
+    }
+}
+
+fn io_error(pid: i32, path: PathBuf, e: io::Error) -> ProcsError {
+    match e.kind() {
+        io::ErrorKind::NotFound if pid > 0 => ProcsError::NoProcess { pid },
+        _ if e.raw_os_error() == Some(libc::ESRCH) && pid > 0 => ProcsError::NoProcess { pid },
+        io::ErrorKind::PermissionDenied => ProcsError::Permission { path },
+        _ => ProcsError::Read { path, source: e },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ourselves() {
+        let me = std::process::id() as i32;
+        assert!(exists(me));
+        assert_eq!(tgid(me).unwrap(), me);
+        let name = comm(me).unwrap();
+        assert!(!name.is_empty() && name.len() <= 15);
+        assert!(pids_with_comm(&name).unwrap().contains(&me));
+        assert!(user_processes().unwrap().contains(&me));
+        // Kernel threads are left out: kthreadd is pid 2.
+        assert!(!user_processes().unwrap().contains(&2));
+    }
+
+    #[test]
+    fn missing() {
+        assert!(!exists(0));
+        assert!(!exists(-5));
+        // pid_max is at most 2^22.
+        let nobody = 4_194_305;
+        assert!(!exists(nobody));
+        let err = comm(nobody).unwrap_err();
+        assert_eq!(err.to_string(), format!("no process with pid {nobody}"));
+        assert!(matches!(tgid(nobody), Err(ProcsError::NoProcess { pid }) if pid == nobody));
+        assert!(matches!(
+            memory_coverage(nobody),
+            Err(ProcsError::NoProcess { .. })
+        ));
+        assert!(pids_with_comm("no-such-comm-x").unwrap().is_empty());
+        let err = cgroup_pids(Path::new("/tmp")).unwrap_err();
+        assert!(matches!(err, ProcsError::NotCgroup { .. }), "{err}");
+        assert!(
+            err.to_string().contains("/tmp is not a cgroup directory"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn coverage_fraction() {
+        assert_eq!(MemoryCoverage::default().coverage(), 0.0);
+        assert_eq!(
+            MemoryCoverage {
+                anon_rss_kb: 4096,
+                anon_huge_kb: 2048
+            }
+            .coverage(),
+            0.5
+        );
+    }
+}
