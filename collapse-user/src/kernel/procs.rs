@@ -21,6 +21,12 @@ pub enum ProcsError {
     Read { path: PathBuf, source: io::Error },
     #[error("reading {} needs root: run collapse as root", path.display())]
     Permission { path: PathBuf },
+    #[error(
+        "reading {} was refused although collapse runs as root: the process is protected \
+         (another user namespace, a security module, or capabilities we lack)",
+        path.display()
+    )]
+    Refused { path: PathBuf },
     #[error("{}: malformed: {what}", path.display())]
     Parse { path: PathBuf, what: String },
     #[error(
@@ -210,9 +216,7 @@ fn proc_error(pid: i32, path: PathBuf, e: ProcError) -> ProcsError {
             path: p.unwrap_or(path),
             source: io::Error::from(io::ErrorKind::NotFound),
         },
-        ProcError::PermissionDenied(p) => ProcsError::Permission {
-            path: p.unwrap_or(path),
-        },
+        ProcError::PermissionDenied(p) => permission_error(p.unwrap_or(path)),
         ProcError::Io(source, p) => io_error(pid, p.unwrap_or(path), source),
         other => ProcsError::Parse {
             path,
@@ -221,11 +225,19 @@ fn proc_error(pid: i32, path: PathBuf, e: ProcError) -> ProcsError {
     }
 }
 
+fn permission_error(path: PathBuf) -> ProcsError {
+    if nix::unistd::geteuid().is_root() {
+        ProcsError::Refused { path }
+    } else {
+        ProcsError::Permission { path }
+    }
+}
+
 fn io_error(pid: i32, path: PathBuf, e: io::Error) -> ProcsError {
     match e.kind() {
         io::ErrorKind::NotFound if pid > 0 => ProcsError::NoProcess { pid },
         _ if e.raw_os_error() == Some(libc::ESRCH) && pid > 0 => ProcsError::NoProcess { pid },
-        io::ErrorKind::PermissionDenied => ProcsError::Permission { path },
+        io::ErrorKind::PermissionDenied => permission_error(path),
         _ => ProcsError::Read { path, source: e },
     }
 }
