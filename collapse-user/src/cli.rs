@@ -75,6 +75,12 @@ pub struct CapacityArgs {
     pub max_processes: u32,
 }
 
+impl Default for CapacityArgs {
+    fn default() -> Self {
+        Self { max_regions: 262_144, ringbuf_kib: 1024, max_processes: 16_384 }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct TraceArgs {
     #[command(flatten)]

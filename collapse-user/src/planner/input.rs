@@ -74,9 +74,6 @@ impl Input {
 /// The tracer's snapshot of a live target. Kept apart so that the tracer can be wired in
 /// here alone.
 fn live_snapshot(target: &TargetArgs, duration_s: f64) -> anyhow::Result<Vec<SnapshotRegion>> {
-    // TODO(lead): call crate::tracer::snapshot_target. It now takes a third argument,
-    // `&CapacityArgs`, which PlanArgs does not have yet (flatten CapacityArgs into PlanArgs, or
-    // pass the tracer's defaults).
-    let _ = (target, duration_s);
-    bail!("plan: live targets need the tracer (use --input)")
+    // A plan traces at most a few processes briefly: the tracer's default capacities suffice.
+    crate::tracer::snapshot_target(target, duration_s, &crate::cli::CapacityArgs::default())
 }

@@ -135,7 +135,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
          populated over ~3 s, then marked MADV_HUGEPAGE for khugepaged; traced for {:.0} s (Ctrl-C stops).",
         duration.as_secs_f64()
     );
-    let mut session = Session::start(Target::resolve(&target)?, Capacity::from(&default_capacity()))?;
+    let mut session = Session::start(Target::resolve(&target)?, Capacity::from(&CapacityArgs::default()))?;
     let output = Output::Human { events: true, redraw: false };
     runtime()?.block_on(drive(&mut session, output, Duration::from_secs(1), Some(duration)))?;
     let regions = session.snapshot()?;
@@ -143,10 +143,6 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     println!();
     crate::planner::print_demo_comparison(&regions)?;
     Ok(ExitCode::SUCCESS)
-}
-
-fn default_capacity() -> CapacityArgs {
-    CapacityArgs { max_regions: 262_144, ringbuf_kib: 1024, max_processes: 16_384 }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

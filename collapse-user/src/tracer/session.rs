@@ -58,6 +58,8 @@ pub struct Session {
     pub ended: Vec<(u32, String)>,
     pub child: Option<CommandChild>,
     pub started: Instant,
+    /// Processes whose pagemap could not be read (warned once).
+    unseeded: BTreeSet<u32>,
 }
 
 /// Bits set by the programs while pagemap was being read are kept; bits the programs cleared
@@ -95,6 +97,7 @@ impl Session {
             child: None,
             started: Instant::now(),
             target: Target::default(),
+            unseeded: BTreeSet::new(),
         };
         // Tracking starts before seeding, so no page populated in between is missed.
         for tgid in target.initial_tgids()? {
@@ -235,9 +238,19 @@ impl Session {
         for (tgid, whole, ranges) in todo {
             let result = if whole { self.resync(tgid, None) } else { ranges.iter().try_for_each(|r| self.resync(tgid, Some(r))) };
             if let Err(err) = result {
-                // The process may have exited meanwhile; its exit event will clean up.
-                if procs::exists(tgid as i32) {
-                    return Err(err.context(format!("seeding pid {tgid} from pagemap")));
+                // The process may have exited meanwhile; its exit event will clean up. A
+                // process named on the command line must be readable; one picked up by
+                // --all / --comm / --cgroup that is not (pid 1 under a security module, another
+                // user namespace) is traced from events alone, with a warning.
+                if !procs::exists(tgid as i32) {
+                    continue;
+                }
+                let err = err.context(format!("seeding pid {tgid} from pagemap"));
+                if self.target.pids.contains(&tgid) || self.child.as_ref().is_some_and(|c| c.pid() == tgid) {
+                    return Err(err);
+                }
+                if self.unseeded.insert(tgid) {
+                    eprintln!("collapse: warning: {err:#}; its bitmaps start from events only");
                 }
             }
         }
