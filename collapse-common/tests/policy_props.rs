@@ -7,7 +7,7 @@
 
 use collapse_common::{
     OccupancyBitmap,
-    policy::{Creep, Decision, OrderSet, Plan, Policy, RegionState, Settings, plan},
+    policy::{Creep, Decision, OrderSet, Plan, Policy, RegionState, Settings, plan, plan_into},
 };
 use proptest::prelude::*;
 
@@ -349,9 +349,14 @@ proptest! {
 
     /// The strongest check: the fast engine equals the literal reading of policies.md.
     #[test]
-    fn engine_equals_reference(r in region(), s in settings()) {
+    fn engine_equals_reference(r in region(), s in settings(), dirty in region()) {
+        // A reused plan starts out holding another region's decisions.
+        let mut reused = plan(Policy::Scaled, &dirty, &s.with_orders(OrderSet::ALL));
         for policy in Policy::ALL {
             let p = plan(policy, &r, &s);
+            plan_into(policy, &r, &s, &mut reused);
+            prop_assert_eq!(reused.decisions(), p.decisions());
+            prop_assert_eq!(reused, p);
             let want = reference::decisions(policy, &r, &s);
             prop_assert_eq!(pairs(&p), want.clone(), "{}", policy);
             prop_assert_eq!(p.bloat_pages(), reference::bloat(&r, &want), "{} bloat", policy);

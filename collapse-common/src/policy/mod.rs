@@ -64,7 +64,10 @@ pub struct Decision {
 }
 
 /// A policy's decisions for one region, ascending, and their bloat.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// Equality and `Debug` look at the decisions and the bloat only: slots past the decisions
+/// may hold stale entries when a plan is reused by [`plan_into`].
+#[derive(Clone, Copy)]
 pub struct Plan {
     decisions: [Decision; MAX_DECISIONS],
     len: u16,
@@ -234,6 +237,23 @@ impl Plan {
     }
 }
 
+impl PartialEq for Plan {
+    fn eq(&self, other: &Self) -> bool {
+        self.decisions() == other.decisions() && self.bloat_pages == other.bloat_pages
+    }
+}
+
+impl Eq for Plan {}
+
+impl core::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Plan")
+            .field("decisions", &self.decisions())
+            .field("bloat_pages", &self.bloat_pages)
+            .finish()
+    }
+}
+
 impl Default for Plan {
     fn default() -> Self {
         Self::EMPTY
@@ -241,45 +261,40 @@ impl Default for Plan {
 }
 
 /// Runs `policy` over one region.
+#[inline]
 pub fn plan(policy: Policy, region: &RegionState, settings: &Settings) -> Plan {
-    if !region.passes_gate(settings) {
-        return Plan::EMPTY;
-    }
+    // Inlined so that the 520-byte plan is built in the caller's own variable, not built
+    // locally and copied out.
+    let mut out = Plan::EMPTY;
+    plan_into(policy, region, settings, &mut out);
+    out
+}
+
+/// [`plan`] into a `Plan` that a loop over many regions reuses: it is reset, not rebuilt.
+pub fn plan_into(policy: Policy, region: &RegionState, settings: &Settings, out: &mut Plan) {
+    out.len = 0;
+    out.bloat_pages = 0;
     let occupied = region.occupied();
-    if occupied.is_empty() {
-        // "A decision needs at least one occupied PTE."
-        return Plan::EMPTY;
+    // "A decision needs at least one occupied PTE."
+    if !region.passes_gate(settings) || occupied.is_empty() {
+        return;
     }
     let refused = region.refused_below_pmd();
-    match policy {
-        Policy::Pmd => pmd(&occupied, settings),
-        Policy::Merged => select::select(
-            &occupied.words,
-            &occupied.words,
-            &refused.words,
-            &select::Thresholds::merged(settings),
+    let (counted, thresholds) = match policy {
+        Policy::Pmd => return pmd(&occupied, settings, out),
+        Policy::Merged => (occupied.words, select::Thresholds::merged(settings)),
+        Policy::Scaled => (occupied.words, select::Thresholds::scaled(settings)),
+        Policy::Seed => (
+            select::chunk_utilisation(&occupied.words, settings),
+            select::Thresholds::seed(settings),
         ),
-        Policy::Scaled => select::select(
-            &occupied.words,
-            &occupied.words,
-            &refused.words,
-            &select::Thresholds::scaled(settings),
-        ),
-        Policy::Seed => {
-            let utilised = select::chunk_utilisation(&occupied.words, settings);
-            select::select(
-                &utilised,
-                &occupied.words,
-                &refused.words,
-                &select::Thresholds::seed(settings),
-            )
-        }
-    }
+    };
+    // One call site, so that the search is inlined once.
+    select::select(&counted, &occupied.words, &refused.words, &thresholds, out);
 }
 
 /// policies.md "`pmd`": the one candidate (0, 9).
-fn pmd(occupied: &OccupancyBitmap, settings: &Settings) -> Plan {
-    let mut out = Plan::EMPTY;
+fn pmd(occupied: &OccupancyBitmap, settings: &Settings, out: &mut Plan) {
     let occupied = occupied.count();
     if settings.orders.contains(MAX_ORDER)
         && occupied >= 1
@@ -287,7 +302,6 @@ fn pmd(occupied: &OccupancyBitmap, settings: &Settings) -> Plan {
     {
         out.push(0, MAX_ORDER, PTES_PER_PMD as u32 - occupied);
     }
-    out
 }
 
 /// Whether `merged` would print the kernel's warning: max_ptes_none is neither 0 nor 511

@@ -10,7 +10,7 @@
 //! bitmaps of all orders share one layout and can be combined with plain `&` and `|`.
 
 use super::{MAX_ORDER, MIN_ORDER, Plan, Settings};
-use crate::consts::{BITMAP_WORDS, PMD_ORDER};
+use crate::consts::{BITMAP_WORDS, PMD_ORDER, PTES_PER_PMD};
 
 /// A 512-bit bitmap as words, PTE 0 in bit 0 of word 0.
 pub(super) type Words = [u64; BITMAP_WORDS];
@@ -19,6 +19,7 @@ pub(super) type Words = [u64; BITMAP_WORDS];
 const WORD_ORDER: u8 = 6;
 
 /// Orders 2..=5 fit inside one word; for each, the SWAR constants of its ranges.
+#[derive(Clone, Copy)]
 struct InWordOrder {
     order: u8,
     /// The lowest bit of every range of this order.
@@ -51,57 +52,74 @@ const IN_WORD: [InWordOrder; 4] = [
 ];
 
 /// What a range of each order must reach to qualify, in the unit being counted (PTEs, or
-/// utilised chunks for `seed`).
+/// utilised chunks for `seed`), prepared for [`select`]. An order that may not be chosen gets
+/// a threshold no range reaches, so the search needs no branch on the enabled orders.
 pub(super) struct Thresholds {
-    /// `need[k]`: the least count for a range of order k; at least 1, at most the count a
-    /// full range reaches.
-    need: [u16; PMD_ORDER as usize + 1],
-    /// Bit k: order k may be chosen.
-    orders: u16,
+    /// Orders 6..=9 (index order − 6): the least count, `u32::MAX` if disabled.
+    whole_words: [u32; 4],
+    /// Orders 2..=5 (index order − 2): 2^(w−1) − need in every w-bit field (w = 2^order),
+    /// so that adding it sets a field's top bit iff its count reaches the need (see
+    /// [`at_least`]); 0 if disabled, which no count ≤ 2^order < 2^(w−1) can push that far.
+    in_word: [u64; 4],
 }
 
 impl Thresholds {
+    /// `need(k)`: the least count for a range of order k, at least 1 and at most what a full
+    /// range counts; `orders`: bit k set iff order k may be chosen.
+    #[inline(always)]
+    fn new(orders: u16, need: impl Fn(u8) -> u16) -> Self {
+        let enabled = |order: u8| orders >> order & 1 == 1;
+        let whole_words = [6, 7, 8, 9].map(|order| {
+            if enabled(order) {
+                u32::from(need(order))
+            } else {
+                u32::MAX
+            }
+        });
+        let in_word = IN_WORD.map(|level| {
+            if enabled(level.order) {
+                level
+                    .lows
+                    .wrapping_mul(bias(&level, u32::from(need(level.order))))
+            } else {
+                0
+            }
+        });
+        Self {
+            whole_words,
+            in_word,
+        }
+    }
+
     /// policies.md "`merged`": order 9 allows n empty PTEs; orders below 9 allow 2^k - 1 if
     /// n = 511 and none otherwise (n = 0, or any other n, which the kernel warns about and
     /// treats as 0). "At least one occupied PTE" makes every need at least 1.
     pub(super) fn merged(settings: &Settings) -> Self {
         let n = settings.max_ptes_none;
-        let mut need = [0; PMD_ORDER as usize + 1];
-        for (k, need) in need.iter_mut().enumerate() {
+        Self::new(settings.orders.bits(), |k| {
             let pages = 1u16 << k;
-            *need = if k == usize::from(PMD_ORDER) {
-                pages.saturating_sub(n)
+            if k == PMD_ORDER {
+                pages.saturating_sub(n).max(1)
             } else if n == 511 {
                 1
             } else {
                 pages
             }
-            .max(1);
-        }
-        Self {
-            need,
-            orders: settings.orders.bits(),
-        }
+        })
     }
 
     /// policies.md "`scaled`": order 9 allows n empty PTEs, order k < 9 allows
     /// min(n, 255) >> (9 - k).
     pub(super) fn scaled(settings: &Settings) -> Self {
         let n = settings.max_ptes_none;
-        let mut need = [0; PMD_ORDER as usize + 1];
-        for (k, need) in need.iter_mut().enumerate() {
-            let pages = 1u16 << k;
-            let allowed = if k == usize::from(PMD_ORDER) {
+        Self::new(settings.orders.bits(), |k| {
+            let allowed = if k == PMD_ORDER {
                 n
             } else {
-                n.min(255) >> (usize::from(PMD_ORDER) - k)
+                n.min(255) >> (PMD_ORDER - k)
             };
-            *need = pages.saturating_sub(allowed).max(1);
-        }
-        Self {
-            need,
-            orders: settings.orders.bits(),
-        }
+            (1u16 << k).saturating_sub(allowed).max(1)
+        })
     }
 
     /// policies.md "`seed`": a range of order k qualifies iff used = (utilised chunks) × c
@@ -110,27 +128,11 @@ impl Thresholds {
     pub(super) fn seed(settings: &Settings) -> Self {
         let n = settings.max_ptes_none;
         let m = settings.chunk_order;
-        let mut need = [0; PMD_ORDER as usize + 1];
-        for (k, need) in need.iter_mut().enumerate() {
-            let pages = 1u16 << k;
-            let fill = pages.saturating_sub(n >> (usize::from(PMD_ORDER).saturating_sub(k)));
-            *need = fill.div_ceil(1 << m).max(1);
-        }
         let below_m = (1u16 << m) - 1;
-        Self {
-            need,
-            orders: settings.orders.bits() & !below_m,
-        }
-    }
-
-    fn enabled(&self, order: u8) -> bool {
-        self.orders >> order & 1 == 1
-    }
-
-    fn need(&self, order: u8) -> u32 {
-        self.need
-            .get(usize::from(order))
-            .map_or(u32::MAX, |&n| u32::from(n))
+        Self::new(settings.orders.bits() & !below_m, |k| {
+            let fill = (1u16 << k).saturating_sub(n >> (PMD_ORDER - k));
+            fill.div_ceil(1 << m).max(1)
+        })
     }
 }
 
@@ -146,15 +148,17 @@ fn range_counts(x: u64) -> [u64; 4] {
     [c2, c3, c4, c5]
 }
 
-/// Per range of `level`, whether its count (from [`range_counts`]) is at least `need`: the
-/// bit at the range's start. Adding 2^(w−1) − need to each w-bit field sets the field's top
-/// bit iff count ≥ need; counts ≤ 2^k < 2^(w−1) for w = 2^k ≥ 4, so no field carries into the
-/// next one.
+/// The addend that makes a w-bit field's top bit say "count ≥ need": 2^(w−1) − need.
+fn bias(level: &InWordOrder, need: u32) -> u64 {
+    (1u64 << ((1u32 << level.order) - 1)).saturating_sub(u64::from(need))
+}
+
+/// Per range of `level`, whether its count (from [`range_counts`]) reached the need that
+/// `addend` (`level.lows` × [`bias`]) encodes: the bit at the range's start. Counts are at
+/// most 2^k < 2^(w−1) for w = 2^k ≥ 4, so no field carries into the next one.
 #[inline(always)]
-fn at_least(counts: u64, level: &InWordOrder, need: u32) -> u64 {
-    let top = (1u32 << level.order) - 1;
-    let bias = (1u64 << top).saturating_sub(u64::from(need));
-    (counts.wrapping_add(level.lows.wrapping_mul(bias)) >> top) & level.lows
+fn at_least(counts: u64, level: &InWordOrder, addend: u64) -> u64 {
+    (counts.wrapping_add(addend) >> ((1u32 << level.order) - 1)) & level.lows
 }
 
 /// Per range of orders 2..=5, whether it holds any set bit of `x`: the bit at its start.
@@ -180,7 +184,7 @@ pub(super) fn chunk_utilisation(occupied: &Words, settings: &Settings) -> Words 
         for (out, &word) in out.iter_mut().zip(occupied) {
             let counts = range_counts(word);
             let counts = counts.get(usize::from(m - MIN_ORDER)).copied().unwrap_or(0);
-            *out = at_least(counts, level, need);
+            *out = at_least(counts, level, level.lows.wrapping_mul(bias(level, need)));
         }
     } else {
         // Chunks of whole words (m = 6, 7, 8).
@@ -198,100 +202,120 @@ pub(super) fn chunk_utilisation(occupied: &Words, settings: &Settings) -> Words 
     out
 }
 
+/// Gathers bits 0, 4, 8, .., 60 of `x` into bits 0..16: range starts of order ≥ 2 are
+/// multiples of 4, so a region's starts fit one `u128` of 4-PTE slots.
+#[inline(always)]
+fn gather_slots(x: u64) -> u64 {
+    let x = x & 0x1111_1111_1111_1111;
+    let x = (x | x >> 3) & 0x0303_0303_0303_0303;
+    let x = (x | x >> 6) & 0x000f_000f_000f_000f;
+    let x = (x | x >> 12) & 0x0000_00ff_0000_00ff;
+    (x | x >> 24) & 0xffff
+}
+
+/// `u8` with bit `i` set for each true `bits[i]`.
+#[inline(always)]
+fn mask_of<const N: usize>(bits: [bool; N]) -> u8 {
+    bits.iter()
+        .enumerate()
+        .fold(0, |m, (i, &b)| m | u8::from(b) << i)
+}
+
 /// The decisions: every range of an enabled order whose count of `counted` bits reaches
 /// its threshold, that holds no `refused` bit unless it is the whole PMD, and that no chosen
-/// range of a higher order encloses. Bloat is measured against `occupied`.
+/// range of a higher order encloses, appended to `out`. Bloat is measured against
+/// `occupied`.
+#[inline(always)]
 pub(super) fn select(
     counted: &Words,
     occupied: &Words,
     refused: &Words,
     thresholds: &Thresholds,
-) -> Plan {
-    let mut out = Plan::EMPTY;
-    let counts: [u32; BITMAP_WORDS] = counted.map(u64::count_ones);
+    out: &mut Plan,
+) {
+    let [need6, need7, need8, need9] = thresholds.whole_words;
+    let c = counted.map(u64::count_ones);
+    let q = [c[0] + c[1], c[2] + c[3], c[4] + c[5], c[6] + c[7]];
+    let h = [q[0] + q[1], q[2] + q[3]];
 
-    // Orders 9 down to 6 span whole words: a word is either inside one chosen range or
-    // holds none of them.
-    let mut big_order = [0u8; BITMAP_WORDS];
-    let mut covered = 0u16;
-    for order in (WORD_ORDER..=MAX_ORDER).rev() {
-        if !thresholds.enabled(order) {
-            continue;
-        }
-        let words = 1usize << (order - WORD_ORDER);
-        let need = thresholds.need(order);
-        let ranges = counts.chunks_exact(words).zip(refused.chunks_exact(words));
-        for (i, ((counts, refused), big)) in
-            ranges.zip(big_order.iter_mut().step_by(words)).enumerate()
-        {
-            let first = i * words;
-            if covered >> first & 1 == 1 {
-                continue;
-            }
-            // policies.md "Terms": below order 9 a range with a swap or shared PTE is
-            // refused; at order 9 the gate has already bounded them.
-            let clean = order == PMD_ORDER || refused.iter().all(|&w| w == 0);
-            if clean && counts.iter().sum::<u32>() >= need {
-                *big = order;
-                covered |= ((1u16 << words) - 1) << first;
-            }
-        }
+    // Order 9 first: it takes the whole region, and the gate has bounded swap and shared.
+    if h[0] + h[1] >= need9 {
+        let held: u32 = occupied.iter().map(|w| w.count_ones()).sum();
+        out.push(0, MAX_ORDER, PTES_PER_PMD as u32 - held);
+        return;
     }
 
-    let small_orders = thresholds.orders & 0b11_1100;
-    let words = counted.iter().zip(occupied).zip(refused).zip(big_order);
-    for (w, (((&counted, &occupied_word), &refused), big)) in words.enumerate() {
-        let base = (w * 64) as u16;
-        if covered >> w & 1 == 1 {
-            if big != 0 {
-                let pages = 1u32 << big;
-                let words = 1usize << (big - WORD_ORDER);
-                let held: u32 = occupied
-                    .iter()
-                    .skip(w)
-                    .take(words)
-                    .map(|w| w.count_ones())
-                    .sum();
-                out.push(base, big, pages - held);
-            }
-            continue;
-        }
-        if small_orders == 0 || counted == 0 {
-            continue;
-        }
+    // Orders 8, 7, 6 span whole words: per word, bit w of `big*` says word w is inside a
+    // chosen range of that order. policies.md "Terms": below order 9 a range holding a swap
+    // or shared PTE is refused.
+    let r = mask_of(refused.map(|w| w != 0));
+    // A range of order 8 or 7 is chosen with all its words: (count, words) per range.
+    let chosen_words = |ranges: &[(u32, u8)], need: u32| {
+        ranges
+            .iter()
+            .filter(|&&(count, words)| count >= need && r & words == 0)
+            .fold(0u8, |chosen, &(_, words)| chosen | words)
+    };
+    let big8 = chosen_words(&[(h[0], 0x0f), (h[1], 0xf0)], need8);
+    let quarters = [(q[0], 0x03), (q[1], 0x0c), (q[2], 0x30), (q[3], 0xc0)];
+    let big7 = chosen_words(&quarters, need7) & !big8;
+    let big6 = mask_of(c.map(|c| c >= need6)) & !r & !(big8 | big7);
+    let covered = big8 | big7 | big6;
+    // Start words of those ranges, and their order − 2 in three bit planes (6 → 4, 7 → 5,
+    // 8 → 6).
+    let (start8, start7) = (big8 & 0x11, big7 & 0x55);
+    let big_starts = start8 | start7 | big6;
+
+    let mut slots = 0u128;
+    let mut plane = [[0u64; BITMAP_WORDS]; 3];
+    let words = counted.iter().zip(occupied).zip(refused);
+    for (w, ((&counted, &occupied), &refused)) in words.enumerate() {
+        let big_start = u64::from(big_starts >> w & 1);
+        let mut cover = 0u64.wrapping_sub(u64::from(covered >> w & 1));
+        let mut starts = big_start;
+        let mut p0 = big_start & u64::from(start7 >> w & 1);
+        let mut p1 = big_start & u64::from(start8 >> w & 1);
+        let p2 = big_start;
+
+        // Orders 5 down to 2 within the word; `cover` holds the PTEs already chosen.
         let counts = range_counts(counted);
         let refusing = if refused == 0 {
             [0; 4]
         } else {
             any_set(refused)
         };
-        // Within the word, orders 5 down to 2: `cover` holds the PTEs of ranges already
-        // chosen, `plane0/1` encode (order − 2) at each chosen range's start.
-        let (mut cover, mut starts, mut plane0, mut plane1) = (0u64, 0u64, 0u64, 0u64);
-        let levels = IN_WORD.iter().zip(counts).zip(refusing);
-        for ((level, counts), refusing) in levels.rev() {
-            if small_orders >> level.order & 1 == 0 {
-                continue;
+        let [l2, l3, l4, l5] = &IN_WORD;
+        let [a2, a3, a4, a5] = thresholds.in_word;
+        let chosen = at_least(counts[3], l5, a5) & !refusing[3] & !cover;
+        cover |= chosen.wrapping_mul(l5.span);
+        (starts, p0, p1) = (starts | chosen, p0 | chosen, p1 | chosen);
+        let chosen = at_least(counts[2], l4, a4) & !refusing[2] & !cover;
+        cover |= chosen.wrapping_mul(l4.span);
+        (starts, p1) = (starts | chosen, p1 | chosen);
+        let chosen = at_least(counts[1], l3, a3) & !refusing[1] & !cover;
+        cover |= chosen.wrapping_mul(l3.span);
+        (starts, p0) = (starts | chosen, p0 | chosen);
+        let chosen = at_least(counts[0], l2, a2) & !refusing[0] & !cover;
+        cover |= chosen.wrapping_mul(l2.span);
+        starts |= chosen;
+
+        out.bloat_pages += (cover & !occupied).count_ones();
+        slots |= u128::from(gather_slots(starts)) << (16 * w);
+        for (plane, bits) in plane.iter_mut().zip([p0, p1, p2]) {
+            if let Some(word) = plane.get_mut(w) {
+                *word = bits;
             }
-            let qualifies = at_least(counts, level, thresholds.need(level.order)) & !refusing;
-            let chosen = qualifies & !cover;
-            cover |= chosen.wrapping_mul(level.span);
-            starts |= chosen;
-            let code = level.order - MIN_ORDER;
-            if code & 1 != 0 {
-                plane0 |= chosen;
-            }
-            if code & 2 != 0 {
-                plane1 |= chosen;
-            }
-        }
-        out.bloat_pages += (cover & !occupied_word).count_ones();
-        while starts != 0 {
-            let bit = starts.trailing_zeros();
-            let order = MIN_ORDER + (plane0 >> bit & 1) as u8 + 2 * (plane1 >> bit & 1) as u8;
-            out.push(base + bit as u16, order, 0);
-            starts &= starts - 1;
         }
     }
-    out
+
+    // One loop over the whole region, ascending.
+    let [p0, p1, p2] = plane;
+    while slots != 0 {
+        let slot = slots.trailing_zeros();
+        let pte = slot * 4;
+        let (w, bit) = ((pte / 64) as usize % BITMAP_WORDS, pte % 64);
+        let code = (p0[w] >> bit & 1) | (p1[w] >> bit & 1) << 1 | (p2[w] >> bit & 1) << 2;
+        out.push(pte as u16, MIN_ORDER + code as u8, 0);
+        slots &= slots - 1;
+    }
 }

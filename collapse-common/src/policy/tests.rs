@@ -402,3 +402,19 @@ fn creep_clears_swap_and_shared() {
     assert!(creep.state().swap.is_empty() && creep.state().shared.is_empty());
     assert!(creep.pass(Policy::Merged, &s).fixed_point);
 }
+
+#[test]
+fn reused_plan_compares_by_its_decisions() {
+    let s = settings(0, &[2, 3, 4, 5, 6, 7, 8, 9]);
+    let mut reused = plan(Policy::Merged, &region(&[(0, 4), (8, 12), (16, 20)]), &s);
+    assert_eq!(reused.decisions().len(), 3);
+    plan_into(Policy::Merged, &region(&[(64, 68)]), &s, &mut reused);
+    let fresh = plan(Policy::Merged, &region(&[(64, 68)]), &s);
+    assert_eq!(decisions(&reused), [(64, 2)]);
+    assert_eq!(reused, fresh);
+    assert_eq!(format!("{reused:?}"), format!("{fresh:?}"));
+    assert_eq!(
+        format!("{fresh:?}"),
+        "Plan { decisions: [Decision { offset: 64, order: 2 }], bloat_pages: 0 }"
+    );
+}
