@@ -19,6 +19,8 @@ pub enum TracefsError {
          (or mount it yourself: mount -t tracefs nodev {TRACEFS_PATH})"
     )]
     NotMounted,
+    #[error("tracefs at {} is readable only by root: run collapse as root", path.display())]
+    Unreadable { path: PathBuf },
     #[error(
         "mounting tracefs at {path} failed: {source}; mount it yourself: mount -t tracefs nodev {}",
         path.display()
@@ -80,6 +82,24 @@ pub fn find() -> Option<PathBuf> {
         .find(|p| has_events(p))
 }
 
+/// Where tracefs is mounted according to `/proc/self/mountinfo`, whether or not we may read
+/// it (its root is mode 0700).
+pub fn mount_point() -> Option<PathBuf> {
+    let mounts = procfs::process::Process::myself()
+        .and_then(|p| p.mountinfo())
+        .ok()?;
+    let points: Vec<PathBuf> = mounts
+        .into_iter()
+        .filter(|m| m.fs_type == "tracefs")
+        .map(|m| m.mount_point)
+        .collect();
+    points
+        .iter()
+        .find(|p| p.as_path() == Path::new(TRACEFS_PATH))
+        .or(points.first())
+        .cloned()
+}
+
 /// The tracefs root, mounting tracefs at [`TRACEFS_PATH`] first if it is not mounted anywhere
 /// and we are root (a fresh boot of our machines has it unmounted).
 pub fn ensure_mounted() -> Result<PathBuf, TracefsError> {
@@ -92,7 +112,10 @@ pub fn ensure_mounted_reporting() -> Result<(PathBuf, bool), TracefsError> {
         return Ok((path, false));
     }
     if !nix::unistd::geteuid().is_root() {
-        return Err(TracefsError::NotMounted);
+        return Err(match mount_point() {
+            Some(path) => TracefsError::Unreadable { path },
+            None => TracefsError::NotMounted,
+        });
     }
     let path = PathBuf::from(TRACEFS_PATH);
     use nix::mount::{MsFlags, mount};
