@@ -9,7 +9,7 @@
 //! Bitmaps are kept "in PTE space": the qualification bit of range (o, k) is bit o, so the
 //! bitmaps of all orders share one layout and can be combined with plain `&` and `|`.
 
-use super::{MAX_ORDER, MIN_ORDER, Plan, Settings};
+use super::{Decision, MAX_ORDER, MIN_ORDER, Plan, Settings};
 use crate::consts::{BITMAP_WORDS, PMD_ORDER, PTES_PER_PMD};
 
 /// A 512-bit bitmap as words, PTE 0 in bit 0 of word 0.
@@ -308,14 +308,24 @@ pub(super) fn select(
         }
     }
 
-    // One loop over the whole region, ascending.
+    // Ascending, one loop per half region. Chosen ranges are disjoint and at least 4 PTEs
+    // long, so there are at most 128 and every one has a slot.
     let [p0, p1, p2] = plane;
-    while slots != 0 {
-        let slot = slots.trailing_zeros();
-        let pte = slot * 4;
-        let (w, bit) = ((pte / 64) as usize % BITMAP_WORDS, pte % 64);
-        let code = (p0[w] >> bit & 1) | (p1[w] >> bit & 1) << 1 | (p2[w] >> bit & 1) << 2;
-        out.push(pte as u16, MIN_ORDER + code as u8, 0);
-        slots &= slots - 1;
+    let mut len = usize::from(out.len);
+    for (half, mut slots) in [slots as u64, (slots >> 64) as u64].into_iter().enumerate() {
+        while slots != 0 {
+            let pte = half * 256 + slots.trailing_zeros() as usize * 4;
+            let (w, bit) = (pte / 64 % BITMAP_WORDS, pte % 64);
+            let code = (p0[w] >> bit & 1) | (p1[w] >> bit & 1) << 1 | (p2[w] >> bit & 1) << 2;
+            if let Some(slot) = out.decisions.get_mut(len) {
+                *slot = Decision {
+                    offset: pte as u16,
+                    order: MIN_ORDER + code as u8,
+                };
+                len += 1;
+            }
+            slots &= slots - 1;
+        }
     }
+    out.len = len as u16;
 }
