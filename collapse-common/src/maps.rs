@@ -154,10 +154,9 @@ pub struct FaultInFlight {
     /// `bpf_get_current_pid_tgid()` of the faulting task; 0 when nothing is in flight.
     pub pid_tgid: u64,
     pub addr: u64,
-    pub ts_ns: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<FaultInFlight>() == 24);
+const _: () = assert!(core::mem::size_of::<FaultInFlight>() == 16);
 
 /// An isolate result, kept per khugepaged task until the collapse it belongs to reports the
 /// `mm` (the isolate tracepoint has no `mm` field).

@@ -185,3 +185,83 @@ impl KernelBtf {
         }
     }
 }
+
+/// One parameter of a raw tracepoint's probe: its name where BTF keeps it, and its type as C
+/// would write it (`unsigned long`, `struct pt_regs *`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeParam {
+    pub name: String,
+    pub c_type: String,
+}
+
+impl KernelBtf {
+    /// The parameters of a raw tracepoint, without the leading `void *__data`. Names come from
+    /// the event's `trace_event_raw_event_<name>` function (include/trace/trace_events.h), whose
+    /// prototype BTF keeps with names; types from `btf_trace_<name>` (include/linux/tracepoint.h),
+    /// the typedef raw tracepoint programs are checked against. `None`: no such tracepoint.
+    pub fn raw_tracepoint_params(&self, name: &str) -> Result<Option<Vec<ProbeParam>>, BtfError> {
+        let typedef = format!("btf_trace_{name}");
+        let resolve_err = |source| BtfError::Resolve {
+            path: self.path.clone(),
+            name: typedef.clone(),
+            source,
+        };
+        let Some(Type::Typedef(t)) = self
+            .btf
+            .resolve_types_by_name(&typedef)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|t| matches!(t, Type::Typedef(_)))
+        else {
+            return Ok(None);
+        };
+        let Type::Ptr(ptr) = self.btf.resolve_chained_type(&t).map_err(resolve_err)? else {
+            return Ok(None);
+        };
+        let Type::FuncProto(proto) = self.btf.resolve_chained_type(&ptr).map_err(resolve_err)? else {
+            return Ok(None);
+        };
+        let names: Vec<String> = self
+            .btf
+            .resolve_types_by_name(&format!("trace_event_raw_event_{name}"))
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|t| match t {
+                Type::Func(f) => match self.btf.resolve_chained_type(&f) {
+                    Ok(Type::FuncProto(p)) => Some(p),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .map(|p| p.parameters.iter().skip(1).map(|q| self.btf.resolve_name(q).unwrap_or_default()).collect())
+            .unwrap_or_default();
+        let mut params = Vec::new();
+        for (i, p) in proto.parameters.iter().skip(1).enumerate() {
+            let ty = self.btf.resolve_chained_type(p).map_err(resolve_err)?;
+            params.push(ProbeParam {
+                name: names.get(i).cloned().unwrap_or_default(),
+                c_type: self.c_type(ty, 0).map_err(resolve_err)?,
+            });
+        }
+        Ok(Some(params))
+    }
+
+    /// A type as C writes it, typedefs kept by name (`gfp_t`), pointers with ` *`.
+    fn c_type(&self, t: Type, depth: u32) -> Result<String, btf_rs::Error> {
+        if depth > 8 {
+            return Ok("?".into());
+        }
+        Ok(match &t {
+            Type::Ptr(p) => match self.btf.resolve_chained_type(p) {
+                Ok(inner) => format!("{} *", self.c_type(inner, depth + 1)?),
+                Err(_) => "void *".into(),
+            },
+            Type::Struct(x) => format!("struct {}", self.btf.resolve_name(x)?),
+            Type::Union(x) => format!("union {}", self.btf.resolve_name(x)?),
+            Type::Const(x) | Type::Volatile(x) => self.c_type(self.btf.resolve_chained_type(x)?, depth + 1)?,
+            Type::Int(x) => self.btf.resolve_name(x)?,
+            Type::Typedef(x) => self.btf.resolve_name(x)?,
+            _ => "?".into(),
+        })
+    }
+}

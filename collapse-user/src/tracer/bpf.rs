@@ -6,7 +6,7 @@ use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{BtfTracePoint, TracePoint},
 };
 use collapse_common::{
     OccupancyBitmap,
@@ -40,6 +40,24 @@ const PROGRAMS: &[(&str, &str, &str, bool)] = &[
     ("mm_collapse_huge_page", "huge_memory", "mm_collapse_huge_page", true),
     ("mm_collapse_huge_page_isolate", "huge_memory", "mm_collapse_huge_page_isolate", true),
     ("mm_collapse_huge_page_swapin", "huge_memory", "mm_collapse_huge_page_swapin", true),
+];
+
+/// The hot programs again as BTF-typed raw tracepoints: (program, tracepoint, the parameters
+/// (name, C type) the program reads by position). The kernel then skips building a trace record and the
+/// program reads its arguments without a helper call, which is most of the per-fault cost of a
+/// classic tracepoint. Used only when BTF shows exactly these parameters, else the classic
+/// program (offsets from the format file) runs instead. `COLLAPSE_CLASSIC_TRACEPOINTS=1` forces
+/// the classic programs.
+type Params = &'static [(&'static str, &'static str)];
+// Types as BTF spells them (from DWARF: `long unsigned int`).
+const FAULT_PARAMS: Params =
+    &[("address", "long unsigned int"), ("regs", "struct pt_regs *"), ("error_code", "long unsigned int")];
+const ALLOC_PARAMS: Params =
+    &[("page", "struct page *"), ("order", "unsigned int"), ("gfp_flags", "gfp_t"), ("migratetype", "int")];
+const FAST_PATH: &[(&str, &str, Params)] = &[
+    ("page_fault_user_btf", "page_fault_user", FAULT_PARAMS),
+    ("page_fault_kernel_btf", "page_fault_kernel", FAULT_PARAMS),
+    ("mm_page_alloc_btf", "mm_page_alloc", ALLOC_PARAMS),
 ];
 
 /// Which processes the programs record, decided before load (it is `.rodata`).
@@ -76,6 +94,10 @@ pub struct Bpf {
     pub pid_limit: u32,
     /// Optional programs that could not be attached, with why.
     pub missing: Vec<String>,
+    /// Tracepoints served by the BTF-typed fast path.
+    pub fast_path: Vec<&'static str>,
+    /// Why the other hot tracepoints run as classic ones.
+    pub slow_path: Vec<String>,
 }
 
 /// Where tracefs is; `COLLAPSE_TRACEFS` overrides it (tests point it at a fake tree).
@@ -194,6 +216,62 @@ fn config(root: &Path, sel: &Selection, pid_limit: u32) -> anyhow::Result<(Confi
     Ok((c, names))
 }
 
+/// Attaches what it can of [`FAST_PATH`]; returns the tracepoints it serves, and for the
+/// others why not.
+fn attach_fast_path(ebpf: &mut Ebpf) -> (Vec<&'static str>, Vec<String>) {
+    let mut served = Vec::new();
+    let mut why_not = Vec::new();
+    if std::env::var_os("COLLAPSE_CLASSIC_TRACEPOINTS").is_some_and(|v| v == "1") {
+        why_not.push("COLLAPSE_CLASSIC_TRACEPOINTS=1".to_string());
+        return (served, why_not);
+    }
+    let kernel = match btf::KernelBtf::open() {
+        Ok(k) => k,
+        Err(e) => {
+            why_not.push(e.to_string());
+            return (served, why_not);
+        }
+    };
+    let aya_btf = match aya::Btf::from_sys_fs() {
+        Ok(b) => b,
+        Err(e) => {
+            why_not.push(format!("loading kernel BTF: {e}"));
+            return (served, why_not);
+        }
+    };
+    for &(prog, tracepoint, params) in FAST_PATH {
+        match kernel.raw_tracepoint_params(tracepoint) {
+            // The types must match; names too, where BTF has them.
+            Ok(Some(p))
+                if p.len() == params.len()
+                    && p.iter().zip(params).all(|(a, (name, ty))| a.c_type == *ty && (a.name.is_empty() || a.name == *name)) => {}
+            Ok(found) => {
+                why_not.push(format!("{tracepoint}: BTF parameters {found:?}, expected {params:?}"));
+                continue;
+            }
+            Err(e) => {
+                why_not.push(format!("{tracepoint}: {e}"));
+                continue;
+            }
+        }
+        let result = (|| -> anyhow::Result<()> {
+            let program: &mut BtfTracePoint = ebpf
+                .program_mut(prog)
+                .ok_or_else(|| anyhow!("program {prog} is missing from the eBPF object"))?
+                .try_into()?;
+            program.load(tracepoint, &aya_btf)?;
+            program.attach()?;
+            Ok(())
+        })();
+        // A kernel that refuses tracing programs falls back to the classic tracepoint.
+        match result {
+            Ok(()) => served.push(tracepoint),
+            Err(e) => why_not.push(format!("{tracepoint}: {e:#}")),
+        }
+    }
+    (served, why_not)
+}
+
 impl Bpf {
     /// Loads the programs configured for `sel` and attaches them all.
     pub fn load(sel: &Selection, cap: Capacity) -> anyhow::Result<Self> {
@@ -218,8 +296,12 @@ impl Bpf {
             .map_max_entries(names::EVENTS, ringbuf)
             .load(OBJECT)
             .context("loading the eBPF programs")?;
+        let (fast_path, slow_path) = attach_fast_path(&mut ebpf);
         let mut missing = Vec::new();
         for &(prog, category, name, required) in PROGRAMS {
+            if fast_path.contains(&name) {
+                continue;
+            }
             if !root.join("events").join(category).join(name).exists() {
                 if required {
                     bail!("tracepoint {category}:{name} is missing from this kernel ({}); collapse needs it", root.display());
@@ -239,7 +321,7 @@ impl Bpf {
                 missing.push(format!("{category}:{name} ({err})"));
             }
         }
-        Ok(Self { ebpf, status_names, pid_limit, missing })
+        Ok(Self { ebpf, status_names, pid_limit, missing, fast_path, slow_path })
     }
 
     fn map<'a>(&'a self, name: &str) -> anyhow::Result<&'a aya::maps::Map> {

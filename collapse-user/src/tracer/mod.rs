@@ -209,7 +209,14 @@ async fn drive(session: &mut Session, output: Output, interval: Duration, durati
             let pids: Vec<u32> = session.procs.keys().copied().collect();
             println!(
                 "{}",
-                json!({"type": "attached", "pids": pids, "pid_max": session.bpf.pid_limit, "missing": session.bpf.missing})
+                json!({
+                    "type": "attached",
+                    "pids": pids,
+                    "pid_max": session.bpf.pid_limit,
+                    "missing": session.bpf.missing,
+                    "fast_path": session.bpf.fast_path,
+                    "slow_path": session.bpf.slow_path,
+                })
             );
         }
         Output::Human { .. } => {
