@@ -59,13 +59,15 @@ fn try_newtask(ctx: &TracePointContext) -> Result<u32, i64> {
 #[tracepoint]
 pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     let tgid = current_tgid();
-    let mut tracked = conf!(all) != 0 || is_tracked(tgid);
+    let tracked = conf!(all) != 0 || is_tracked(tgid);
     if conf!(match_comm) != 0 {
         let matches = comm_matches();
         if matches && !tracked {
+            // New to us: userspace seeds it whole, nothing to forget.
             bit_set(&TRACKED, tgid);
+            forget_mm(tgid);
             emit_range(EventKind::Attach, tgid, 0, 0);
-            tracked = true;
+            return 0;
         } else if !matches && tracked && conf!(all) == 0 {
             bit_clear(&TRACKED, tgid);
             forget_mm(tgid);

@@ -270,7 +270,8 @@ async fn drive(session: &mut Session, output: Output, interval: Duration, durati
     let events = drain(ring.get_mut());
     report(session, output, &events)?;
     session.resync_pending()?;
-    if output != Output::Quiet {
+    // A stop at a tick has just been shown.
+    if output != Output::Quiet && stop != Stop::TargetsGone {
         show(session, output)?;
     }
     Ok(stop)
