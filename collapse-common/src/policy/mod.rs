@@ -289,8 +289,12 @@ pub fn plan_into(policy: Policy, region: &RegionState, settings: &Settings, out:
             select::Thresholds::seed(settings),
         ),
     };
-    // One call site, so that the search is inlined once.
-    select::select(&counted, &occupied.words, &refused.words, &thresholds, out);
+    // One call site per variant, so that the search is inlined twice only.
+    if thresholds.in_word_full() {
+        select::select::<true>(&counted, &occupied.words, &refused.words, &thresholds, out);
+    } else {
+        select::select::<false>(&counted, &occupied.words, &refused.words, &thresholds, out);
+    }
 }
 
 /// policies.md "`pmd`": the one candidate (0, 9).

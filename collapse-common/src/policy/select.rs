@@ -61,6 +61,13 @@ pub(super) struct Thresholds {
     /// so that adding it sets a field's top bit iff its count reaches the need (see
     /// [`at_least`]); 0 if disabled, which no count ≤ 2^order < 2^(w−1) can push that far.
     in_word: [u64; 4],
+    /// Whether every enabled order below 6 needs its range full (`merged` with n ≠ 511,
+    /// `scaled` with small n), which an AND of shifted copies answers faster than counting.
+    /// `seed` counts chunks, needing at most 2^(k−m) < 2^k, so it never takes this path,
+    /// which would be wrong for its chunk-start bits.
+    in_word_full: bool,
+    /// Orders 2..=5: the start bit of every range if enabled, 0 if not.
+    in_word_enabled: [u64; 4],
 }
 
 impl Thresholds {
@@ -85,9 +92,16 @@ impl Thresholds {
                 0
             }
         });
+        let in_word_full = IN_WORD
+            .iter()
+            .all(|level| !enabled(level.order) || need(level.order) == 1 << level.order);
+        let in_word_enabled =
+            IN_WORD.map(|level| if enabled(level.order) { level.lows } else { 0 });
         Self {
             whole_words,
             in_word,
+            in_word_full,
+            in_word_enabled,
         }
     }
 
@@ -172,6 +186,18 @@ fn any_set(x: u64) -> [u64; 4] {
     [o2, o3, o4, o5]
 }
 
+/// Per range of orders 2..=5, whether every bit of `x` in it is set: the bit at its start
+/// (not yet masked to range starts).
+#[inline(always)]
+fn all_set(x: u64) -> [u64; 4] {
+    let a1 = x & x >> 1;
+    let a2 = a1 & a1 >> 2;
+    let a3 = a2 & a2 >> 4;
+    let a4 = a3 & a3 >> 8;
+    let a5 = a4 & a4 >> 16;
+    [a2, a3, a4, a5]
+}
+
 /// policies.md "`seed`": chunk i of c = 2^m PTEs is utilised iff c − occupied ≤
 /// n >> (9 − m). The result has a bit at the start of each utilised chunk, so counting its
 /// bits in a range counts that range's utilised chunks.
@@ -226,7 +252,7 @@ fn mask_of<const N: usize>(bits: [bool; N]) -> u8 {
 /// range of a higher order encloses, appended to `out`. Bloat is measured against
 /// `occupied`.
 #[inline(always)]
-pub(super) fn select(
+pub(super) fn select<const FULL: bool>(
     counted: &Words,
     occupied: &Words,
     refused: &Words,
@@ -278,24 +304,37 @@ pub(super) fn select(
         let p2 = big_start;
 
         // Orders 5 down to 2 within the word; `cover` holds the PTEs already chosen.
-        let counts = range_counts(counted);
+        let qualify = if FULL {
+            let full = all_set(counted);
+            let [e2, e3, e4, e5] = thresholds.in_word_enabled;
+            [full[0] & e2, full[1] & e3, full[2] & e4, full[3] & e5]
+        } else {
+            let counts = range_counts(counted);
+            let [l2, l3, l4, l5] = &IN_WORD;
+            let [a2, a3, a4, a5] = thresholds.in_word;
+            [
+                at_least(counts[0], l2, a2),
+                at_least(counts[1], l3, a3),
+                at_least(counts[2], l4, a4),
+                at_least(counts[3], l5, a5),
+            ]
+        };
         let refusing = if refused == 0 {
             [0; 4]
         } else {
             any_set(refused)
         };
         let [l2, l3, l4, l5] = &IN_WORD;
-        let [a2, a3, a4, a5] = thresholds.in_word;
-        let chosen = at_least(counts[3], l5, a5) & !refusing[3] & !cover;
+        let chosen = qualify[3] & !refusing[3] & !cover;
         cover |= chosen.wrapping_mul(l5.span);
         (starts, p0, p1) = (starts | chosen, p0 | chosen, p1 | chosen);
-        let chosen = at_least(counts[2], l4, a4) & !refusing[2] & !cover;
+        let chosen = qualify[2] & !refusing[2] & !cover;
         cover |= chosen.wrapping_mul(l4.span);
         (starts, p1) = (starts | chosen, p1 | chosen);
-        let chosen = at_least(counts[1], l3, a3) & !refusing[1] & !cover;
+        let chosen = qualify[1] & !refusing[1] & !cover;
         cover |= chosen.wrapping_mul(l3.span);
         (starts, p0) = (starts | chosen, p0 | chosen);
-        let chosen = at_least(counts[0], l2, a2) & !refusing[0] & !cover;
+        let chosen = qualify[0] & !refusing[0] & !cover;
         cover |= chosen.wrapping_mul(l2.span);
         starts |= chosen;
 
@@ -328,4 +367,11 @@ pub(super) fn select(
         }
     }
     out.len = len as u16;
+}
+
+impl Thresholds {
+    /// Whether [`select`] may use its full-range shortcut for these thresholds.
+    pub(super) fn in_word_full(&self) -> bool {
+        self.in_word_full
+    }
 }
