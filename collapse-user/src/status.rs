@@ -23,11 +23,12 @@ use crate::kernel::{
 
 /// Tracepoints `collapse trace` needs to keep bitmaps exact: faults populate, syscalls and
 /// exits depopulate, task events follow processes.
-const TRACE_TRACEPOINTS: [(&str, &str); 12] = [
+const TRACE_TRACEPOINTS: [(&str, &str); 13] = [
     ("exceptions", "page_fault_user"),
     ("exceptions", "page_fault_kernel"),
     ("syscalls", "sys_enter_munmap"),
     ("syscalls", "sys_enter_madvise"),
+    ("syscalls", "sys_exit_madvise"),
     ("syscalls", "sys_enter_mremap"),
     ("syscalls", "sys_exit_mremap"),
     ("syscalls", "sys_enter_mmap"),
