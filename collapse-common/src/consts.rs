@@ -20,6 +20,8 @@ pub const USER_ADDR_END: u64 = 0x0000_7fff_ffff_f000;
 pub const MADV_DONTNEED: u64 = 4;
 pub const MADV_FREE: u64 = 8;
 pub const MADV_REMOVE: u64 = 9;
+/// `madvise(MADV_HUGEPAGE)`: the VMA may get THPs in `madvise` mode.
+pub const MADV_HUGEPAGE: u64 = 14;
 /// `madvise` advice values that populate pages without a user page fault.
 pub const MADV_POPULATE_READ: u64 = 22;
 pub const MADV_POPULATE_WRITE: u64 = 23;

@@ -25,6 +25,9 @@ pub enum EventKind {
     Resync = 6,
     /// A process became traced in-kernel (exec with a matching comm, a child in the cgroup).
     Attach = 7,
+    /// A traced process asked for huge pages on `[addr, addr + len)` (MADV_HUGEPAGE): its
+    /// faults there may map large folios from now on.
+    HugepageAdvice = 8,
 }
 
 impl EventKind {
@@ -38,6 +41,7 @@ impl EventKind {
             5 => Some(Self::ClearRange),
             6 => Some(Self::Resync),
             7 => Some(Self::Attach),
+            8 => Some(Self::HugepageAdvice),
             _ => None,
         }
     }

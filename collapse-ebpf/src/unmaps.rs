@@ -6,7 +6,7 @@
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext};
 use collapse_common::{
     consts::{
-        MADV_COLLAPSE, MADV_DONTNEED, MADV_FREE, MADV_POPULATE_READ, MADV_POPULATE_WRITE,
+        MADV_COLLAPSE, MADV_DONTNEED, MADV_FREE, MADV_HUGEPAGE, MADV_POPULATE_READ, MADV_POPULATE_WRITE,
         MADV_REMOVE,
     },
     event::EventKind,
@@ -104,6 +104,8 @@ fn try_madvise(ctx: &TracePointContext) -> Result<u32, i64> {
         MADV_POPULATE_READ | MADV_POPULATE_WRITE | MADV_COLLAPSE => {
             remember(pid_tgid, start, len, EventKind::Resync as u32)
         }
+        // Userspace attaches the large-folio hook if it is not yet (see tracer::bpf).
+        MADV_HUGEPAGE => emit_range(EventKind::HugepageAdvice, tgid, start, len),
         _ => {}
     }
     Ok(0)

@@ -99,8 +99,13 @@ fn thp_fault_sets_all_512_bits() {
     let snap = dir.join("snap.jsonl");
     let mut w = Workload::spawn();
     let pid = w.pid.to_string();
-    let tracer = Tracer::start(&["--pid", &pid, "--interval", "0.2", "--events", "--snapshot", snap.to_str().unwrap()]);
+    let mut tracer =
+        Tracer::start(&["--pid", &pid, "--interval", "0.2", "--events", "--snapshot", snap.to_str().unwrap()]);
     let addr = w.map("h", 4, true);
+    // MADV_HUGEPAGE in a traced process attaches the large-folio hook (THP `madvise` mode);
+    // faults before that would be read back from pagemap, but would not be events.
+    let hook = tracer.wait_for(std::time::Duration::from_secs(10), |v| v["event"] == "large_folio_hook");
+    assert!(hook.is_some() || tracer.seen[0]["large_folio_hook"].is_string(), "the large-folio hook was not attached");
     // One byte per region: each write fault maps a whole PMD THP.
     w.cmd("touch h 0 1");
     w.cmd("touch h 700 701");

@@ -209,6 +209,20 @@ pub fn memory_coverage(pid: i32) -> Result<MemoryCoverage> {
     })
 }
 
+/// Whether any VMA of `pid` carries MADV_HUGEPAGE (`hg` in smaps VmFlags,
+/// Documentation/filesystems/proc.rst): with THP in `madvise` mode only such VMAs get large
+/// folios at fault time.
+pub fn has_hugepage_advice(pid: i32) -> Result<bool> {
+    let process =
+        Process::new(pid).map_err(|e| proc_error(pid, PathBuf::from(format!("/proc/{pid}")), e))?;
+    let maps = process
+        .smaps()
+        .map_err(|e| proc_error(pid, PathBuf::from(format!("/proc/{pid}/smaps")), e))?;
+    Ok(maps
+        .iter()
+        .any(|m| m.extension.vm_flags.contains(procfs::process::VmFlags::HG)))
+}
+
 fn proc_error(pid: i32, path: PathBuf, e: ProcError) -> ProcsError {
     match e {
         ProcError::NotFound(_) if pid > 0 => ProcsError::NoProcess { pid },

@@ -19,13 +19,14 @@ use crate::kernel::{btf, tracefs::TracepointFormat};
 /// The eBPF object, built by build.rs from collapse-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/collapse"));
 
-/// Every program: (name in the object, tracepoint category, tracepoint name, required).
+/// Every program attached at load: (name in the object, tracepoint category, tracepoint name,
+/// required). The large-folio hook (`mm_page_alloc`) is not among them: see
+/// [`Bpf::attach_large_folio_hook`].
 /// Optional ones make collapse less exact when missing, and it says so; required ones are
 /// what the tool is for.
 const PROGRAMS: &[(&str, &str, &str, bool)] = &[
     ("page_fault_user", "exceptions", "page_fault_user", true),
     ("page_fault_kernel", "exceptions", "page_fault_kernel", false),
-    ("mm_page_alloc", "kmem", "mm_page_alloc", false),
     ("sys_enter_munmap", "syscalls", "sys_enter_munmap", true),
     ("sys_enter_madvise", "syscalls", "sys_enter_madvise", true),
     ("sys_exit_madvise", "syscalls", "sys_exit_madvise", false),
@@ -57,8 +58,8 @@ const ALLOC_PARAMS: Params =
 const FAST_PATH: &[(&str, &str, Params)] = &[
     ("page_fault_user_btf", "page_fault_user", FAULT_PARAMS),
     ("page_fault_kernel_btf", "page_fault_kernel", FAULT_PARAMS),
-    ("mm_page_alloc_btf", "mm_page_alloc", ALLOC_PARAMS),
 ];
+const ALLOC_FAST_PATH: (&str, &str, Params) = ("mm_page_alloc_btf", "mm_page_alloc", ALLOC_PARAMS);
 
 /// Which processes the programs record, decided before load (it is `.rodata`).
 #[derive(Clone, Debug, Default)]
@@ -98,6 +99,10 @@ pub struct Bpf {
     pub fast_path: Vec<&'static str>,
     /// Why the other hot tracepoints run as classic ones.
     pub slow_path: Vec<String>,
+    root: std::path::PathBuf,
+    btfs: Option<Btfs>,
+    /// How `mm_page_alloc` is hooked, once it is.
+    pub large_folio_hook: Option<&'static str>,
 }
 
 /// Where tracefs is; `COLLAPSE_TRACEFS` overrides it (tests point it at a fake tree).
@@ -216,60 +221,46 @@ fn config(root: &Path, sel: &Selection, pid_limit: u32) -> anyhow::Result<(Confi
     Ok((c, names))
 }
 
-/// Attaches what it can of [`FAST_PATH`]; returns the tracepoints it serves, and for the
-/// others why not.
-fn attach_fast_path(ebpf: &mut Ebpf) -> (Vec<&'static str>, Vec<String>) {
-    let mut served = Vec::new();
-    let mut why_not = Vec::new();
-    if std::env::var_os("COLLAPSE_CLASSIC_TRACEPOINTS").is_some_and(|v| v == "1") {
-        why_not.push("COLLAPSE_CLASSIC_TRACEPOINTS=1".to_string());
-        return (served, why_not);
+/// The kernel's BTF, as collapse reads it (parameter checks) and as aya loads it.
+struct Btfs {
+    kernel: btf::KernelBtf,
+    aya: aya::Btf,
+}
+
+impl Btfs {
+    /// `Err` says why the fast path is off.
+    fn open() -> Result<Self, String> {
+        if std::env::var_os("COLLAPSE_CLASSIC_TRACEPOINTS").is_some_and(|v| v == "1") {
+            return Err("COLLAPSE_CLASSIC_TRACEPOINTS=1".into());
+        }
+        let kernel = btf::KernelBtf::open().map_err(|e| e.to_string())?;
+        let aya = aya::Btf::from_sys_fs().map_err(|e| format!("loading kernel BTF: {e}"))?;
+        Ok(Self { kernel, aya })
     }
-    let kernel = match btf::KernelBtf::open() {
-        Ok(k) => k,
-        Err(e) => {
-            why_not.push(e.to_string());
-            return (served, why_not);
-        }
-    };
-    let aya_btf = match aya::Btf::from_sys_fs() {
-        Ok(b) => b,
-        Err(e) => {
-            why_not.push(format!("loading kernel BTF: {e}"));
-            return (served, why_not);
-        }
-    };
-    for &(prog, tracepoint, params) in FAST_PATH {
-        match kernel.raw_tracepoint_params(tracepoint) {
+
+    /// Loads and attaches `prog` on `tracepoint` as a BTF-typed raw tracepoint, if BTF shows
+    /// exactly the parameters it reads.
+    fn attach(&self, ebpf: &mut Ebpf, (prog, tracepoint, params): (&str, &str, Params)) -> Result<(), String> {
+        match self.kernel.raw_tracepoint_params(tracepoint) {
             // The types must match; names too, where BTF has them.
             Ok(Some(p))
                 if p.len() == params.len()
                     && p.iter().zip(params).all(|(a, (name, ty))| a.c_type == *ty && (a.name.is_empty() || a.name == *name)) => {}
-            Ok(found) => {
-                why_not.push(format!("{tracepoint}: BTF parameters {found:?}, expected {params:?}"));
-                continue;
-            }
-            Err(e) => {
-                why_not.push(format!("{tracepoint}: {e}"));
-                continue;
-            }
+            Ok(found) => return Err(format!("{tracepoint}: BTF parameters {found:?}, expected {params:?}")),
+            Err(e) => return Err(format!("{tracepoint}: {e}")),
         }
         let result = (|| -> anyhow::Result<()> {
             let program: &mut BtfTracePoint = ebpf
                 .program_mut(prog)
                 .ok_or_else(|| anyhow!("program {prog} is missing from the eBPF object"))?
                 .try_into()?;
-            program.load(tracepoint, &aya_btf)?;
+            program.load(tracepoint, &self.aya)?;
             program.attach()?;
             Ok(())
         })();
         // A kernel that refuses tracing programs falls back to the classic tracepoint.
-        match result {
-            Ok(()) => served.push(tracepoint),
-            Err(e) => why_not.push(format!("{tracepoint}: {e:#}")),
-        }
+        result.map_err(|e| format!("{tracepoint}: {e:#}"))
     }
-    (served, why_not)
 }
 
 impl Bpf {
@@ -296,7 +287,18 @@ impl Bpf {
             .map_max_entries(names::EVENTS, ringbuf)
             .load(OBJECT)
             .context("loading the eBPF programs")?;
-        let (fast_path, slow_path) = attach_fast_path(&mut ebpf);
+        let btfs = Btfs::open();
+        let mut fast_path = Vec::new();
+        let mut slow_path = Vec::new();
+        for &entry in FAST_PATH {
+            match &btfs {
+                Ok(b) => match b.attach(&mut ebpf, entry) {
+                    Ok(()) => fast_path.push(entry.1),
+                    Err(why) => slow_path.push(why),
+                },
+                Err(why) => slow_path.push(format!("{}: {why}", entry.1)),
+            }
+        }
         let mut missing = Vec::new();
         for &(prog, category, name, required) in PROGRAMS {
             if fast_path.contains(&name) {
@@ -321,7 +323,49 @@ impl Bpf {
                 missing.push(format!("{category}:{name} ({err})"));
             }
         }
-        Ok(Self { ebpf, status_names, pid_limit, missing, fast_path, slow_path })
+        Ok(Self {
+            ebpf,
+            status_names,
+            pid_limit,
+            missing,
+            fast_path,
+            slow_path,
+            root,
+            btfs: btfs.ok(),
+            large_folio_hook: None,
+        })
+    }
+
+    /// Attaches the large-folio hook on `kmem:mm_page_alloc`, if not yet. It runs on every
+    /// page allocation in the system, so it is attached only once a traced process can get a
+    /// large folio at fault time (THP or an mTHP size `always`, or `madvise` and a traced
+    /// process with MADV_HUGEPAGE memory); the caller then re-reads from pagemap what may have
+    /// been faulted before. Returns whether it attached now.
+    pub fn attach_large_folio_hook(&mut self) -> anyhow::Result<bool> {
+        if self.large_folio_hook.is_some() {
+            return Ok(false);
+        }
+        if let Some(btfs) = &self.btfs {
+            match btfs.attach(&mut self.ebpf, ALLOC_FAST_PATH) {
+                Ok(()) => {
+                    self.large_folio_hook = Some("raw tracepoint (BTF)");
+                    return Ok(true);
+                }
+                Err(why) => self.slow_path.push(why),
+            }
+        }
+        if !self.root.join("events/kmem/mm_page_alloc").exists() {
+            bail!("tracepoint kmem:mm_page_alloc is missing: large folios faulted in cannot be seen");
+        }
+        let program: &mut TracePoint = self
+            .ebpf
+            .program_mut("mm_page_alloc")
+            .ok_or_else(|| anyhow!("program mm_page_alloc is missing from the eBPF object"))?
+            .try_into()?;
+        program.load().context("loading program mm_page_alloc")?;
+        program.attach("kmem", "mm_page_alloc").context("attaching to kmem:mm_page_alloc")?;
+        self.large_folio_hook = Some("tracepoint");
+        Ok(true)
     }
 
     fn map<'a>(&'a self, name: &str) -> anyhow::Result<&'a aya::maps::Map> {

@@ -182,8 +182,12 @@ fn drain(ring: &mut RingBuf<MapData>) -> Vec<Event> {
 fn report(session: &mut Session, output: Output, events: &[Event]) -> anyhow::Result<()> {
     let elapsed = session.started.elapsed().as_secs_f64();
     let mut out = std::io::stdout().lock();
+    let mut observed = Vec::new();
     for ev in events {
-        let Some(o) = session.handle(ev)? else { continue };
+        observed.extend(session.handle(ev)?);
+        observed.extend(session.take_hook_news());
+    }
+    for o in observed {
         match output {
             Output::Human { events: true, .. } => writeln!(out, "{}", view::render_observed(&o, elapsed))?,
             Output::Json { events: true } => writeln!(out, "{}", view::observed_json(&o, elapsed))?,
@@ -216,6 +220,7 @@ async fn drive(session: &mut Session, output: Output, interval: Duration, durati
                     "missing": session.bpf.missing,
                     "fast_path": session.bpf.fast_path,
                     "slow_path": session.bpf.slow_path,
+                    "large_folio_hook": session.bpf.large_folio_hook,
                 })
             );
         }
@@ -251,11 +256,14 @@ async fn drive(session: &mut Session, output: Output, interval: Duration, durati
                 report(session, output, &events)?;
             }
             _ = tick.tick() => {
-                let joined = session.rescan()?;
+                let mut joined = session.rescan()?;
+                joined.extend(session.take_hook_news());
                 let elapsed = session.started.elapsed().as_secs_f64();
-                if matches!(output, Output::Human { events: true, .. }) {
-                    for o in &joined {
-                        println!("{}", view::render_observed(o, elapsed));
+                for o in &joined {
+                    match output {
+                        Output::Human { events: true, .. } => println!("{}", view::render_observed(o, elapsed)),
+                        Output::Json { events: true } => println!("{}", view::observed_json(o, elapsed)),
+                        _ => {}
                     }
                 }
                 show(session, output)?;

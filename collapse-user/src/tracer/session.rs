@@ -22,9 +22,53 @@ use super::{
     target::{CommandChild, Target},
 };
 use crate::{
-    kernel::{pagemap, procs},
+    kernel::{
+        pagemap, procs,
+        thp::{SizeEnabled, ThpEnabled, ThpSettings},
+    },
     snapshot::SnapshotRegion,
 };
+
+/// Whether faults can map large folios, from the THP settings: at least one size `always`;
+/// only in MADV_HUGEPAGE memory (`madvise`); or not at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LargeFolios {
+    Never,
+    Advised,
+    Always,
+}
+
+impl LargeFolios {
+    /// From sysfs; unreadable settings count as `Always`, the safe side.
+    pub fn from_kernel() -> Self {
+        let Ok(thp) = ThpSettings::read() else { return Self::Always };
+        let global = match thp.enabled {
+            ThpEnabled::Always => Self::Always,
+            ThpEnabled::Madvise => Self::Advised,
+            ThpEnabled::Never => Self::Never,
+        };
+        // Without per-size directories (before 6.8) only the PMD size exists, following the
+        // global setting.
+        if thp.sizes.is_empty() {
+            return global;
+        }
+        let mut mode = Self::Never;
+        for size in &thp.sizes {
+            let this = match size.enabled {
+                SizeEnabled::Always => Self::Always,
+                SizeEnabled::Madvise => Self::Advised,
+                SizeEnabled::Inherit => global,
+                SizeEnabled::Never => Self::Never,
+            };
+            mode = match (mode, this) {
+                (Self::Always, _) | (_, Self::Always) => Self::Always,
+                (Self::Advised, _) | (_, Self::Advised) => Self::Advised,
+                _ => Self::Never,
+            };
+        }
+        mode
+    }
+}
 
 /// `enum scan_result` SCAN_SUCCEED (`mm/khugepaged.c`): a collapse that worked.
 pub const SCAN_SUCCEED: i32 = 1;
@@ -48,6 +92,8 @@ pub enum Observed {
     Khugepaged { tgid: u32, which: KhugepagedEvent, status: String, event: Event },
     Started { tgid: u32, comm: String, how: &'static str },
     Ended { tgid: u32, comm: String, how: &'static str },
+    /// The large-folio hook was attached (`how`), because of `why`.
+    LargeFolioHook { how: &'static str, why: &'static str },
 }
 
 pub struct Session {
@@ -60,6 +106,10 @@ pub struct Session {
     pub started: Instant,
     /// Processes whose pagemap could not be read (warned once).
     unseeded: BTreeSet<u32>,
+    /// What the THP settings allow, as of the last tick.
+    large_folios: LargeFolios,
+    /// Why the large-folio hook was attached, not yet reported.
+    hook_news: Vec<&'static str>,
 }
 
 /// Bits set by the programs while pagemap was being read are kept; bits the programs cleared
@@ -98,6 +148,8 @@ impl Session {
             started: Instant::now(),
             target: Target::default(),
             unseeded: BTreeSet::new(),
+            large_folios: LargeFolios::from_kernel(),
+            hook_news: Vec::new(),
         };
         // Tracking starts before seeding, so no page populated in between is missed.
         for tgid in target.initial_tgids()? {
@@ -117,12 +169,45 @@ impl Session {
         if !self.target.all {
             self.bpf.set_tracked(tgid, true)?;
         }
+        // Before its seeding: whatever it faults from here on is seen by the hook.
+        self.consider_large_folio_hook(&[tgid])?;
         let comm = procs::comm(tgid as i32).unwrap_or_else(|_| "?".into());
         self.procs.insert(
             tgid,
             TracedProcess { tgid, comm, since: Instant::now(), resync_whole: true, resync_ranges: Vec::new() },
         );
         Ok(())
+    }
+
+    /// Attaches the large-folio hook when the settings allow large folios at fault time for
+    /// one of `tgids` (`Always`, or `Advised` and it has MADV_HUGEPAGE memory). Returns whether it
+    /// was attached now.
+    fn consider_large_folio_hook(&mut self, tgids: &[u32]) -> anyhow::Result<bool> {
+        if self.bpf.large_folio_hook.is_some() {
+            return Ok(false);
+        }
+        let needed = match self.large_folios {
+            LargeFolios::Never => false,
+            LargeFolios::Always => true,
+            LargeFolios::Advised => tgids.iter().any(|&t| procs::has_hugepage_advice(t as i32).unwrap_or(false)),
+        };
+        if !needed {
+            return Ok(false);
+        }
+        let attached = self.bpf.attach_large_folio_hook()?;
+        if attached {
+            self.hook_news.push(match self.large_folios {
+                LargeFolios::Always => "a THP size is enabled `always`",
+                _ => "a traced process has MADV_HUGEPAGE memory",
+            });
+        }
+        Ok(attached)
+    }
+
+    /// Reports of the large-folio hook being attached since the last call.
+    pub fn take_hook_news(&mut self) -> Vec<Observed> {
+        let how = self.bpf.large_folio_hook.unwrap_or("?");
+        self.hook_news.drain(..).map(|why| Observed::LargeFolioHook { how, why }).collect()
     }
 
     fn end(&mut self, tgid: u32) -> anyhow::Result<Option<String>> {
@@ -203,6 +288,16 @@ impl Session {
                 }
                 None
             }
+            EventKind::HugepageAdvice => {
+                // Faults in the range between the madvise and now are read back from pagemap.
+                if self.large_folios != LargeFolios::Never && self.bpf.attach_large_folio_hook()? {
+                    if let Some(p) = self.procs.get_mut(&tgid) {
+                        p.resync_ranges.push(ev.addr..ev.addr.saturating_add(ev.len));
+                    }
+                    self.hook_news.push("MADV_HUGEPAGE in a traced process");
+                }
+                None
+            }
         })
     }
 
@@ -210,6 +305,18 @@ impl Session {
     /// comm, moved into the cgroup) and forgets pids that vanished without an exit event.
     pub fn rescan(&mut self) -> anyhow::Result<Vec<Observed>> {
         let mut seen = Vec::new();
+        // The settings may have changed under us: a newly attached hook means what was faulted
+        // before it is read back from pagemap.
+        let mode = LargeFolios::from_kernel();
+        if mode != self.large_folios {
+            self.large_folios = mode;
+            let tgids: Vec<u32> = self.procs.keys().copied().collect();
+            if self.consider_large_folio_hook(&tgids)? {
+                for p in self.procs.values_mut() {
+                    p.resync_whole = true;
+                }
+            }
+        }
         for tgid in self.target.current_members()? {
             if !self.procs.contains_key(&tgid) {
                 self.add(tgid)?;

@@ -257,6 +257,9 @@ pub fn render_observed(o: &Observed, elapsed_s: f64) -> String {
         }
         Observed::Started { tgid, comm, how } => format!("{elapsed_s:>9.3} {tgid:>8} traced ({how}) {comm}"),
         Observed::Ended { tgid, comm, how } => format!("{elapsed_s:>9.3} {tgid:>8} ended ({how}) {comm}"),
+        Observed::LargeFolioHook { how, why } => {
+            format!("{elapsed_s:>9.3} {:>8} large-folio hook on kmem:mm_page_alloc ({how}): {why}", "")
+        }
     }
 }
 
@@ -276,6 +279,9 @@ pub fn observed_json(o: &Observed, elapsed_s: f64) -> Value {
         }),
         Observed::Ended { tgid, comm, how } => json!({
             "type": "event", "event": "ended", "elapsed_s": elapsed_s, "pid": tgid, "comm": comm, "how": how,
+        }),
+        Observed::LargeFolioHook { how, why } => json!({
+            "type": "event", "event": "large_folio_hook", "elapsed_s": elapsed_s, "how": how, "why": why,
         }),
     }
 }
