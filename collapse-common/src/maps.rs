@@ -27,6 +27,8 @@ pub mod names {
     pub const PENDING_ISOLATE: &str = "PENDING_ISOLATE";
     /// `HashMap<u64, PendingSyscall>`: syscalls whose effect is known only at exit.
     pub const PENDING_SYSCALL: &str = "PENDING_SYSCALL";
+    /// `PerCpuArray<PendingRegion>` (one slot): the region each CPU is recording faults for.
+    pub const PENDING_REGION: &str = "PENDING_REGION";
     /// The `.rodata` globals, see [`super::Config`].
     pub const CONFIG: &str = "CONFIG";
 }
@@ -158,6 +160,23 @@ pub struct FaultInFlight {
 
 const _: () = assert!(core::mem::size_of::<FaultInFlight>() == 16);
 
+/// The region one CPU is recording faults for, and the bits it has recorded that are not yet
+/// in the region map. Faults usually come in runs within one region, so the common fault
+/// costs an OR into this per-CPU slot instead of a hash lookup; the slot is flushed into the
+/// region map when a fault lands in another region. Readers (userspace) OR every CPU's slot
+/// into what the map says; clears (munmap, exit) clear the slots of all CPUs too.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingRegion {
+    /// 0: empty.
+    pub tgid: u32,
+    pub _pad: u32,
+    pub addr: u64,
+    pub bits: crate::OccupancyBitmap,
+}
+
+const _: () = assert!(core::mem::size_of::<PendingRegion>() == 80);
+
 /// An isolate result, kept per khugepaged task until the collapse it belongs to reports the
 /// `mm` (the isolate tracepoint has no `mm` field).
 #[repr(C)]
@@ -249,6 +268,8 @@ pub struct Config {
     pub task_mm: u32,
     /// Number of pids the `TRACKED` / `MM_KNOWN` bitsets cover.
     pub pid_limit: u32,
+    /// Possible CPUs: how many `PENDING_REGION` slots a clear visits.
+    pub nr_cpus: u32,
     /// Non-zero: every process is traced; `TRACKED` is not consulted.
     pub all: u8,
     /// Non-zero: new processes forked by a traced one are traced too.
@@ -257,11 +278,12 @@ pub struct Config {
     pub match_comm: u8,
     /// Non-zero: new tasks in cgroup `cgroup_id` are traced.
     pub match_cgroup: u8,
+    pub _pad: u32,
     pub cgroup_id: u64,
     pub comm: [u8; crate::consts::TASK_COMM_LEN],
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 192);
+const _: () = assert!(core::mem::size_of::<Config>() == 200);
 
 impl Config {
     /// All offsets zero and every switch off: the placeholder compiled into the object.
@@ -279,5 +301,6 @@ mod pod {
     unsafe impl aya::Pod for FaultInFlight {}
     unsafe impl aya::Pod for PendingIsolate {}
     unsafe impl aya::Pod for PendingSyscall {}
+    unsafe impl aya::Pod for PendingRegion {}
     unsafe impl aya::Pod for Config {}
 }

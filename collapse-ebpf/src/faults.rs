@@ -14,7 +14,7 @@ use collapse_common::{
 };
 
 use crate::state::{
-    conf, emit, is_tracked, record, u32_at, u64_at, learn_mm, now, pte_index, set_bit, set_bits, FAULT_IN_FLIGHT,
+    conf, emit, is_tracked, record, u32_at, u64_at, learn_mm, now, pte_index, record_bit, set_bits, FAULT_IN_FLIGHT,
 };
 
 #[tracepoint]
@@ -77,7 +77,7 @@ fn fault(pid_tgid: u64, addr: u64, error_code: u64) -> Result<u32, i64> {
     // anonymous memory maps the shared zero page, which does not count as present
     // (policies.md); a large folio faulted in on read is caught by `mm_page_alloc` below.
     if error_code & PF_WRITE != 0 {
-        set_bit(&RegionKey::new(tgid, addr), pte_index(addr));
+        record_bit(tgid, addr);
     }
     if let Some(slot) = FAULT_IN_FLIGHT.get_ptr_mut(0) {
         // SAFETY: this CPU's slot; the fault handler is not re-entered on one CPU.

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use collapse_common::{consts::CLONE_THREAD, event::EventKind};
 
 use crate::state::{
-    bit_clear, bit_set, conf, current_tgid, emit_range, field, forget_mm, is_tracked, CONFIG,
+    bit_clear, bit_set, clear_pending_all, conf, current_tgid, emit_range, field, forget_mm, is_tracked, CONFIG,
     TRACKED,
 };
 
@@ -71,6 +71,7 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
         } else if !matches && tracked && conf!(all) == 0 {
             bit_clear(&TRACKED, tgid);
             forget_mm(tgid);
+            clear_pending_all(tgid);
             emit_range(EventKind::Exit, tgid, 0, 0);
             return 0;
         }
@@ -78,6 +79,7 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     if tracked {
         // A new address space: a new mm to learn; userspace re-reads the regions.
         forget_mm(tgid);
+        clear_pending_all(tgid);
         emit_range(EventKind::Exec, tgid, 0, 0);
     }
     0
@@ -95,6 +97,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     }
     bit_clear(&TRACKED, tgid);
     forget_mm(tgid);
+    clear_pending_all(tgid);
     emit_range(EventKind::Exit, tgid, 0, 0);
     0
 }

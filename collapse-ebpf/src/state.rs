@@ -10,8 +10,8 @@ use collapse_common::{
     consts::{BITMAP_WORDS, PAGE_SHIFT, PMD_SIZE, PTES_PER_PMD},
     event::{Event, EventKind},
     maps::{
-        Config, DropReason, FaultInFlight, KhugepagedKey, PendingIsolate, PendingSyscall,
-        RegionKey,
+        Config, DropReason, FaultInFlight, KhugepagedKey, PendingIsolate, PendingRegion,
+        PendingSyscall, RegionKey,
     },
     OccupancyBitmap,
 };
@@ -48,6 +48,8 @@ pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReason::C
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 #[map]
 pub static FAULT_IN_FLIGHT: PerCpuArray<FaultInFlight> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+pub static PENDING_REGION: PerCpuArray<PendingRegion> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static PENDING_ISOLATE: HashMap<u32, PendingIsolate> = HashMap::with_max_entries(64, 0);
 #[map]
@@ -195,16 +197,110 @@ pub fn set_bits(key: &RegionKey, lo: u32, hi: u32) {
     }
 }
 
-/// Sets one PTE bit: the common fault case, one word.
+/// Records one PTE bit: the common fault case. Into this CPU's pending region when the fault
+/// is in the same region as the last one here (no hash lookup), else the pending bits go to
+/// the region map and the slot moves to the new region.
 #[inline(always)]
-pub fn set_bit(key: &RegionKey, pte: u32) {
-    let pte = pte & (PTES_PER_PMD as u32 - 1);
-    if let Some(v) = REGIONS.get_ptr_mut(key) {
-        let word = unsafe { (v as *mut u64).add((pte >> 6) as usize) };
-        atomic_or(word, 1 << (pte & 63));
+pub fn record_bit(tgid: u32, addr: u64) {
+    let key = RegionKey::new(tgid, addr);
+    let pte = pte_index(addr);
+    let Some(slot) = PENDING_REGION.get_ptr_mut(0) else {
+        set_bits(&key, pte, pte + 1);
+        return;
+    };
+    // SAFETY: this CPU's slot. Other CPUs only clear bits in it, atomically.
+    let p = unsafe { &mut *slot };
+    let word = (pte >> 6) as usize & (BITMAP_WORDS - 1);
+    if p.tgid == tgid && p.addr == key.addr {
+        atomic_or(&raw mut p.bits.words[word], 1 << (pte & 63));
         return;
     }
-    set_bits(key, pte, pte + 1);
+    flush_pending(p);
+    p.bits = OccupancyBitmap::EMPTY;
+    p.tgid = tgid;
+    p.addr = key.addr;
+    atomic_or(&raw mut p.bits.words[word], 1 << (pte & 63));
+}
+
+/// Moves a slot's bits into the region map.
+#[inline(always)]
+fn flush_pending(p: &mut PendingRegion) {
+    if p.tgid == 0 || p.bits.is_empty() {
+        return;
+    }
+    let key = RegionKey::new(p.tgid, p.addr);
+    if let Some(v) = REGIONS.get_ptr_mut(&key) {
+        let mut w = 0;
+        while w < BITMAP_WORDS {
+            let m = p.bits.words[w];
+            if m != 0 {
+                // SAFETY: w < 8 words of the map value.
+                atomic_or(unsafe { (v as *mut u64).add(w) }, m);
+            }
+            w += 1;
+        }
+        return;
+    }
+    if REGIONS.insert(&key, &p.bits, NOEXIST).is_ok() {
+        return;
+    }
+    match REGIONS.get_ptr_mut(&key) {
+        Some(v) => {
+            let mut w = 0;
+            while w < BITMAP_WORDS {
+                // SAFETY: w < 8.
+                atomic_or(unsafe { (v as *mut u64).add(w) }, p.bits.words[w]);
+                w += 1;
+            }
+        }
+        None => count_drop(DropReason::RegionMapFull),
+    }
+}
+
+/// Most CPUs whose pending slots a clear visits.
+const MAX_CPUS: u32 = 512;
+
+/// Clears `[start, end)` of `tgid` in every CPU's pending slot.
+#[inline(always)]
+fn clear_pending(tgid: u32, start: u64, end: u64) {
+    let nr_cpus = conf!(nr_cpus);
+    let map = &raw const PENDING_REGION as *mut core::ffi::c_void;
+    let zero = 0u32;
+    let mut cpu = 0;
+    while cpu < MAX_CPUS && cpu < nr_cpus {
+        // SAFETY: the helper returns this map's slot of `cpu`, or null past the last CPU.
+        let q = unsafe {
+            aya_ebpf::helpers::generated::bpf_map_lookup_percpu_elem(map, (&raw const zero).cast(), cpu)
+        } as *mut PendingRegion;
+        if q.is_null() {
+            break;
+        }
+        // SAFETY: a valid slot of the map.
+        let q = unsafe { &mut *q };
+        if q.tgid == tgid && q.addr < end && q.addr + PMD_SIZE > start {
+            let lo = if start > q.addr { pte_index(start) } else { 0 };
+            let hi = if end >= q.addr + PMD_SIZE {
+                PTES_PER_PMD as u32
+            } else {
+                ((end - q.addr + 0xfff) >> PAGE_SHIFT) as u32
+            };
+            let mut w = 0;
+            while w < BITMAP_WORDS as u32 {
+                let m = range_word_mask(lo, hi, w);
+                if m != 0 {
+                    atomic_and(&raw mut q.bits.words[(w as usize) & (BITMAP_WORDS - 1)], !m);
+                }
+                w += 1;
+            }
+        }
+        cpu += 1;
+    }
+}
+
+/// Forgets everything pending for `tgid` (exit, exec).
+#[inline(always)]
+pub fn clear_pending_all(tgid: u32) {
+    clear_pending(tgid, 0, u64::MAX);
 }
 
 #[inline(always)]
@@ -227,6 +323,7 @@ const MAX_CLEAR_REGIONS: u32 = 128;
 /// Clears the bits of `[start, end)` of `tgid`'s regions; whole regions are deleted.
 #[inline(always)]
 pub fn clear_range(tgid: u32, start: u64, end: u64) {
+    clear_pending(tgid, start, end);
     let mut addr = start & !0xfff;
     let mut i = 0;
     while i < MAX_CLEAR_REGIONS && addr < end {

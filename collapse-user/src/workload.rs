@@ -140,6 +140,31 @@ impl Area {
         Ok(())
     }
 
+    /// Like `touch`, with page `i` written by thread `i % cpus`, each thread pinned to its CPU.
+    pub fn touch_on_every_cpu(&self, start: u64, end: u64) -> anyhow::Result<()> {
+        self.page_ptr(end)?;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+        let base = self.page_ptr(0)? as usize;
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..cpus)
+                .map(|cpu| {
+                    scope.spawn(move || -> anyhow::Result<()> {
+                        let mut set = nix::sched::CpuSet::new();
+                        set.set(cpu as usize)?;
+                        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+                        for page in (start..end).filter(|p| p % cpus == cpu) {
+                            // SAFETY: inside the mapping (checked above); threads write
+                            // disjoint pages.
+                            unsafe { ((base + (page * PAGE_SIZE) as usize) as *mut u8).write_volatile(1) };
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            workers.into_iter().try_for_each(|w| w.join().map_err(|_| anyhow!("toucher thread panicked"))?)
+        })
+    }
+
     /// Reads one byte in each page of `[start, end)` (maps the zero page where nothing is).
     pub fn read(&self, start: u64, end: u64) -> anyhow::Result<u64> {
         self.page_ptr(end)?;
@@ -211,6 +236,8 @@ fn storm(size: u64, runs: u32, wait: bool) -> anyhow::Result<ExitCode> {
 /// ```text
 /// map NAME MIB [huge|nohuge]   -> mapped NAME 0xADDR PAGES
 /// touch NAME START END         -> ok      (write one byte per page, pages [START, END))
+/// threads NAME START END       -> ok      (the same, page i by thread i % CPUs, each pinned to
+///                                          its CPU: faults of one region on every CPU)
 /// read NAME START END          -> ok      (read: maps the zero page)
 /// dontneed|free NAME START END -> ok      (madvise)
 /// huge|nohuge NAME START END   -> ok      (MADV_HUGEPAGE / MADV_NOHUGEPAGE)
@@ -268,7 +295,7 @@ impl Script {
                 self.areas.insert(name, a);
                 Ok(reply)
             }
-            verb @ ("touch" | "read" | "dontneed" | "free" | "huge" | "nohuge" | "unmap") => {
+            verb @ ("touch" | "threads" | "read" | "dontneed" | "free" | "huge" | "nohuge" | "unmap") => {
                 // SAFETY: the pointer comes from `self.areas`, which is not modified below.
                 let a = unsafe { &*area(&self.areas)? };
                 let (start, end) = (num(2)?, num(3)?);
@@ -277,6 +304,7 @@ impl Script {
                 }
                 match verb {
                     "touch" => a.touch(start, end)?,
+                    "threads" => a.touch_on_every_cpu(start, end)?,
                     "read" => {
                         a.read(start, end)?;
                     }

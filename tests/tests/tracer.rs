@@ -124,3 +124,31 @@ fn thp_fault_sets_all_512_bits() {
     assert_eq!(folio_events, 2, "expected two order-9 large-folio events, saw {seen:?}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn faults_on_every_cpu_and_clears_from_another() {
+    if !root_or_skip("faults_on_every_cpu_and_clears_from_another") {
+        return;
+    }
+    let dir = temp_dir("cpus");
+    let snap = dir.join("snap.jsonl");
+    let mut w = Workload::spawn();
+    let pid = w.pid.to_string();
+    let tracer = Tracer::start(&["--pid", &pid, "--interval", "0.2", "--snapshot", snap.to_str().unwrap()]);
+    let addr = w.map("m", 8, false);
+    // Each region is faulted from every CPU, so every CPU holds pending bits of it; then the
+    // main thread drops and unmaps parts, which must clear the other CPUs' pending bits too.
+    w.cmd("threads m 0 1024");
+    w.cmd("threads m 1500 1700");
+    w.cmd("dontneed m 10 300");
+    w.cmd("unmap m 700 800");
+    w.cmd("dontneed m 1600 1700");
+    w.cmd("threads m 20 40");
+    let (status, _) = tracer.stop();
+    assert!(status.success());
+    let traced = snapshot_regions(&snap, w.pid);
+    let truth = truth(w.pid);
+    assert_same("regions faulted on every CPU", &within(&traced, addr, 8 << 20), &within(&truth, addr, 8 << 20));
+    assert_same("every region of the child", &traced, &truth);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -11,7 +11,7 @@ use aya::{
 use collapse_common::{
     OccupancyBitmap,
     consts::TASK_COMM_LEN,
-    maps::{Config, DropReason, KhugepagedKey, RegionKey, names},
+    maps::{Config, DropReason, KhugepagedKey, PendingRegion, RegionKey, names},
 };
 
 use crate::kernel::{btf, tracefs::TracepointFormat};
@@ -203,6 +203,7 @@ fn config(root: &Path, sel: &Selection, pid_limit: u32) -> anyhow::Result<(Confi
     c.exit_group_dead = exit.offset("group_dead")?;
     c.task_mm = btf::task_struct_mm_offset().context("khugepaged attribution needs task_struct::mm")?;
     c.pid_limit = pid_limit;
+    c.nr_cpus = aya::util::nr_cpus().map_err(|(path, e)| anyhow!("reading {path}: {e}"))? as u32;
     c.all = sel.all.into();
     c.follow_children = sel.follow_children.into();
     if let Some(comm) = &sel.comm {
@@ -403,20 +404,42 @@ impl Bpf {
         Ok(arr.get(&(tgid / 64), 0)? >> (tgid % 64) & 1 == 1)
     }
 
-    /// Every region in the map.
-    pub fn regions(&self) -> anyhow::Result<Vec<(RegionKey, OccupancyBitmap)>> {
-        let map: HashMap<&MapData, RegionKey, OccupancyBitmap> = HashMap::try_from(self.map(names::REGIONS)?)?;
-        // An entry deleted between get_next_key and lookup shows up as KeyNotFound: skip it.
-        Ok(map.iter().filter_map(Result::ok).collect())
+    /// The bits each CPU has recorded but not yet moved into the region map.
+    fn pending(&self) -> anyhow::Result<Vec<(RegionKey, OccupancyBitmap)>> {
+        let arr: PerCpuArray<&MapData, PendingRegion> = PerCpuArray::try_from(self.map(names::PENDING_REGION)?)?;
+        Ok(arr
+            .get(&0, 0)?
+            .iter()
+            .filter(|p| p.tgid != 0 && !p.bits.is_empty())
+            .map(|p| (RegionKey::new(p.tgid, p.addr), p.bits))
+            .collect())
     }
 
-    pub fn region(&self, key: &RegionKey) -> anyhow::Result<Option<OccupancyBitmap>> {
+    /// Every region: the map, with what the CPUs still hold ORed in. The pending slots are read
+    /// first: a slot flushed meanwhile is then found in the map, not lost between the two.
+    pub fn regions(&self) -> anyhow::Result<Vec<(RegionKey, OccupancyBitmap)>> {
+        let pending = self.pending()?;
         let map: HashMap<&MapData, RegionKey, OccupancyBitmap> = HashMap::try_from(self.map(names::REGIONS)?)?;
-        match map.get(key, 0) {
-            Ok(v) => Ok(Some(v)),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(e.into()),
+        // An entry deleted between get_next_key and lookup shows up as KeyNotFound: skip it.
+        let mut all: StdHashMap<RegionKey, OccupancyBitmap> = map.iter().filter_map(Result::ok).collect();
+        for (key, bits) in pending {
+            let entry = all.entry(key).or_default();
+            *entry = entry.union(&bits);
         }
+        Ok(all.into_iter().collect())
+    }
+
+    /// One region, pending bits included.
+    pub fn region(&self, key: &RegionKey) -> anyhow::Result<Option<OccupancyBitmap>> {
+        let pending: Vec<OccupancyBitmap> =
+            self.pending()?.into_iter().filter(|(k, _)| k == key).map(|(_, b)| b).collect();
+        let map: HashMap<&MapData, RegionKey, OccupancyBitmap> = HashMap::try_from(self.map(names::REGIONS)?)?;
+        let stored = match map.get(key, 0) {
+            Ok(v) => Some(v),
+            Err(aya::maps::MapError::KeyNotFound) => None,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(pending.into_iter().fold(stored, |acc, b| Some(acc.unwrap_or_default().union(&b))))
     }
 
     /// Writes (or, when empty, deletes) one region.
