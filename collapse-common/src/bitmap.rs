@@ -14,8 +14,12 @@ pub struct OccupancyBitmap {
 const _: () = assert!(core::mem::size_of::<OccupancyBitmap>() == 64);
 
 impl OccupancyBitmap {
-    pub const EMPTY: Self = Self { words: [0; BITMAP_WORDS] };
-    pub const FULL: Self = Self { words: [u64::MAX; BITMAP_WORDS] };
+    pub const EMPTY: Self = Self {
+        words: [0; BITMAP_WORDS],
+    };
+    pub const FULL: Self = Self {
+        words: [u64::MAX; BITMAP_WORDS],
+    };
 
     /// Bits `[start, end)` set; `end` is clamped to 512.
     pub fn from_range(start: usize, end: usize) -> Self {
@@ -54,13 +58,25 @@ impl OccupancyBitmap {
     }
 
     fn apply_range(&mut self, start: usize, end: usize, f: impl Fn(&mut u64, u64)) {
-        let end = if end > PTES_PER_PMD { PTES_PER_PMD } else { end };
+        let end = if end > PTES_PER_PMD {
+            PTES_PER_PMD
+        } else {
+            end
+        };
         let mut i = start;
         while i < end {
             let word = i / 64;
             let lo = i % 64;
-            let hi = if end - word * 64 >= 64 { 64 } else { end - word * 64 };
-            let mask = if hi - lo == 64 { u64::MAX } else { ((1u64 << (hi - lo)) - 1) << lo };
+            let hi = if end - word * 64 >= 64 {
+                64
+            } else {
+                end - word * 64
+            };
+            let mask = if hi - lo == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << (hi - lo)) - 1) << lo
+            };
             f(&mut self.words[word], mask);
             i = word * 64 + hi;
         }
@@ -79,7 +95,11 @@ impl OccupancyBitmap {
             }
             n
         } else {
-            let mask = if len == 64 { u64::MAX } else { (1u64 << len) - 1 };
+            let mask = if len == 64 {
+                u64::MAX
+            } else {
+                (1u64 << len) - 1
+            };
             ((self.words[start / 64] >> (start % 64)) & mask).count_ones()
         }
     }
@@ -118,7 +138,10 @@ impl OccupancyBitmap {
 
     /// Maximal runs of set bits as half-open `[start, end)` pairs, ascending.
     pub fn runs(&self) -> Runs<'_> {
-        Runs { bitmap: self, pos: 0 }
+        Runs {
+            bitmap: self,
+            pos: 0,
+        }
     }
 }
 
@@ -135,7 +158,7 @@ impl Iterator for Runs<'_> {
         let mut i = self.pos;
         while i < PTES_PER_PMD && !self.bitmap.get(i) {
             // Skip whole empty words quickly.
-            if i % 64 == 0 && self.bitmap.words[i / 64] == 0 {
+            if i.is_multiple_of(64) && self.bitmap.words[i / 64] == 0 {
                 i += 64;
             } else {
                 i += 1;
@@ -147,7 +170,7 @@ impl Iterator for Runs<'_> {
         }
         let start = i;
         while i < PTES_PER_PMD && self.bitmap.get(i) {
-            if i % 64 == 0 && self.bitmap.words[i / 64] == u64::MAX {
+            if i.is_multiple_of(64) && self.bitmap.words[i / 64] == u64::MAX {
                 i += 64;
             } else {
                 i += 1;
@@ -174,7 +197,10 @@ mod tests {
         b.set_range(243, 259);
         b.set_range(383, 391);
         assert_eq!(b.count(), 56);
-        assert_eq!(b.runs().collect::<Vec<_>>(), [(21, 53), (243, 259), (383, 391)]);
+        assert_eq!(
+            b.runs().collect::<Vec<_>>(),
+            [(21, 53), (243, 259), (383, 391)]
+        );
         assert_eq!(b.count_aligned(32, 16), 16);
         assert_eq!(b.count_aligned(0, 512), 56);
         assert_eq!(b.count_aligned(256, 4), 3);

@@ -47,7 +47,11 @@ const _: () = assert!(core::mem::size_of::<RegionKey>() == 16);
 
 impl RegionKey {
     pub const fn new(tgid: u32, addr: u64) -> Self {
-        Self { tgid, _pad: 0, addr: addr & crate::consts::PMD_MASK }
+        Self {
+            tgid,
+            _pad: 0,
+            addr: addr & crate::consts::PMD_MASK,
+        }
     }
 }
 
@@ -177,6 +181,10 @@ pub struct PendingRegion {
 
 const _: () = assert!(core::mem::size_of::<PendingRegion>() == 80);
 
+/// Most CPUs for which faults go through [`PendingRegion`] slots: a clear visits every CPU's
+/// slot in a loop the verifier walks in full.
+pub const MAX_PENDING_CPUS: u32 = 64;
+
 /// An isolate result, kept per khugepaged task until the collapse it belongs to reports the
 /// `mm` (the isolate tracepoint has no `mm` field).
 #[repr(C)]
@@ -268,7 +276,8 @@ pub struct Config {
     pub task_mm: u32,
     /// Number of pids the `TRACKED` / `MM_KNOWN` bitsets cover.
     pub pid_limit: u32,
-    /// Possible CPUs: how many `PENDING_REGION` slots a clear visits.
+    /// Possible CPUs: how many `PENDING_REGION` slots a clear visits; 0 turns the pending
+    /// regions off (more than [`MAX_PENDING_CPUS`] CPUs).
     pub nr_cpus: u32,
     /// Non-zero: every process is traced; `TRACKED` is not consulted.
     pub all: u8,

@@ -14,7 +14,8 @@ use collapse_common::{
 };
 
 use crate::state::{
-    conf, emit, is_tracked, record, u32_at, u64_at, learn_mm, now, pte_index, record_bit, set_bits, FAULT_IN_FLIGHT,
+    FAULT_IN_FLIGHT, conf, emit, is_tracked, learn_mm, now, pte_index, record, record_bit,
+    set_bits, u32_at, u64_at,
 };
 
 #[tracepoint]
@@ -39,7 +40,11 @@ fn try_fault(ctx: &TracePointContext) -> Result<u32, i64> {
     let Some(rec) = record::<4>(ctx) else {
         return Ok(0);
     };
-    fault(pid_tgid, u64_at(&rec, conf!(fault_address)), u64_at(&rec, conf!(fault_error_code)))
+    fault(
+        pid_tgid,
+        u64_at(&rec, conf!(fault_address)),
+        u64_at(&rec, conf!(fault_error_code)),
+    )
 }
 
 /// The fast path: the same tracepoints as BTF-typed raw tracepoints. The kernel skips building
@@ -137,7 +142,13 @@ fn traced_fault_here() -> Option<(*mut FaultInFlight, u64)> {
 }
 
 #[inline(always)]
-fn large_folio(slot: *mut FaultInFlight, pid_tgid: u64, order: u32, allocated: bool, migratetype: i32) -> Result<u32, i64> {
+fn large_folio(
+    slot: *mut FaultInFlight,
+    pid_tgid: u64,
+    order: u32,
+    allocated: bool,
+    migratetype: i32,
+) -> Result<u32, i64> {
     // User folios are movable; slab and page tables are not (`include/linux/gfp.h`).
     if order == 0 || order > PMD_ORDER as u32 || !allocated || migratetype != MIGRATE_MOVABLE {
         return Ok(0);

@@ -2,17 +2,23 @@
 //! in the khugepaged kthread (or in the caller of MADV_COLLAPSE), so the process is found by
 //! the `mm` they report, through the `mm` → tgid map the fault path fills.
 
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+};
 use collapse_common::{
     event::{Event, EventKind},
     maps::{KhugepagedEvent, KhugepagedKey, PendingIsolate},
 };
 
-use crate::state::{conf, count_khugepaged, emit, field, mm_owner, now, PENDING_ISOLATE};
+use crate::state::{PENDING_ISOLATE, conf, count_khugepaged, emit, field, mm_owner, now};
 
 #[inline(always)]
 fn record(tgid: u32, which: KhugepagedEvent, status: i32, addr: u64, a: i32, b: i32, c: i32) {
-    count_khugepaged(&KhugepagedKey { tgid, event: which as u16, status: status as i16 });
+    count_khugepaged(&KhugepagedKey {
+        tgid,
+        event: which as u16,
+        status: status as i16,
+    });
     emit(&Event {
         ts_ns: now(),
         addr,
@@ -39,7 +45,15 @@ pub fn mm_khugepaged_scan_pmd(ctx: TracePointContext) -> u32 {
     let none_or_zero: i32 = field(&ctx, conf!(scan_none_or_zero));
     let status: i32 = field(&ctx, conf!(scan_status));
     let unmapped: i32 = field(&ctx, conf!(scan_unmapped));
-    record(tgid, KhugepagedEvent::ScanPmd, status, pfn, referenced, none_or_zero, unmapped);
+    record(
+        tgid,
+        KhugepagedEvent::ScanPmd,
+        status,
+        pfn,
+        referenced,
+        none_or_zero,
+        unmapped,
+    );
     0
 }
 
@@ -47,16 +61,24 @@ pub fn mm_khugepaged_scan_pmd(ctx: TracePointContext) -> u32 {
 pub fn mm_collapse_huge_page(ctx: TracePointContext) -> u32 {
     let pid = bpf_get_current_pid_tgid() as u32;
     // SAFETY: copied out before the delete.
-    let pending = unsafe { PENDING_ISOLATE.get(&pid) }.copied();
+    let pending = unsafe { PENDING_ISOLATE.get(pid) }.copied();
     if pending.is_some() {
-        let _ = PENDING_ISOLATE.remove(&pid);
+        let _ = PENDING_ISOLATE.remove(pid);
     }
     let mm: u64 = field(&ctx, conf!(collapse_mm));
     let Some(tgid) = mm_owner(mm) else {
         return 0;
     };
     if let Some(p) = pending {
-        record(tgid, KhugepagedEvent::Isolate, p.status, p.pfn, p.none_or_zero, p.referenced, 0);
+        record(
+            tgid,
+            KhugepagedEvent::Isolate,
+            p.status,
+            p.pfn,
+            p.none_or_zero,
+            p.referenced,
+            0,
+        );
     }
     let isolated: i32 = field(&ctx, conf!(collapse_isolated));
     let status: i32 = field(&ctx, conf!(collapse_status));
@@ -77,7 +99,7 @@ pub fn mm_collapse_huge_page_isolate(ctx: TracePointContext) -> u32 {
         status: field(&ctx, conf!(isolate_status)),
         _pad: 0,
     };
-    let _ = PENDING_ISOLATE.insert(&pid, &pending, 0);
+    let _ = PENDING_ISOLATE.insert(pid, pending, 0);
     0
 }
 
@@ -90,6 +112,14 @@ pub fn mm_collapse_huge_page_swapin(ctx: TracePointContext) -> u32 {
     let swapped_in: i32 = field(&ctx, conf!(swapin_swapped_in));
     let referenced: i32 = field(&ctx, conf!(swapin_referenced));
     let ret: i32 = field(&ctx, conf!(swapin_ret));
-    record(tgid, KhugepagedEvent::Swapin, ret, 0, swapped_in, referenced, 0);
+    record(
+        tgid,
+        KhugepagedEvent::Swapin,
+        ret,
+        0,
+        swapped_in,
+        referenced,
+        0,
+    );
     0
 }

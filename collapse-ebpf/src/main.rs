@@ -8,7 +8,10 @@
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
-#![expect(internal_features, reason = "atomic_or/and/xadd on map values: BPF has no CAS in Rust's target spec")]
+#![expect(
+    internal_features,
+    reason = "atomic_or/and/xadd on map values: BPF has no CAS in Rust's target spec"
+)]
 
 mod faults;
 mod khugepaged;

@@ -9,8 +9,8 @@ use aya_ebpf::{
 use collapse_common::{consts::CLONE_THREAD, event::EventKind};
 
 use crate::state::{
-    bit_clear, bit_set, clear_pending_all, conf, current_tgid, emit_range, field, forget_mm, is_tracked, CONFIG,
-    TRACKED,
+    CONFIG, TRACKED, bit_clear, bit_set, clear_pending_all, conf, current_tgid, emit_range, field,
+    forget_mm, is_tracked,
 };
 
 /// Whether the current task's comm is the `--comm` target.
@@ -38,8 +38,8 @@ fn try_newtask(ctx: &TracePointContext) -> Result<u32, i64> {
     let parent = current_tgid();
     let follow = conf!(follow_children) != 0 && is_tracked(parent);
     // SAFETY: no preconditions.
-    let in_cgroup = conf!(match_cgroup) != 0
-        && unsafe { bpf_get_current_cgroup_id() } == conf!(cgroup_id);
+    let in_cgroup =
+        conf!(match_cgroup) != 0 && unsafe { bpf_get_current_cgroup_id() } == conf!(cgroup_id);
     // The child inherits the parent's comm until it execs.
     let same_comm = conf!(match_comm) != 0 && comm_matches();
     if !(follow || in_cgroup || same_comm) {

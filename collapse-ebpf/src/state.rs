@@ -7,13 +7,13 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use collapse_common::{
-    consts::{BITMAP_WORDS, PAGE_SHIFT, PMD_SIZE, PTES_PER_PMD},
+    OccupancyBitmap,
+    consts::{BITMAP_WORDS, PAGE_SHIFT, PMD_MASK, PMD_SIZE, PTES_PER_PMD},
     event::{Event, EventKind},
     maps::{
-        Config, DropReason, FaultInFlight, KhugepagedKey, PendingIsolate, PendingRegion,
-        PendingSyscall, RegionKey,
+        Config, DropReason, FaultInFlight, KhugepagedKey, MAX_PENDING_CPUS, PendingIsolate,
+        PendingRegion, PendingSyscall, RegionKey,
     },
-    OccupancyBitmap,
 };
 
 /// Offsets and switches, written by userspace before load (`.rodata`, frozen: the verifier
@@ -134,7 +134,9 @@ pub fn atomic_or(p: *mut u64, v: u64) {
 pub fn atomic_and(p: *mut u64, v: u64) {
     // SAFETY: as `atomic_or`.
     unsafe {
-        core::intrinsics::atomic_and::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, v)
+        core::intrinsics::atomic_and::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            p, v,
+        )
     };
 }
 
@@ -142,7 +144,9 @@ pub fn atomic_and(p: *mut u64, v: u64) {
 pub fn atomic_add(p: *mut u64, v: u64) {
     // SAFETY: as `atomic_or`.
     unsafe {
-        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, v)
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            p, v,
+        )
     };
 }
 
@@ -152,26 +156,26 @@ pub fn pte_index(addr: u64) -> u32 {
     ((addr >> PAGE_SHIFT) as u32) & (PTES_PER_PMD as u32 - 1)
 }
 
-/// Mask of bits `[lo, hi)` within one 64-bit word, `lo <= hi <= 64`.
+/// `d` clamped to `0..=64`, without a branch: the verifier walks straight-line code once,
+/// where branches on unknown values multiply its states.
 #[inline(always)]
-fn word_mask(lo: u32, hi: u32) -> u64 {
-    let width = hi.saturating_sub(lo);
-    if width == 0 {
-        0
-    } else if width >= 64 {
-        u64::MAX
-    } else {
-        ((1u64 << width) - 1) << (lo & 63)
-    }
+fn clamp64(d: i64) -> u64 {
+    let d = d & !(d >> 63);
+    let over = d - 64;
+    (64 + (over & (over >> 63))) as u64
+}
+
+/// The low `n` bits set, `n` in `0..=64`, without a branch.
+#[inline(always)]
+fn ones(n: u64) -> u64 {
+    ((1u64 << (n & 63)) - 1) | (n >> 6).wrapping_neg()
 }
 
 /// Mask of PTE bits `[lo, hi)` (0..=512) that fall in word `w`.
 #[inline(always)]
 fn range_word_mask(lo: u32, hi: u32, w: u32) -> u64 {
-    let base = w * 64;
-    let l = if lo > base { lo - base } else { 0 };
-    let h = if hi < base + 64 { hi.saturating_sub(base) } else { 64 };
-    if l >= 64 { 0 } else { word_mask(l, h) }
+    let base = i64::from(w) * 64;
+    ones(clamp64(i64::from(hi) - base)) & !ones(clamp64(i64::from(lo) - base))
 }
 
 /// Sets PTE bits `[lo, hi)` of region `key`, creating the region if needed.
@@ -187,7 +191,7 @@ pub fn set_bits(key: &RegionKey, lo: u32, hi: u32) {
         fresh.words[w as usize] = range_word_mask(lo, hi, w);
         w += 1;
     }
-    if REGIONS.insert(key, &fresh, NOEXIST).is_ok() {
+    if REGIONS.insert(key, fresh, NOEXIST).is_ok() {
         return;
     }
     // Lost the race to another CPU, or the map is full.
@@ -204,9 +208,12 @@ pub fn set_bits(key: &RegionKey, lo: u32, hi: u32) {
 pub fn record_bit(tgid: u32, addr: u64) {
     let key = RegionKey::new(tgid, addr);
     let pte = pte_index(addr);
-    let Some(slot) = PENDING_REGION.get_ptr_mut(0) else {
-        set_bits(&key, pte, pte + 1);
-        return;
+    let slot = match PENDING_REGION.get_ptr_mut(0) {
+        Some(slot) if conf!(nr_cpus) != 0 => slot,
+        _ => {
+            set_bits(&key, pte, pte + 1);
+            return;
+        }
     };
     // SAFETY: this CPU's slot. Other CPUs only clear bits in it, atomically.
     let p = unsafe { &mut *slot };
@@ -229,7 +236,7 @@ fn flush_pending(p: &mut PendingRegion) {
         return;
     }
     let key = RegionKey::new(p.tgid, p.addr);
-    if let Some(v) = REGIONS.get_ptr_mut(&key) {
+    if let Some(v) = REGIONS.get_ptr_mut(key) {
         let mut w = 0;
         while w < BITMAP_WORDS {
             let m = p.bits.words[w];
@@ -241,10 +248,10 @@ fn flush_pending(p: &mut PendingRegion) {
         }
         return;
     }
-    if REGIONS.insert(&key, &p.bits, NOEXIST).is_ok() {
+    if REGIONS.insert(key, p.bits, NOEXIST).is_ok() {
         return;
     }
-    match REGIONS.get_ptr_mut(&key) {
+    match REGIONS.get_ptr_mut(key) {
         Some(v) => {
             let mut w = 0;
             while w < BITMAP_WORDS {
@@ -257,40 +264,56 @@ fn flush_pending(p: &mut PendingRegion) {
     }
 }
 
-/// Most CPUs whose pending slots a clear visits.
-const MAX_CPUS: u32 = 512;
+/// Most CPUs whose pending slots a clear visits (the verifier walks every iteration); with
+/// more, userspace sets `nr_cpus` 0 and faults go to the region map directly.
+const MAX_CPUS: u32 = MAX_PENDING_CPUS;
 
-/// Clears `[start, end)` of `tgid` in every CPU's pending slot.
+/// This CPU's pending slot of `cpu`, or `None` past the last possible CPU.
 #[inline(always)]
-fn clear_pending(tgid: u32, start: u64, end: u64) {
-    let nr_cpus = conf!(nr_cpus);
+fn pending_slot(cpu: u32) -> Option<&'static mut PendingRegion> {
     let map = &raw const PENDING_REGION as *mut core::ffi::c_void;
     let zero = 0u32;
+    // SAFETY: the helper returns the map's slot of `cpu`, or null.
+    let q = unsafe {
+        aya_ebpf::helpers::generated::bpf_map_lookup_percpu_elem(map, (&raw const zero).cast(), cpu)
+    } as *mut PendingRegion;
+    // SAFETY: a valid slot of the map, which lives as long as the program.
+    unsafe { q.as_mut() }
+}
+
+#[inline(always)]
+fn and_not(words: *mut u64, mask: &OccupancyBitmap) {
+    let mut w = 0;
+    while w < BITMAP_WORDS {
+        // SAFETY: w < 8 words of a bitmap.
+        atomic_and(unsafe { words.add(w) }, !mask.words[w]);
+        w += 1;
+    }
+}
+
+/// Clears, in every CPU's pending slot of `tgid`: `first_mask` in region `first`, `last_mask`
+/// in region `last`, everything in the regions between. The masks are computed once by the
+/// caller, so the loop over CPUs has no per-word branching for the verifier to walk.
+#[inline(always)]
+fn clear_pending(
+    tgid: u32,
+    first: u64,
+    first_mask: &OccupancyBitmap,
+    last: u64,
+    last_mask: &OccupancyBitmap,
+) {
+    let nr_cpus = conf!(nr_cpus);
     let mut cpu = 0;
     while cpu < MAX_CPUS && cpu < nr_cpus {
-        // SAFETY: the helper returns this map's slot of `cpu`, or null past the last CPU.
-        let q = unsafe {
-            aya_ebpf::helpers::generated::bpf_map_lookup_percpu_elem(map, (&raw const zero).cast(), cpu)
-        } as *mut PendingRegion;
-        if q.is_null() {
-            break;
-        }
-        // SAFETY: a valid slot of the map.
-        let q = unsafe { &mut *q };
-        if q.tgid == tgid && q.addr < end && q.addr + PMD_SIZE > start {
-            let lo = if start > q.addr { pte_index(start) } else { 0 };
-            let hi = if end >= q.addr + PMD_SIZE {
-                PTES_PER_PMD as u32
-            } else {
-                ((end - q.addr + 0xfff) >> PAGE_SHIFT) as u32
-            };
-            let mut w = 0;
-            while w < BITMAP_WORDS as u32 {
-                let m = range_word_mask(lo, hi, w);
-                if m != 0 {
-                    atomic_and(&raw mut q.bits.words[(w as usize) & (BITMAP_WORDS - 1)], !m);
-                }
-                w += 1;
+        let Some(q) = pending_slot(cpu) else { break };
+        if q.tgid == tgid {
+            let words = &raw mut q.bits.words as *mut u64;
+            if q.addr == first {
+                and_not(words, first_mask);
+            } else if q.addr == last {
+                and_not(words, last_mask);
+            } else if q.addr > first && q.addr < last {
+                and_not(words, &OccupancyBitmap::FULL);
             }
         }
         cpu += 1;
@@ -300,7 +323,15 @@ fn clear_pending(tgid: u32, start: u64, end: u64) {
 /// Forgets everything pending for `tgid` (exit, exec).
 #[inline(always)]
 pub fn clear_pending_all(tgid: u32) {
-    clear_pending(tgid, 0, u64::MAX);
+    let nr_cpus = conf!(nr_cpus);
+    let mut cpu = 0;
+    while cpu < MAX_CPUS && cpu < nr_cpus {
+        let Some(q) = pending_slot(cpu) else { break };
+        if q.tgid == tgid {
+            and_not(&raw mut q.bits.words as *mut u64, &OccupancyBitmap::FULL);
+        }
+        cpu += 1;
+    }
 }
 
 #[inline(always)]
@@ -316,45 +347,78 @@ fn or_range(v: *mut OccupancyBitmap, lo: u32, hi: u32) {
     }
 }
 
-/// Regions one program visits when clearing a range; larger ranges are finished by
-/// userspace (`EventKind::ClearRange`).
-const MAX_CLEAR_REGIONS: u32 = 128;
+/// Whole regions one program deletes when clearing a range; the rest of a larger range is
+/// finished by userspace (`EventKind::ClearRange`).
+const MAX_CLEAR_REGIONS: u32 = 256;
 
-/// Clears the bits of `[start, end)` of `tgid`'s regions; whole regions are deleted.
+/// The PTE bits of region `region` that `[start, end)` covers (a partial last page counts).
+#[inline(always)]
+fn covered(region: u64, start: u64, end: u64) -> OccupancyBitmap {
+    let lo = if start > region { pte_index(start) } else { 0 };
+    let hi = if end >= region + PMD_SIZE {
+        PTES_PER_PMD as u32
+    } else {
+        ((end - region + 0xfff) >> PAGE_SHIFT) as u32
+    };
+    let mut m = OccupancyBitmap::EMPTY;
+    let mut w = 0;
+    while w < BITMAP_WORDS as u32 {
+        m.words[w as usize] = range_word_mask(lo, hi, w);
+        w += 1;
+    }
+    m
+}
+
+/// Clears `mask` in `tgid`'s region `region`; the region is deleted when the mask covers it.
+#[inline(always)]
+fn clear_region(tgid: u32, region: u64, mask: &OccupancyBitmap) {
+    let key = RegionKey::new(tgid, region);
+    // Word by word, not `==`: a byte-wise compare is a 64-step loop for the verifier.
+    let mut full = u64::MAX;
+    let mut w = 0;
+    while w < BITMAP_WORDS {
+        full &= mask.words[w];
+        w += 1;
+    }
+    if full == u64::MAX {
+        let _ = REGIONS.remove(key);
+    } else if let Some(v) = REGIONS.get_ptr_mut(key) {
+        and_not(v as *mut u64, mask);
+    }
+}
+
+/// Clears the bits of `[start, end)` of `tgid`'s regions: the partial first and last regions
+/// by mask, the whole ones between by deleting them.
 #[inline(always)]
 pub fn clear_range(tgid: u32, start: u64, end: u64) {
-    clear_pending(tgid, start, end);
-    let mut addr = start & !0xfff;
+    let start = start & !0xfff;
+    if start >= end {
+        return;
+    }
+    let first = start & PMD_MASK;
+    let last = (end - 1) & PMD_MASK;
+    let first_mask = covered(first, start, end);
+    let last_mask = if last == first {
+        OccupancyBitmap::EMPTY
+    } else {
+        covered(last, start, end)
+    };
+    clear_pending(tgid, first, &first_mask, last, &last_mask);
+    clear_region(tgid, first, &first_mask);
+    if last == first {
+        return;
+    }
+    clear_region(tgid, last, &last_mask);
+    let mut addr = first + PMD_SIZE;
     let mut i = 0;
-    while i < MAX_CLEAR_REGIONS && addr < end {
-        let key = RegionKey::new(tgid, addr);
-        let region_end = key.addr + PMD_SIZE;
-        let lo = pte_index(addr);
-        // A partial last page still loses its page: round up.
-        let hi = if end >= region_end {
-            PTES_PER_PMD as u32
-        } else {
-            ((end - key.addr + 0xfff) >> PAGE_SHIFT) as u32
-        };
-        if lo == 0 && hi == PTES_PER_PMD as u32 {
-            let _ = REGIONS.remove(&key);
-        } else if let Some(v) = REGIONS.get_ptr_mut(&key) {
-            let mut w = 0;
-            while w < BITMAP_WORDS as u32 {
-                let m = range_word_mask(lo, hi, w);
-                if m != 0 {
-                    // SAFETY: w < 8.
-                    atomic_and(unsafe { (v as *mut u64).add(w as usize) }, !m);
-                }
-                w += 1;
-            }
-        }
-        addr = region_end;
+    while i < MAX_CLEAR_REGIONS && addr < last {
+        let _ = REGIONS.remove(RegionKey::new(tgid, addr));
+        addr += PMD_SIZE;
         i += 1;
     }
-    if addr < end {
+    if addr < last {
         count_drop(DropReason::ClearDeferred);
-        emit_range(EventKind::ClearRange, tgid, addr, end - addr);
+        emit_range(EventKind::ClearRange, tgid, addr, last - addr);
     }
 }
 
@@ -374,7 +438,15 @@ pub fn emit(event: &Event) {
 #[inline(always)]
 pub fn emit_range(kind: EventKind, tgid: u32, addr: u64, len: u64) {
     let pid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
-    emit(&Event { ts_ns: now(), addr, len, kind: kind as u32, tgid, pid, ..Event::default() });
+    emit(&Event {
+        ts_ns: now(),
+        addr,
+        len,
+        kind: kind as u32,
+        tgid,
+        pid,
+        ..Event::default()
+    });
 }
 
 /// Remembers `current->mm` → `tgid` once per process, so khugepaged events (which carry only
@@ -396,7 +468,7 @@ pub fn learn_mm(tgid: u32) {
     if mm == 0 {
         return;
     }
-    if MM_OWNERS.insert(&mm, &tgid, 0).is_err() || TGID_MM.insert(&tgid, &mm, 0).is_err() {
+    if MM_OWNERS.insert(mm, tgid, 0).is_err() || TGID_MM.insert(tgid, mm, 0).is_err() {
         count_drop(DropReason::MmMapFull);
         return;
     }
@@ -406,18 +478,18 @@ pub fn learn_mm(tgid: u32) {
 /// Forgets `tgid`'s `mm` (exit, exec): the address may be reused by another process.
 #[inline(always)]
 pub fn forget_mm(tgid: u32) {
-    if let Some(mm) = unsafe { TGID_MM.get(&tgid) } {
+    if let Some(mm) = unsafe { TGID_MM.get(tgid) } {
         let mm = *mm;
-        let _ = MM_OWNERS.remove(&mm);
+        let _ = MM_OWNERS.remove(mm);
     }
-    let _ = TGID_MM.remove(&tgid);
+    let _ = TGID_MM.remove(tgid);
     bit_clear(&MM_KNOWN, tgid);
 }
 
 /// The tgid a khugepaged event's `mm` belongs to, if it is traced.
 #[inline(always)]
 pub fn mm_owner(mm: u64) -> Option<u32> {
-    unsafe { MM_OWNERS.get(&mm) }.copied()
+    unsafe { MM_OWNERS.get(mm) }.copied()
 }
 
 #[inline(always)]
@@ -432,11 +504,10 @@ pub fn count_khugepaged(key: &KhugepagedKey) {
         atomic_add(p, 1);
         return;
     }
-    if KHUGEPAGED_COUNTS.insert(key, &1, NOEXIST).is_err() {
+    if KHUGEPAGED_COUNTS.insert(key, 1, NOEXIST).is_err() {
         match KHUGEPAGED_COUNTS.get_ptr_mut(key) {
             Some(p) => atomic_add(p, 1),
             None => count_drop(DropReason::CountMapFull),
         }
     }
 }
-

@@ -3,18 +3,21 @@
 //! program); mremap moves them, MADV_POPULATE_* / MADV_COLLAPSE / MAP_POPULATE create them
 //! (userspace re-reads those ranges from pagemap once the syscall has returned).
 
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+};
 use collapse_common::{
     consts::{
-        MADV_COLLAPSE, MADV_DONTNEED, MADV_FREE, MADV_HUGEPAGE, MADV_POPULATE_READ, MADV_POPULATE_WRITE,
-        MADV_REMOVE,
+        MADV_COLLAPSE, MADV_DONTNEED, MADV_FREE, MADV_HUGEPAGE, MADV_POPULATE_READ,
+        MADV_POPULATE_WRITE, MADV_REMOVE,
     },
     event::EventKind,
     maps::{DropReason, PendingSyscall},
 };
 
 use crate::state::{
-    conf, clear_range, count_drop, emit_range, field, is_tracked, learn_mm, FAULT_IN_FLIGHT, PENDING_SYSCALL,
+    FAULT_IN_FLIGHT, PENDING_SYSCALL, clear_range, conf, count_drop, emit_range, field, is_tracked,
+    learn_mm,
 };
 
 /// `MADV_DONTNEED_LOCKED` (since 5.18) drops pages like DONTNEED.
@@ -44,8 +47,13 @@ fn end_fault_in_flight(tgid: u32) {
 
 #[inline(always)]
 fn remember(pid_tgid: u64, start: u64, len: u64, kind: u32) {
-    let pending = PendingSyscall { start, len, kind, _pad: 0 };
-    if PENDING_SYSCALL.insert(&pid_tgid, &pending, 0).is_err() {
+    let pending = PendingSyscall {
+        start,
+        len,
+        kind,
+        _pad: 0,
+    };
+    if PENDING_SYSCALL.insert(pid_tgid, pending, 0).is_err() {
         count_drop(DropReason::PendingMapFull);
     }
 }
@@ -59,8 +67,8 @@ fn take_pending(ctx: &TracePointContext) -> Option<(u32, PendingSyscall, i64)> {
         return None;
     }
     // SAFETY: value copied out before the delete.
-    let pending = unsafe { PENDING_SYSCALL.get(&pid_tgid) }.copied()?;
-    let _ = PENDING_SYSCALL.remove(&pid_tgid);
+    let pending = unsafe { PENDING_SYSCALL.get(pid_tgid) }.copied()?;
+    let _ = PENDING_SYSCALL.remove(pid_tgid);
     let ret: i64 = field(ctx, conf!(sys_exit_ret));
     Some((tgid, pending, ret))
 }
@@ -147,10 +155,10 @@ fn try_mmap(ctx: &TracePointContext) -> Result<u32, i64> {
 
 #[tracepoint]
 pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
-    if let Some((tgid, p, ret)) = take_pending(&ctx) {
-        if ret > 0 {
-            emit_range(EventKind::Resync, tgid, ret as u64, p.len);
-        }
+    if let Some((tgid, p, ret)) = take_pending(&ctx)
+        && ret > 0
+    {
+        emit_range(EventKind::Resync, tgid, ret as u64, p.len);
     }
     0
 }
@@ -173,8 +181,13 @@ fn try_mremap(ctx: &TracePointContext) -> Result<u32, i64> {
     // The exit needs the old range and the new length: two records, the second keyed by
     // the complemented id.
     remember(pid_tgid, addr, old_len, PENDING_MREMAP);
-    let new = PendingSyscall { start: new_len, len: 0, kind: PENDING_MREMAP, _pad: 0 };
-    if PENDING_SYSCALL.insert(&!pid_tgid, &new, 0).is_err() {
+    let new = PendingSyscall {
+        start: new_len,
+        len: 0,
+        kind: PENDING_MREMAP,
+        _pad: 0,
+    };
+    if PENDING_SYSCALL.insert(!pid_tgid, new, 0).is_err() {
         count_drop(DropReason::PendingMapFull);
     }
     Ok(0)
@@ -188,11 +201,11 @@ pub fn sys_exit_mremap(ctx: TracePointContext) -> u32 {
 fn try_exit_mremap(ctx: &TracePointContext) -> Result<u32, i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: copied out before the delete.
-    let new_len = match unsafe { PENDING_SYSCALL.get(&!pid_tgid) } {
+    let new_len = match unsafe { PENDING_SYSCALL.get(!pid_tgid) } {
         Some(p) => p.start,
         None => return Ok(0),
     };
-    let _ = PENDING_SYSCALL.remove(&!pid_tgid);
+    let _ = PENDING_SYSCALL.remove(!pid_tgid);
     let Some((tgid, p, ret)) = take_pending(ctx) else {
         return Ok(0);
     };

@@ -57,7 +57,11 @@ pub struct TargetArgs {
 
 impl TargetArgs {
     pub fn is_empty(&self) -> bool {
-        self.pids.is_empty() && self.cgroup.is_none() && self.comm.is_none() && !self.all && self.cmd.is_empty()
+        self.pids.is_empty()
+            && self.cgroup.is_none()
+            && self.comm.is_none()
+            && !self.all
+            && self.cmd.is_empty()
     }
 }
 
@@ -77,7 +81,11 @@ pub struct CapacityArgs {
 
 impl Default for CapacityArgs {
     fn default() -> Self {
-        Self { max_regions: 262_144, ringbuf_kib: 1024, max_processes: 16_384 }
+        Self {
+            max_regions: 262_144,
+            ringbuf_kib: 1024,
+            max_processes: 16_384,
+        }
     }
 }
 
@@ -169,6 +177,10 @@ pub struct DemoArgs {
 /// Parses arguments, runs the command, and turns any error into one line on stderr and a
 /// non-zero exit status.
 pub fn main() -> ExitCode {
+    // Like other command-line tools: a closed pipe (`| head`) ends us quietly instead of
+    // failing a print.
+    // SAFETY: setting a signal disposition before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => return usage_error(err),
@@ -192,7 +204,12 @@ pub fn main() -> ExitCode {
 
 /// Help and version go to stdout as clap writes them; a usage error becomes one line.
 fn usage_error(err: clap::Error) -> ExitCode {
-    if matches!(err.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
         let _ = err.print();
         return if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
             ExitCode::FAILURE

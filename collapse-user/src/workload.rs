@@ -87,7 +87,12 @@ impl Area {
         let nz = std::num::NonZeroUsize::new(over).ok_or_else(|| anyhow!("empty mapping"))?;
         // SAFETY: a fresh anonymous mapping; nothing else refers to it.
         let raw = unsafe {
-            mmap_anonymous(None, nz, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_PRIVATE)
+            mmap_anonymous(
+                None,
+                nz,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_PRIVATE,
+            )
         }
         .context("mmap")?;
         let start = raw.as_ptr() as usize;
@@ -101,11 +106,13 @@ impl Area {
             let tail = aligned + len as usize;
             let end = start + over;
             if end > tail {
-                munmap(NonNull::new_unchecked(tail as *mut _), end - tail).context("munmap tail")?;
+                munmap(NonNull::new_unchecked(tail as *mut _), end - tail)
+                    .context("munmap tail")?;
             }
         }
         let area = Self {
-            base: NonNull::new(aligned as *mut libc::c_void).ok_or_else(|| anyhow!("null mapping"))?,
+            base: NonNull::new(aligned as *mut libc::c_void)
+                .ok_or_else(|| anyhow!("null mapping"))?,
             len: len as usize,
         };
         if let Some(advice) = advice {
@@ -155,13 +162,17 @@ impl Area {
                         for page in (start..end).filter(|p| p % cpus == cpu) {
                             // SAFETY: inside the mapping (checked above); threads write
                             // disjoint pages.
-                            unsafe { ((base + (page * PAGE_SIZE) as usize) as *mut u8).write_volatile(1) };
+                            unsafe {
+                                ((base + (page * PAGE_SIZE) as usize) as *mut u8).write_volatile(1)
+                            };
                         }
                         Ok(())
                     })
                 })
                 .collect();
-            workers.into_iter().try_for_each(|w| w.join().map_err(|_| anyhow!("toucher thread panicked"))?)
+            workers
+                .into_iter()
+                .try_for_each(|w| w.join().map_err(|_| anyhow!("toucher thread panicked"))?)
         })
     }
 
@@ -180,8 +191,14 @@ impl Area {
         let ptr = self.page_ptr(start)?;
         self.page_ptr(end)?;
         // SAFETY: the range lies inside the mapping.
-        unsafe { madvise(NonNull::new_unchecked(ptr.cast()), ((end - start) * PAGE_SIZE) as usize, advice) }
-            .with_context(|| format!("madvise({advice:?}) pages {start}..{end}"))
+        unsafe {
+            madvise(
+                NonNull::new_unchecked(ptr.cast()),
+                ((end - start) * PAGE_SIZE) as usize,
+                advice,
+            )
+        }
+        .with_context(|| format!("madvise({advice:?}) pages {start}..{end}"))
     }
 
     /// Unmaps pages `[start, end)`; the area's drop later unmaps the rest (munmap of an
@@ -190,8 +207,13 @@ impl Area {
         let ptr = self.page_ptr(start)?;
         self.page_ptr(end)?;
         // SAFETY: the range lies inside the mapping; nothing holds references into it.
-        unsafe { munmap(NonNull::new_unchecked(ptr.cast()), ((end - start) * PAGE_SIZE) as usize) }
-            .with_context(|| format!("munmap pages {start}..{end}"))
+        unsafe {
+            munmap(
+                NonNull::new_unchecked(ptr.cast()),
+                ((end - start) * PAGE_SIZE) as usize,
+            )
+        }
+        .with_context(|| format!("munmap pages {start}..{end}"))
     }
 }
 
@@ -276,15 +298,25 @@ impl Script {
     fn command(&mut self, line: &str) -> anyhow::Result<String> {
         let words: Vec<&str> = line.split_whitespace().collect();
         let num = |i: usize| -> anyhow::Result<u64> {
-            words.get(i).ok_or_else(|| anyhow!("missing argument {i}"))?.parse().context("not a number")
+            words
+                .get(i)
+                .ok_or_else(|| anyhow!("missing argument {i}"))?
+                .parse()
+                .context("not a number")
         };
         let area = |areas: &HashMap<String, Area>| -> anyhow::Result<*const Area> {
             let name = words.get(1).ok_or_else(|| anyhow!("missing area name"))?;
-            areas.get(*name).map(|a| a as *const Area).ok_or_else(|| anyhow!("no area {name}"))
+            areas
+                .get(*name)
+                .map(|a| a as *const Area)
+                .ok_or_else(|| anyhow!("no area {name}"))
         };
         match words[0] {
             "map" => {
-                let name = words.get(1).ok_or_else(|| anyhow!("missing area name"))?.to_string();
+                let name = words
+                    .get(1)
+                    .ok_or_else(|| anyhow!("missing area name"))?
+                    .to_string();
                 let advice = match words.get(3).copied() {
                     Some("huge") => Some(MmapAdvise::MADV_HUGEPAGE),
                     Some("nohuge") | None => Some(MmapAdvise::MADV_NOHUGEPAGE),
@@ -295,7 +327,8 @@ impl Script {
                 self.areas.insert(name, a);
                 Ok(reply)
             }
-            verb @ ("touch" | "threads" | "read" | "dontneed" | "free" | "huge" | "nohuge" | "unmap") => {
+            verb @ ("touch" | "threads" | "read" | "dontneed" | "free" | "huge" | "nohuge"
+            | "unmap") => {
                 // SAFETY: the pointer comes from `self.areas`, which is not modified below.
                 let a = unsafe { &*area(&self.areas)? };
                 let (start, end) = (num(2)?, num(3)?);

@@ -24,12 +24,19 @@ fn collapse(args: &[&str], env: &[(&str, &str)], uid: Option<u32>) -> Output {
 fn assert_error(out: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success(), "exit status 0 for bad input; stderr {stderr:?}");
+    assert!(
+        !out.status.success(),
+        "exit status 0 for bad input; stderr {stderr:?}"
+    );
     assert_eq!(stdout, "", "stdout must stay empty on error");
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "want one error line, got {lines:?}");
     assert!(lines[0].starts_with("collapse: "), "{lines:?}");
-    assert!(lines[0].contains(needle), "{:?} does not mention {needle:?}", lines[0]);
+    assert!(
+        lines[0].contains(needle),
+        "{:?} does not mention {needle:?}",
+        lines[0]
+    );
 }
 
 #[test]
@@ -39,16 +46,44 @@ fn bad_arguments_and_targets() {
     }
     let me = std::process::id().to_string();
     assert_error(&collapse(&["trace"], &[], None), "no target");
-    assert_error(&collapse(&["trace", "--pid", &me, "--all"], &[], None), "one kind of target");
-    assert_error(&collapse(&["trace", "--pid", "999999999"], &[], None), "no process with pid 999999999");
-    assert_error(&collapse(&["trace", "--pid", &me, "--interval", "0"], &[], None), "--interval");
-    assert_error(&collapse(&["trace", "--pid", &me, "--duration=-3"], &[], None), "--duration");
-    assert_error(&collapse(&["trace", "--comm", "a-name-longer-than-15"], &[], None), "15 bytes");
-    assert_error(&collapse(&["trace", "--cgroup", "/nonexistent/cgroup"], &[], None), "/nonexistent/cgroup");
-    assert_error(&collapse(&["trace", "--", "/nonexistent/program"], &[], None), "/nonexistent/program");
+    assert_error(
+        &collapse(&["trace", "--pid", &me, "--all"], &[], None),
+        "one kind of target",
+    );
+    assert_error(
+        &collapse(&["trace", "--pid", "999999999"], &[], None),
+        "no process with pid 999999999",
+    );
+    assert_error(
+        &collapse(&["trace", "--pid", &me, "--interval", "0"], &[], None),
+        "--interval",
+    );
+    assert_error(
+        &collapse(&["trace", "--pid", &me, "--duration=-3"], &[], None),
+        "--duration",
+    );
+    assert_error(
+        &collapse(&["trace", "--comm", "a-name-longer-than-15"], &[], None),
+        "15 bytes",
+    );
+    assert_error(
+        &collapse(&["trace", "--cgroup", "/nonexistent/cgroup"], &[], None),
+        "/nonexistent/cgroup",
+    );
+    assert_error(
+        &collapse(&["trace", "--", "/nonexistent/program"], &[], None),
+        "/nonexistent/program",
+    );
     let dir = temp_dir("bad-snapshot");
     let snap = dir.join("missing-dir").join("snap.jsonl");
-    assert_error(&collapse(&["trace", "--pid", &me, "--snapshot", snap.to_str().unwrap()], &[], None), "not a directory");
+    assert_error(
+        &collapse(
+            &["trace", "--pid", &me, "--snapshot", snap.to_str().unwrap()],
+            &[],
+            None,
+        ),
+        "not a directory",
+    );
     assert!(!snap.exists());
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -60,7 +95,11 @@ fn not_root_is_refused() {
     }
     let me = std::process::id().to_string();
     // nobody/nogroup: loading eBPF programs needs root.
-    let out = collapse(&["trace", "--pid", &me, "--duration", "1"], &[], Some(65534));
+    let out = collapse(
+        &["trace", "--pid", &me, "--duration", "1"],
+        &[],
+        Some(65534),
+    );
     assert_error(&out, "needs root");
 }
 
@@ -103,7 +142,11 @@ fn missing_tracepoint_is_named() {
     let dir = temp_dir("fake-tracefs");
     fake_tracefs(&dir, "huge_memory/mm_collapse_huge_page_swapin");
     let me = std::process::id().to_string();
-    let out = collapse(&["trace", "--pid", &me, "--duration", "1"], &[("COLLAPSE_TRACEFS", dir.to_str().unwrap())], None);
+    let out = collapse(
+        &["trace", "--pid", &me, "--duration", "1"],
+        &[("COLLAPSE_TRACEFS", dir.to_str().unwrap())],
+        None,
+    );
     assert_error(&out, "mm_collapse_huge_page_swapin");
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -114,7 +157,9 @@ struct Remount;
 impl Drop for Remount {
     fn drop(&mut self) {
         if !Path::new("/sys/kernel/tracing/events").exists() {
-            let _ = Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]).status();
+            let _ = Command::new("mount")
+                .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
+                .status();
         }
     }
 }
@@ -126,14 +171,37 @@ fn unmounted_tracefs_gets_mounted() {
     }
     let _remount = Remount;
     if Path::new("/sys/kernel/tracing/events").exists() {
-        let st = Command::new("umount").arg("/sys/kernel/tracing").status().expect("umount");
+        let st = Command::new("umount")
+            .arg("/sys/kernel/tracing")
+            .status()
+            .expect("umount");
         if !st.success() {
-            eprintln!("SKIPPED unmounted_tracefs_gets_mounted: tracefs is busy and cannot be unmounted");
+            eprintln!(
+                "SKIPPED unmounted_tracefs_gets_mounted: tracefs is busy and cannot be unmounted"
+            );
             return;
         }
     }
     let w = Workload::spawn();
-    let out = collapse(&["trace", "--pid", &w.pid.to_string(), "--duration", "0.3", "--json"], &[], None);
-    assert!(out.status.success(), "trace failed: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(Path::new("/sys/kernel/tracing/events").exists(), "collapse did not mount tracefs");
+    let out = collapse(
+        &[
+            "trace",
+            "--pid",
+            &w.pid.to_string(),
+            "--duration",
+            "0.3",
+            "--json",
+        ],
+        &[],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "trace failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        Path::new("/sys/kernel/tracing/events").exists(),
+        "collapse did not mount tracefs"
+    );
 }

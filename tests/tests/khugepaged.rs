@@ -15,14 +15,17 @@ fn khugepaged_events_are_attributed_with_status_names() {
     if !root_or_skip("khugepaged_events_are_attributed_with_status_names") {
         return;
     }
-    let enabled = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    let enabled =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
     if enabled.contains("[never]") {
         eprintln!("SKIPPED khugepaged test: transparent_hugepage/enabled is never");
         return;
     }
     // Restored when the guards drop, also if an assertion fails (unwinding runs Drop).
-    let _sleep = SysfsGuard::set(format!("{KHUGEPAGED}/scan_sleep_millisecs"), "100").expect("set scan_sleep_millisecs");
-    let _none = SysfsGuard::set(format!("{KHUGEPAGED}/max_ptes_none"), "64").expect("set max_ptes_none");
+    let _sleep = SysfsGuard::set(format!("{KHUGEPAGED}/scan_sleep_millisecs"), "100")
+        .expect("set scan_sleep_millisecs");
+    let _none =
+        SysfsGuard::set(format!("{KHUGEPAGED}/max_ptes_none"), "64").expect("set max_ptes_none");
 
     let dir = temp_dir("khugepaged");
     let snap = dir.join("snap.jsonl");
@@ -37,15 +40,25 @@ fn khugepaged_events_are_attributed_with_status_names() {
     // The same in an untraced process, which must never show up.
     bystander.map("k", 4, false);
     bystander.cmd("touch k 0 512");
-    let mut tracer =
-        Tracer::start(&["--pid", &pid, "--interval", "0.2", "--events", "--snapshot", snap.to_str().unwrap()]);
+    let mut tracer = Tracer::start(&[
+        "--pid",
+        &pid,
+        "--interval",
+        "0.2",
+        "--events",
+        "--snapshot",
+        snap.to_str().unwrap(),
+    ]);
     // Now register both with khugepaged.
     w.cmd("huge k 0 1024");
     bystander.cmd("huge k 0 1024");
     let ok = tracer.wait_for(Duration::from_secs(90), |v| {
         v["event"] == "collapse" && v["status"] == "succeeded"
     });
-    assert!(ok.is_some(), "no successful khugepaged collapse seen in 90 s");
+    assert!(
+        ok.is_some(),
+        "no successful khugepaged collapse seen in 90 s"
+    );
     let exceed = tracer.wait_for(Duration::from_secs(60), |v| {
         v["event"] == "scan_pmd" && v["status"] == "exceed_none_pte"
     });
@@ -54,26 +67,55 @@ fn khugepaged_events_are_attributed_with_status_names() {
     assert!(status.success());
     let khugepaged: Vec<_> = seen
         .iter()
-        .filter(|v| matches!(v["event"].as_str(), Some("scan_pmd" | "collapse" | "isolate" | "swapin")))
+        .filter(|v| {
+            matches!(
+                v["event"].as_str(),
+                Some("scan_pmd" | "collapse" | "isolate" | "swapin")
+            )
+        })
         .collect();
     assert!(!khugepaged.is_empty());
     for v in &khugepaged {
-        assert_eq!(v["pid"], w.pid, "khugepaged event attributed to another process: {v}");
+        assert_eq!(
+            v["pid"], w.pid,
+            "khugepaged event attributed to another process: {v}"
+        );
         assert_ne!(v["pid"], bystander.pid);
-        assert!(!v["status"].as_str().unwrap_or("").starts_with("status_"), "unnamed status: {v}");
+        assert!(
+            !v["status"].as_str().unwrap_or("").starts_with("status_"),
+            "unnamed status: {v}"
+        );
     }
-    let scan_ok = khugepaged.iter().any(|v| v["event"] == "scan_pmd" && v["status"] == "succeeded");
+    let scan_ok = khugepaged
+        .iter()
+        .any(|v| v["event"] == "scan_pmd" && v["status"] == "succeeded");
     let scan_exceed = exceed.is_some()
-        || khugepaged.iter().any(|v| v["event"] == "scan_pmd" && v["status"] == "exceed_none_pte");
+        || khugepaged
+            .iter()
+            .any(|v| v["event"] == "scan_pmd" && v["status"] == "exceed_none_pte");
     assert!(scan_ok, "no scan_pmd succeeded event: {khugepaged:?}");
-    assert!(scan_exceed, "no scan_pmd exceed_none_pte event for the sparse region: {khugepaged:?}");
+    assert!(
+        scan_exceed,
+        "no scan_pmd exceed_none_pte event for the sparse region: {khugepaged:?}"
+    );
     // The per-process counts in the samples agree with the stream.
-    let last = seen.iter().rev().find(|v| v["type"] == "sample").expect("a sample");
+    let last = seen
+        .iter()
+        .rev()
+        .find(|v| v["type"] == "sample")
+        .expect("a sample");
     let procs = last["processes"].as_array().expect("processes");
     assert_eq!(procs.len(), 1, "only the traced process is shown: {last}");
-    assert!(procs[0]["collapses_ok"].as_u64().unwrap_or(0) >= 1, "{last}");
+    assert!(
+        procs[0]["collapses_ok"].as_u64().unwrap_or(0) >= 1,
+        "{last}"
+    );
     // After the collapse the holes are zero-filled pages: the tracer re-read them.
     let traced = snapshot_regions(&snap, w.pid);
-    assert_same("after khugepaged's collapse", &within(&traced, addr, 4 << 20), &within(&truth(w.pid), addr, 4 << 20));
+    assert_same(
+        "after khugepaged's collapse",
+        &within(&traced, addr, 4 << 20),
+        &within(&truth(w.pid), addr, 4 << 20),
+    );
     let _ = std::fs::remove_dir_all(dir);
 }

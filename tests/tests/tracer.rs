@@ -3,7 +3,6 @@
 
 mod common;
 
-
 use collapse_common::{OccupancyBitmap, consts::PMD_SIZE};
 use common::*;
 
@@ -13,7 +12,11 @@ fn expected_shape(addr: u64) -> Regions {
     let mut set = |lo: usize, hi: usize, on: bool| {
         for p in lo..hi {
             let (reg, pte) = (p / 512, p % 512);
-            if on { r[reg].set(pte) } else { r[reg].clear(pte) }
+            if on {
+                r[reg].set(pte)
+            } else {
+                r[reg].clear(pte)
+            }
         }
     };
     set(0, 512, true);
@@ -44,7 +47,14 @@ fn bitmaps_follow_faults_unmaps_and_dontneed() {
     let snap = dir.join("snap.jsonl");
     let mut w = Workload::spawn();
     let pid = w.pid.to_string();
-    let tracer = Tracer::start(&["--pid", &pid, "--interval", "0.2", "--snapshot", snap.to_str().unwrap()]);
+    let tracer = Tracer::start(&[
+        "--pid",
+        &pid,
+        "--interval",
+        "0.2",
+        "--snapshot",
+        snap.to_str().unwrap(),
+    ]);
     // Everything below happens while traced: only events build these bitmaps.
     let addr = w.map("a", 8, false);
     shape(&mut w, "a");
@@ -52,8 +62,16 @@ fn bitmaps_follow_faults_unmaps_and_dontneed() {
     assert!(status.success(), "collapse trace exited with {status}");
     let traced = snapshot_regions(&snap, w.pid);
     let truth = truth(w.pid);
-    assert_same("pagemap vs the pattern itself", &within(&truth, addr, 8 << 20), &expected_shape(addr));
-    assert_same("the traced mapping", &within(&traced, addr, 8 << 20), &within(&truth, addr, 8 << 20));
+    assert_same(
+        "pagemap vs the pattern itself",
+        &within(&truth, addr, 8 << 20),
+        &expected_shape(addr),
+    );
+    assert_same(
+        "the traced mapping",
+        &within(&traced, addr, 8 << 20),
+        &within(&truth, addr, 8 << 20),
+    );
     assert_same("every region of the child", &traced, &truth);
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -70,7 +88,14 @@ fn attaching_seeds_from_pagemap() {
     let addr = w.map("a", 8, false);
     shape(&mut w, "a");
     let pid = w.pid.to_string();
-    let tracer = Tracer::start(&["--pid", &pid, "--interval", "0.2", "--snapshot", snap.to_str().unwrap()]);
+    let tracer = Tracer::start(&[
+        "--pid",
+        &pid,
+        "--interval",
+        "0.2",
+        "--snapshot",
+        snap.to_str().unwrap(),
+    ]);
     // And changes after attaching, on top of the seeded state.
     w.cmd("dontneed a 0 32");
     w.cmd("touch a 600 700");
@@ -79,8 +104,15 @@ fn attaching_seeds_from_pagemap() {
     assert!(status.success(), "collapse trace exited with {status}");
     let traced = snapshot_regions(&snap, w.pid);
     let truth = truth(w.pid);
-    assert!(!within(&truth, addr, 8 << 20).is_empty(), "the workload populated nothing");
-    assert_same("the seeded mapping", &within(&traced, addr, 8 << 20), &within(&truth, addr, 8 << 20));
+    assert!(
+        !within(&truth, addr, 8 << 20).is_empty(),
+        "the workload populated nothing"
+    );
+    assert_same(
+        "the seeded mapping",
+        &within(&traced, addr, 8 << 20),
+        &within(&truth, addr, 8 << 20),
+    );
     assert_same("every region of the child", &traced, &truth);
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -90,7 +122,8 @@ fn thp_fault_sets_all_512_bits() {
     if !root_or_skip("thp_fault_sets_all_512_bits") {
         return;
     }
-    let enabled = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    let enabled =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
     if enabled.contains("[never]") {
         eprintln!("SKIPPED thp_fault_sets_all_512_bits: transparent_hugepage/enabled is never");
         return;
@@ -99,13 +132,25 @@ fn thp_fault_sets_all_512_bits() {
     let snap = dir.join("snap.jsonl");
     let mut w = Workload::spawn();
     let pid = w.pid.to_string();
-    let mut tracer =
-        Tracer::start(&["--pid", &pid, "--interval", "0.2", "--events", "--snapshot", snap.to_str().unwrap()]);
+    let mut tracer = Tracer::start(&[
+        "--pid",
+        &pid,
+        "--interval",
+        "0.2",
+        "--events",
+        "--snapshot",
+        snap.to_str().unwrap(),
+    ]);
     let addr = w.map("h", 4, true);
     // MADV_HUGEPAGE in a traced process attaches the large-folio hook (THP `madvise` mode);
     // faults before that would be read back from pagemap, but would not be events.
-    let hook = tracer.wait_for(std::time::Duration::from_secs(10), |v| v["event"] == "large_folio_hook");
-    assert!(hook.is_some() || tracer.seen[0]["large_folio_hook"].is_string(), "the large-folio hook was not attached");
+    let hook = tracer.wait_for(std::time::Duration::from_secs(10), |v| {
+        v["event"] == "large_folio_hook"
+    });
+    assert!(
+        hook.is_some() || tracer.seen[0]["large_folio_hook"].is_string(),
+        "the large-folio hook was not attached"
+    );
     // One byte per region: each write fault maps a whole PMD THP.
     w.cmd("touch h 0 1");
     w.cmd("touch h 700 701");
@@ -115,13 +160,19 @@ fn thp_fault_sets_all_512_bits() {
     let truth = truth(w.pid);
     let mapping = within(&truth, addr, 4 << 20);
     let full = mapping.values().filter(|b| b.count() == 512).count();
-    assert_eq!(full, 2, "the kernel did not fault THPs here (pagemap: {mapping:?}); is memory fragmented?");
+    assert_eq!(
+        full, 2,
+        "the kernel did not fault THPs here (pagemap: {mapping:?}); is memory fragmented?"
+    );
     assert_same("THP regions", &within(&traced, addr, 4 << 20), &mapping);
     let folio_events = seen
         .iter()
         .filter(|v| v["event"] == "large_folio_fault" && v["pid"] == w.pid && v["order"] == 9)
         .count();
-    assert_eq!(folio_events, 2, "expected two order-9 large-folio events, saw {seen:?}");
+    assert_eq!(
+        folio_events, 2,
+        "expected two order-9 large-folio events, saw {seen:?}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -134,7 +185,14 @@ fn faults_on_every_cpu_and_clears_from_another() {
     let snap = dir.join("snap.jsonl");
     let mut w = Workload::spawn();
     let pid = w.pid.to_string();
-    let tracer = Tracer::start(&["--pid", &pid, "--interval", "0.2", "--snapshot", snap.to_str().unwrap()]);
+    let tracer = Tracer::start(&[
+        "--pid",
+        &pid,
+        "--interval",
+        "0.2",
+        "--snapshot",
+        snap.to_str().unwrap(),
+    ]);
     let addr = w.map("m", 8, false);
     // Each region is faulted from every CPU, so every CPU holds pending bits of it; then the
     // main thread drops and unmaps parts, which must clear the other CPUs' pending bits too.
@@ -148,7 +206,11 @@ fn faults_on_every_cpu_and_clears_from_another() {
     assert!(status.success());
     let traced = snapshot_regions(&snap, w.pid);
     let truth = truth(w.pid);
-    assert_same("regions faulted on every CPU", &within(&traced, addr, 8 << 20), &within(&truth, addr, 8 << 20));
+    assert_same(
+        "regions faulted on every CPU",
+        &within(&traced, addr, 8 << 20),
+        &within(&truth, addr, 8 << 20),
+    );
     assert_same("every region of the child", &traced, &truth);
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -16,10 +16,17 @@ fn untracked_processes_never_appear_in_the_maps() {
     }
     let mut traced = Workload::spawn();
     let mut other = Workload::spawn();
-    let args = TargetArgs { pids: vec![traced.pid], ..TargetArgs::default() };
+    let args = TargetArgs {
+        pids: vec![traced.pid],
+        ..TargetArgs::default()
+    };
     let session = Session::start(
         Target::resolve(&args).expect("target"),
-        Capacity { max_regions: 4096, ringbuf_bytes: 1 << 16, max_processes: 64 },
+        Capacity {
+            max_regions: 4096,
+            ringbuf_bytes: 1 << 16,
+            max_processes: 64,
+        },
     )
     .expect("start session");
     for w in [&mut traced, &mut other] {
@@ -29,10 +36,28 @@ fn untracked_processes_never_appear_in_the_maps() {
         w.cmd("huge a 0 2048");
     }
     let regions = session.bpf.regions().expect("regions");
-    assert!(regions.iter().any(|(k, _)| k.tgid == traced.pid as u32), "the traced process has no regions");
-    let strangers: Vec<u32> = regions.iter().map(|(k, _)| k.tgid).filter(|&t| t != traced.pid as u32).collect();
-    assert!(strangers.is_empty(), "regions of untraced processes: {strangers:?}");
+    assert!(
+        regions.iter().any(|(k, _)| k.tgid == traced.pid as u32),
+        "the traced process has no regions"
+    );
+    let strangers: Vec<u32> = regions
+        .iter()
+        .map(|(k, _)| k.tgid)
+        .filter(|&t| t != traced.pid as u32)
+        .collect();
+    assert!(
+        strangers.is_empty(),
+        "regions of untraced processes: {strangers:?}"
+    );
     let counts = session.bpf.khugepaged_counts().expect("counts");
-    assert!(counts.iter().all(|(k, _)| k.tgid == traced.pid as u32), "{counts:?}");
-    assert!(!session.bpf.is_tracked(other.pid as u32).expect("tracked bit"));
+    assert!(
+        counts.iter().all(|(k, _)| k.tgid == traced.pid as u32),
+        "{counts:?}"
+    );
+    assert!(
+        !session
+            .bpf
+            .is_tracked(other.pid as u32)
+            .expect("tracked bit")
+    );
 }

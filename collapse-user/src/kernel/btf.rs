@@ -218,7 +218,8 @@ impl KernelBtf {
         let Type::Ptr(ptr) = self.btf.resolve_chained_type(&t).map_err(resolve_err)? else {
             return Ok(None);
         };
-        let Type::FuncProto(proto) = self.btf.resolve_chained_type(&ptr).map_err(resolve_err)? else {
+        let Type::FuncProto(proto) = self.btf.resolve_chained_type(&ptr).map_err(resolve_err)?
+        else {
             return Ok(None);
         };
         let names: Vec<String> = self
@@ -233,7 +234,13 @@ impl KernelBtf {
                 },
                 _ => None,
             })
-            .map(|p| p.parameters.iter().skip(1).map(|q| self.btf.resolve_name(q).unwrap_or_default()).collect())
+            .map(|p| {
+                p.parameters
+                    .iter()
+                    .skip(1)
+                    .map(|q| self.btf.resolve_name(q).unwrap_or_default())
+                    .collect()
+            })
             .unwrap_or_default();
         let mut params = Vec::new();
         for (i, p) in proto.parameters.iter().skip(1).enumerate() {
@@ -258,7 +265,9 @@ impl KernelBtf {
             },
             Type::Struct(x) => format!("struct {}", self.btf.resolve_name(x)?),
             Type::Union(x) => format!("union {}", self.btf.resolve_name(x)?),
-            Type::Const(x) | Type::Volatile(x) => self.c_type(self.btf.resolve_chained_type(x)?, depth + 1)?,
+            Type::Const(x) | Type::Volatile(x) => {
+                self.c_type(self.btf.resolve_chained_type(x)?, depth + 1)?
+            }
             Type::Int(x) => self.btf.resolve_name(x)?,
             Type::Typedef(x) => self.btf.resolve_name(x)?,
             _ => "?".into(),

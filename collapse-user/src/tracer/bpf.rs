@@ -11,7 +11,7 @@ use aya::{
 use collapse_common::{
     OccupancyBitmap,
     consts::TASK_COMM_LEN,
-    maps::{Config, DropReason, KhugepagedKey, PendingRegion, RegionKey, names},
+    maps::{Config, DropReason, KhugepagedKey, MAX_PENDING_CPUS, PendingRegion, RegionKey, names},
 };
 
 use crate::kernel::{btf, tracefs::TracepointFormat};
@@ -26,7 +26,12 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/co
 /// what the tool is for.
 const PROGRAMS: &[(&str, &str, &str, bool)] = &[
     ("page_fault_user", "exceptions", "page_fault_user", true),
-    ("page_fault_kernel", "exceptions", "page_fault_kernel", false),
+    (
+        "page_fault_kernel",
+        "exceptions",
+        "page_fault_kernel",
+        false,
+    ),
     ("sys_enter_munmap", "syscalls", "sys_enter_munmap", true),
     ("sys_enter_madvise", "syscalls", "sys_enter_madvise", true),
     ("sys_exit_madvise", "syscalls", "sys_exit_madvise", false),
@@ -37,10 +42,30 @@ const PROGRAMS: &[(&str, &str, &str, bool)] = &[
     ("task_newtask", "task", "task_newtask", false),
     ("sched_process_exec", "sched", "sched_process_exec", false),
     ("sched_process_exit", "sched", "sched_process_exit", true),
-    ("mm_khugepaged_scan_pmd", "huge_memory", "mm_khugepaged_scan_pmd", true),
-    ("mm_collapse_huge_page", "huge_memory", "mm_collapse_huge_page", true),
-    ("mm_collapse_huge_page_isolate", "huge_memory", "mm_collapse_huge_page_isolate", true),
-    ("mm_collapse_huge_page_swapin", "huge_memory", "mm_collapse_huge_page_swapin", true),
+    (
+        "mm_khugepaged_scan_pmd",
+        "huge_memory",
+        "mm_khugepaged_scan_pmd",
+        true,
+    ),
+    (
+        "mm_collapse_huge_page",
+        "huge_memory",
+        "mm_collapse_huge_page",
+        true,
+    ),
+    (
+        "mm_collapse_huge_page_isolate",
+        "huge_memory",
+        "mm_collapse_huge_page_isolate",
+        true,
+    ),
+    (
+        "mm_collapse_huge_page_swapin",
+        "huge_memory",
+        "mm_collapse_huge_page_swapin",
+        true,
+    ),
 ];
 
 /// The hot programs again as BTF-typed raw tracepoints: (program, tracepoint, the parameters
@@ -51,10 +76,17 @@ const PROGRAMS: &[(&str, &str, &str, bool)] = &[
 /// the classic programs.
 type Params = &'static [(&'static str, &'static str)];
 // Types as BTF spells them (from DWARF: `long unsigned int`).
-const FAULT_PARAMS: Params =
-    &[("address", "long unsigned int"), ("regs", "struct pt_regs *"), ("error_code", "long unsigned int")];
-const ALLOC_PARAMS: Params =
-    &[("page", "struct page *"), ("order", "unsigned int"), ("gfp_flags", "gfp_t"), ("migratetype", "int")];
+const FAULT_PARAMS: Params = &[
+    ("address", "long unsigned int"),
+    ("regs", "struct pt_regs *"),
+    ("error_code", "long unsigned int"),
+];
+const ALLOC_PARAMS: Params = &[
+    ("page", "struct page *"),
+    ("order", "unsigned int"),
+    ("gfp_flags", "gfp_t"),
+    ("migratetype", "int"),
+];
 const FAST_PATH: &[(&str, &str, Params)] = &[
     ("page_fault_user_btf", "page_fault_user", FAULT_PARAMS),
     ("page_fault_kernel_btf", "page_fault_kernel", FAULT_PARAMS),
@@ -84,7 +116,10 @@ pub struct StatusNames(StdHashMap<i64, String>);
 
 impl StatusNames {
     pub fn name(&self, status: i64) -> String {
-        self.0.get(&status).cloned().unwrap_or_else(|| format!("status_{status}"))
+        self.0
+            .get(&status)
+            .cloned()
+            .unwrap_or_else(|| format!("status_{status}"))
     }
 }
 
@@ -133,7 +168,10 @@ fn config(root: &Path, sel: &Selection, pid_limit: u32) -> anyhow::Result<(Confi
         if field.size != size || field.offset % size != 0 || field.offset + size > limit {
             bail!(
                 "{}:{} field {name} is at offset {} size {}; collapse expects a {size}-byte field within the first {limit} bytes",
-                f.category, f.name, field.offset, field.size
+                f.category,
+                f.name,
+                field.offset,
+                field.size
             );
         }
         Ok(field.offset)
@@ -142,10 +180,14 @@ fn config(root: &Path, sel: &Selection, pid_limit: u32) -> anyhow::Result<(Confi
     let fault = fmt("exceptions", "page_fault_user")?;
     c.fault_address = within(&fault, "address", 8, 32)?;
     c.fault_error_code = within(&fault, "error_code", 8, 32)?;
-    if let Ok(kfault) = fmt("exceptions", "page_fault_kernel") {
-        if (within(&kfault, "address", 8, 32)?, within(&kfault, "error_code", 8, 32)?) != (c.fault_address, c.fault_error_code) {
-            bail!("exceptions:page_fault_kernel and page_fault_user have different layouts");
-        }
+    // One program serves both fault tracepoints: they must agree.
+    if let Ok(kfault) = fmt("exceptions", "page_fault_kernel")
+        && (
+            within(&kfault, "address", 8, 32)?,
+            within(&kfault, "error_code", 8, 32)?,
+        ) != (c.fault_address, c.fault_error_code)
+    {
+        bail!("exceptions:page_fault_kernel and page_fault_user have different layouts");
     }
     if let Ok(alloc) = fmt("kmem", "mm_page_alloc") {
         c.alloc_order = within(&alloc, "order", 4, 40)?;
@@ -201,9 +243,12 @@ fn config(root: &Path, sel: &Selection, pid_limit: u32) -> anyhow::Result<(Confi
     let exit = fmt("sched", "sched_process_exit")?;
     c.exit_pid = exit.offset("pid")?;
     c.exit_group_dead = exit.offset("group_dead")?;
-    c.task_mm = btf::task_struct_mm_offset().context("khugepaged attribution needs task_struct::mm")?;
+    c.task_mm =
+        btf::task_struct_mm_offset().context("khugepaged attribution needs task_struct::mm")?;
     c.pid_limit = pid_limit;
-    c.nr_cpus = aya::util::nr_cpus().map_err(|(path, e)| anyhow!("reading {path}: {e}"))? as u32;
+    let cpus = aya::util::nr_cpus().map_err(|(path, e)| anyhow!("reading {path}: {e}"))? as u32;
+    // Beyond MAX_PENDING_CPUS faults skip the per-CPU pending slots (see collapse-common).
+    c.nr_cpus = if cpus <= MAX_PENDING_CPUS { cpus } else { 0 };
     c.all = sel.all.into();
     c.follow_children = sel.follow_children.into();
     if let Some(comm) = &sel.comm {
@@ -218,7 +263,12 @@ fn config(root: &Path, sel: &Selection, pid_limit: u32) -> anyhow::Result<(Confi
         c.match_cgroup = 1;
         c.cgroup_id = id;
     }
-    let names = StatusNames(scan.symbolic("status").unwrap_or_default().into_iter().collect());
+    let names = StatusNames(
+        scan.symbolic("status")
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+    );
     Ok((c, names))
 }
 
@@ -241,13 +291,23 @@ impl Btfs {
 
     /// Loads and attaches `prog` on `tracepoint` as a BTF-typed raw tracepoint, if BTF shows
     /// exactly the parameters it reads.
-    fn attach(&self, ebpf: &mut Ebpf, (prog, tracepoint, params): (&str, &str, Params)) -> Result<(), String> {
+    fn attach(
+        &self,
+        ebpf: &mut Ebpf,
+        (prog, tracepoint, params): (&str, &str, Params),
+    ) -> Result<(), String> {
         match self.kernel.raw_tracepoint_params(tracepoint) {
             // The types must match; names too, where BTF has them.
             Ok(Some(p))
                 if p.len() == params.len()
-                    && p.iter().zip(params).all(|(a, (name, ty))| a.c_type == *ty && (a.name.is_empty() || a.name == *name)) => {}
-            Ok(found) => return Err(format!("{tracepoint}: BTF parameters {found:?}, expected {params:?}")),
+                    && p.iter().zip(params).all(|(a, (name, ty))| {
+                        a.c_type == *ty && (a.name.is_empty() || a.name == *name)
+                    }) => {}
+            Ok(found) => {
+                return Err(format!(
+                    "{tracepoint}: BTF parameters {found:?}, expected {params:?}"
+                ));
+            }
             Err(e) => return Err(format!("{tracepoint}: {e}")),
         }
         let result = (|| -> anyhow::Result<()> {
@@ -268,10 +328,14 @@ impl Bpf {
     /// Loads the programs configured for `sel` and attaches them all.
     pub fn load(sel: &Selection, cap: Capacity) -> anyhow::Result<Self> {
         if OBJECT.is_empty() {
-            bail!("this collapse was built with AYA_BUILD_SKIP=1 and has no eBPF programs; rebuild with `cargo xtask build`");
+            bail!(
+                "this collapse was built with AYA_BUILD_SKIP=1 and has no eBPF programs; rebuild with `cargo xtask build`"
+            );
         }
         if !nix::unistd::geteuid().is_root() {
-            bail!("tracing needs root (loading eBPF programs); run it with sudo or `cargo xtask run -- ...`");
+            bail!(
+                "tracing needs root (loading eBPF programs); run it with sudo or `cargo xtask run -- ...`"
+            );
         }
         let root = tracefs_root()?;
         let pid_limit = pid_limit();
@@ -307,7 +371,10 @@ impl Bpf {
             }
             if !root.join("events").join(category).join(name).exists() {
                 if required {
-                    bail!("tracepoint {category}:{name} is missing from this kernel ({}); collapse needs it", root.display());
+                    bail!(
+                        "tracepoint {category}:{name} is missing from this kernel ({}); collapse needs it",
+                        root.display()
+                    );
                 }
                 missing.push(format!("{category}:{name} (not in this kernel)"));
                 continue;
@@ -316,10 +383,13 @@ impl Bpf {
                 .program_mut(prog)
                 .ok_or_else(|| anyhow!("program {prog} is missing from the eBPF object"))?
                 .try_into()?;
-            program.load().with_context(|| format!("loading program {prog}"))?;
+            program
+                .load()
+                .with_context(|| format!("loading program {prog}"))?;
             if let Err(err) = program.attach(category, name) {
                 if required {
-                    return Err(err).with_context(|| format!("attaching to tracepoint {category}:{name}"));
+                    return Err(err)
+                        .with_context(|| format!("attaching to tracepoint {category}:{name}"));
                 }
                 missing.push(format!("{category}:{name} ({err})"));
             }
@@ -356,7 +426,9 @@ impl Bpf {
             }
         }
         if !self.root.join("events/kmem/mm_page_alloc").exists() {
-            bail!("tracepoint kmem:mm_page_alloc is missing: large folios faulted in cannot be seen");
+            bail!(
+                "tracepoint kmem:mm_page_alloc is missing: large folios faulted in cannot be seen"
+            );
         }
         let program: &mut TracePoint = self
             .ebpf
@@ -364,22 +436,31 @@ impl Bpf {
             .ok_or_else(|| anyhow!("program mm_page_alloc is missing from the eBPF object"))?
             .try_into()?;
         program.load().context("loading program mm_page_alloc")?;
-        program.attach("kmem", "mm_page_alloc").context("attaching to kmem:mm_page_alloc")?;
+        program
+            .attach("kmem", "mm_page_alloc")
+            .context("attaching to kmem:mm_page_alloc")?;
         self.large_folio_hook = Some("tracepoint");
         Ok(true)
     }
 
     fn map<'a>(&'a self, name: &str) -> anyhow::Result<&'a aya::maps::Map> {
-        self.ebpf.map(name).ok_or_else(|| anyhow!("map {name} is missing from the eBPF object"))
+        self.ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("map {name} is missing from the eBPF object"))
     }
 
     fn map_mut<'a>(&'a mut self, name: &str) -> anyhow::Result<&'a mut aya::maps::Map> {
-        self.ebpf.map_mut(name).ok_or_else(|| anyhow!("map {name} is missing from the eBPF object"))
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("map {name} is missing from the eBPF object"))
     }
 
     /// The ring buffer, to be polled by the caller (taken out once).
     pub fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
-        let map = self.ebpf.take_map(names::EVENTS).ok_or_else(|| anyhow!("ring buffer already taken"))?;
+        let map = self
+            .ebpf
+            .take_map(names::EVENTS)
+            .ok_or_else(|| anyhow!("ring buffer already taken"))?;
         Ok(RingBuf::try_from(map)?)
     }
 
@@ -406,7 +487,8 @@ impl Bpf {
 
     /// The bits each CPU has recorded but not yet moved into the region map.
     fn pending(&self) -> anyhow::Result<Vec<(RegionKey, OccupancyBitmap)>> {
-        let arr: PerCpuArray<&MapData, PendingRegion> = PerCpuArray::try_from(self.map(names::PENDING_REGION)?)?;
+        let arr: PerCpuArray<&MapData, PendingRegion> =
+            PerCpuArray::try_from(self.map(names::PENDING_REGION)?)?;
         Ok(arr
             .get(&0, 0)?
             .iter()
@@ -419,9 +501,11 @@ impl Bpf {
     /// first: a slot flushed meanwhile is then found in the map, not lost between the two.
     pub fn regions(&self) -> anyhow::Result<Vec<(RegionKey, OccupancyBitmap)>> {
         let pending = self.pending()?;
-        let map: HashMap<&MapData, RegionKey, OccupancyBitmap> = HashMap::try_from(self.map(names::REGIONS)?)?;
+        let map: HashMap<&MapData, RegionKey, OccupancyBitmap> =
+            HashMap::try_from(self.map(names::REGIONS)?)?;
         // An entry deleted between get_next_key and lookup shows up as KeyNotFound: skip it.
-        let mut all: StdHashMap<RegionKey, OccupancyBitmap> = map.iter().filter_map(Result::ok).collect();
+        let mut all: StdHashMap<RegionKey, OccupancyBitmap> =
+            map.iter().filter_map(Result::ok).collect();
         for (key, bits) in pending {
             let entry = all.entry(key).or_default();
             *entry = entry.union(&bits);
@@ -431,15 +515,22 @@ impl Bpf {
 
     /// One region, pending bits included.
     pub fn region(&self, key: &RegionKey) -> anyhow::Result<Option<OccupancyBitmap>> {
-        let pending: Vec<OccupancyBitmap> =
-            self.pending()?.into_iter().filter(|(k, _)| k == key).map(|(_, b)| b).collect();
-        let map: HashMap<&MapData, RegionKey, OccupancyBitmap> = HashMap::try_from(self.map(names::REGIONS)?)?;
+        let pending: Vec<OccupancyBitmap> = self
+            .pending()?
+            .into_iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, b)| b)
+            .collect();
+        let map: HashMap<&MapData, RegionKey, OccupancyBitmap> =
+            HashMap::try_from(self.map(names::REGIONS)?)?;
         let stored = match map.get(key, 0) {
             Ok(v) => Some(v),
             Err(aya::maps::MapError::KeyNotFound) => None,
             Err(e) => return Err(e.into()),
         };
-        Ok(pending.into_iter().fold(stored, |acc, b| Some(acc.unwrap_or_default().union(&b))))
+        Ok(pending
+            .into_iter()
+            .fold(stored, |acc, b| Some(acc.unwrap_or_default().union(&b))))
     }
 
     /// Writes (or, when empty, deletes) one region.
@@ -452,7 +543,8 @@ impl Bpf {
                 Err(e) => Err(e.into()),
             }
         } else {
-            map.insert(key, bits, 0).context("region map full while seeding")
+            map.insert(key, bits, 0)
+                .context("region map full while seeding")
         }
     }
 
@@ -472,7 +564,9 @@ impl Bpf {
                     if end <= key.addr || start >= region_end {
                         continue;
                     }
-                    let Some(mut bits) = self.region(&key)? else { continue };
+                    let Some(mut bits) = self.region(&key)? else {
+                        continue;
+                    };
                     let lo = (start.max(key.addr) - key.addr) >> 12;
                     let hi = (end.min(region_end) - key.addr).div_ceil(4096);
                     bits.clear_range(lo as usize, hi as usize);

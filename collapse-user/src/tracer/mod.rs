@@ -39,7 +39,11 @@ use crate::{
 
 impl From<&CapacityArgs> for Capacity {
     fn from(c: &CapacityArgs) -> Self {
-        Self { max_regions: c.max_regions, ringbuf_bytes: c.ringbuf_kib.saturating_mul(1024), max_processes: c.max_processes }
+        Self {
+            max_regions: c.max_regions,
+            ringbuf_bytes: c.ringbuf_kib.saturating_mul(1024),
+            max_processes: c.max_processes,
+        }
     }
 }
 
@@ -81,23 +85,35 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     if interval.is_zero() {
         bail!("--interval must be more than 0 seconds");
     }
-    let duration = args.duration.map(|d| seconds("--duration", d)).transpose()?;
+    let duration = args
+        .duration
+        .map(|d| seconds("--duration", d))
+        .transpose()?;
     if let Some(path) = &args.snapshot {
         check_writable(path)?;
     }
     let target = Target::resolve(&args.target)?;
     let mut session = Session::start(target, Capacity::from(&args.capacity))?;
     let output = if args.json {
-        Output::Json { events: args.events }
+        Output::Json {
+            events: args.events,
+        }
     } else {
-        Output::Human { events: args.events, redraw: !args.events && std::io::stdout().is_terminal() }
+        Output::Human {
+            events: args.events,
+            redraw: !args.events && std::io::stdout().is_terminal(),
+        }
     };
     let stop = runtime()?.block_on(drive(&mut session, output, interval, duration))?;
     if let Some(path) = &args.snapshot {
         let regions = session.snapshot()?;
         write_atomically(path, &regions)?;
         if output != Output::Quiet && !args.json {
-            eprintln!("collapse: wrote {} regions to {}", regions.len(), path.display());
+            eprintln!(
+                "collapse: wrote {} regions to {}",
+                regions.len(),
+                path.display()
+            );
         }
     }
     if args.json {
@@ -109,12 +125,21 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
 
 /// Traces `target` for `duration_s` seconds (0: just the seeded state) and returns its regions:
 /// the live input of `collapse plan`.
-pub fn snapshot_target(args: &TargetArgs, duration_s: f64, capacity: &CapacityArgs) -> anyhow::Result<Vec<SnapshotRegion>> {
+pub fn snapshot_target(
+    args: &TargetArgs,
+    duration_s: f64,
+    capacity: &CapacityArgs,
+) -> anyhow::Result<Vec<SnapshotRegion>> {
     let duration = seconds("--duration", duration_s)?;
     let target = Target::resolve(args)?;
     let mut session = Session::start(target, Capacity::from(capacity))?;
     if !duration.is_zero() {
-        runtime()?.block_on(drive(&mut session, Output::Quiet, Duration::from_secs(1), Some(duration)))?;
+        runtime()?.block_on(drive(
+            &mut session,
+            Output::Quiet,
+            Duration::from_secs(1),
+            Some(duration),
+        ))?;
     }
     let regions = session.snapshot()?;
     session.stop_child();
@@ -127,7 +152,13 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("finding the collapse binary")?;
     let hold = (duration.as_secs() + 5).to_string();
     let target = TargetArgs {
-        cmd: vec![exe.display().to_string(), "workload".into(), "demo".into(), "--hold".into(), hold],
+        cmd: vec![
+            exe.display().to_string(),
+            "workload".into(),
+            "demo".into(),
+            "--hold".into(),
+            hold,
+        ],
         ..TargetArgs::default()
     };
     eprintln!(
@@ -135,9 +166,20 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
          populated over ~3 s, then marked MADV_HUGEPAGE for khugepaged; traced for {:.0} s (Ctrl-C stops).",
         duration.as_secs_f64()
     );
-    let mut session = Session::start(Target::resolve(&target)?, Capacity::from(&CapacityArgs::default()))?;
-    let output = Output::Human { events: true, redraw: false };
-    runtime()?.block_on(drive(&mut session, output, Duration::from_secs(1), Some(duration)))?;
+    let mut session = Session::start(
+        Target::resolve(&target)?,
+        Capacity::from(&CapacityArgs::default()),
+    )?;
+    let output = Output::Human {
+        events: true,
+        redraw: false,
+    };
+    runtime()?.block_on(drive(
+        &mut session,
+        output,
+        Duration::from_secs(1),
+        Some(duration),
+    ))?;
     let regions = session.snapshot()?;
     session.stop_child();
     println!();
@@ -146,14 +188,24 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the event loop")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the event loop")
 }
 
 /// Fails early, before anything is traced, if the snapshot cannot be written.
 fn check_writable(path: &Path) -> anyhow::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     if !dir.is_dir() {
-        bail!("cannot write snapshot {}: {} is not a directory", path.display(), dir.display());
+        bail!(
+            "cannot write snapshot {}: {} is not a directory",
+            path.display(),
+            dir.display()
+        );
     }
     Ok(())
 }
@@ -161,11 +213,14 @@ fn check_writable(path: &Path) -> anyhow::Result<()> {
 /// Writes the snapshot to a temporary file beside `path`, then renames it: never half-written.
 fn write_atomically(path: &Path, regions: &[SnapshotRegion]) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp-collapse");
-    let file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let file =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let mut w = std::io::BufWriter::new(file);
     write_snapshot(&mut w, regions).with_context(|| format!("writing {}", tmp.display()))?;
-    w.flush().with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    w.flush()
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
 fn drain(ring: &mut RingBuf<MapData>) -> Vec<Event> {
@@ -189,7 +244,9 @@ fn report(session: &mut Session, output: Output, events: &[Event]) -> anyhow::Re
     }
     for o in observed {
         match output {
-            Output::Human { events: true, .. } => writeln!(out, "{}", view::render_observed(&o, elapsed))?,
+            Output::Human { events: true, .. } => {
+                writeln!(out, "{}", view::render_observed(&o, elapsed))?
+            }
             Output::Json { events: true } => writeln!(out, "{}", view::observed_json(&o, elapsed))?,
             _ => {}
         }
@@ -197,11 +254,17 @@ fn report(session: &mut Session, output: Output, events: &[Event]) -> anyhow::Re
     Ok(())
 }
 
-async fn drive(session: &mut Session, output: Output, interval: Duration, duration: Option<Duration>) -> anyhow::Result<Stop> {
+async fn drive(
+    session: &mut Session,
+    output: Output,
+    interval: Duration,
+    duration: Option<Duration>,
+) -> anyhow::Result<Stop> {
     // SAFETY: the ring buffer owns its map fd, which stays open and the same for as long as
     // the AsyncFd holds it.
-    let mut ring = unsafe { AsyncFd::register_with_interest(session.bpf.take_events()?, Interest::READABLE) }
-        .map_err(|e| anyhow::anyhow!("polling the ring buffer: {}", e.into_parts().1))?;
+    let mut ring =
+        unsafe { AsyncFd::register_with_interest(session.bpf.take_events()?, Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("polling the ring buffer: {}", e.into_parts().1))?;
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let deadline = duration.map(|d| Instant::now() + d);
@@ -229,7 +292,12 @@ async fn drive(session: &mut Session, output: Output, interval: Duration, durati
                 "collapse: tracing {} process{} ({}); Ctrl-C to stop",
                 session.procs.len(),
                 if session.procs.len() == 1 { "" } else { "es" },
-                session.procs.values().map(|p| format!("{} {}", p.tgid, p.comm)).collect::<Vec<_>>().join(", ")
+                session
+                    .procs
+                    .values()
+                    .map(|p| format!("{} {}", p.tgid, p.comm))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             for m in &session.bpf.missing {
                 eprintln!("collapse: warning: not attached: {m}");

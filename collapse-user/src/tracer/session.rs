@@ -41,7 +41,9 @@ pub enum LargeFolios {
 impl LargeFolios {
     /// From sysfs; unreadable settings count as `Always`, the safe side.
     pub fn from_kernel() -> Self {
-        let Ok(thp) = ThpSettings::read() else { return Self::Always };
+        let Ok(thp) = ThpSettings::read() else {
+            return Self::Always;
+        };
         let global = match thp.enabled {
             ThpEnabled::Always => Self::Always,
             ThpEnabled::Madvise => Self::Advised,
@@ -88,12 +90,32 @@ pub struct TracedProcess {
 /// What the session saw happen, for `--events` and the JSON stream.
 #[derive(Clone, Debug)]
 pub enum Observed {
-    LargeFolio { tgid: u32, addr: u64, order: u16 },
-    Khugepaged { tgid: u32, which: KhugepagedEvent, status: String, event: Event },
-    Started { tgid: u32, comm: String, how: &'static str },
-    Ended { tgid: u32, comm: String, how: &'static str },
+    LargeFolio {
+        tgid: u32,
+        addr: u64,
+        order: u16,
+    },
+    Khugepaged {
+        tgid: u32,
+        which: KhugepagedEvent,
+        status: String,
+        event: Event,
+    },
+    Started {
+        tgid: u32,
+        comm: String,
+        how: &'static str,
+    },
+    Ended {
+        tgid: u32,
+        comm: String,
+        how: &'static str,
+    },
     /// The large-folio hook was attached (`how`), because of `why`.
-    LargeFolioHook { how: &'static str, why: &'static str },
+    LargeFolioHook {
+        how: &'static str,
+        why: &'static str,
+    },
 }
 
 pub struct Session {
@@ -114,7 +136,11 @@ pub struct Session {
 
 /// Bits set by the programs while pagemap was being read are kept; bits the programs cleared
 /// in that window are dropped; everything else comes from pagemap.
-fn merge(truth: &OccupancyBitmap, before: &OccupancyBitmap, after: &OccupancyBitmap) -> OccupancyBitmap {
+fn merge(
+    truth: &OccupancyBitmap,
+    before: &OccupancyBitmap,
+    after: &OccupancyBitmap,
+) -> OccupancyBitmap {
     let cleared = before.difference(after);
     let set = after.difference(before);
     truth.difference(&cleared).union(&set)
@@ -174,7 +200,13 @@ impl Session {
         let comm = procs::comm(tgid as i32).unwrap_or_else(|_| "?".into());
         self.procs.insert(
             tgid,
-            TracedProcess { tgid, comm, since: Instant::now(), resync_whole: true, resync_ranges: Vec::new() },
+            TracedProcess {
+                tgid,
+                comm,
+                since: Instant::now(),
+                resync_whole: true,
+                resync_ranges: Vec::new(),
+            },
         );
         Ok(())
     }
@@ -189,7 +221,9 @@ impl Session {
         let needed = match self.large_folios {
             LargeFolios::Never => false,
             LargeFolios::Always => true,
-            LargeFolios::Advised => tgids.iter().any(|&t| procs::has_hugepage_advice(t as i32).unwrap_or(false)),
+            LargeFolios::Advised => tgids
+                .iter()
+                .any(|&t| procs::has_hugepage_advice(t as i32).unwrap_or(false)),
         };
         if !needed {
             return Ok(false);
@@ -207,7 +241,10 @@ impl Session {
     /// Reports of the large-folio hook being attached since the last call.
     pub fn take_hook_news(&mut self) -> Vec<Observed> {
         let how = self.bpf.large_folio_hook.unwrap_or("?");
-        self.hook_news.drain(..).map(|why| Observed::LargeFolioHook { how, why }).collect()
+        self.hook_news
+            .drain(..)
+            .map(|why| Observed::LargeFolioHook { how, why })
+            .collect()
     }
 
     fn end(&mut self, tgid: u32) -> anyhow::Result<Option<String>> {
@@ -230,28 +267,42 @@ impl Session {
         };
         let tgid = ev.tgid;
         Ok(match kind {
-            EventKind::LargeFolioFault => Some(Observed::LargeFolio { tgid, addr: ev.addr, order: ev.order }),
+            EventKind::LargeFolioFault => Some(Observed::LargeFolio {
+                tgid,
+                addr: ev.addr,
+                order: ev.order,
+            }),
             EventKind::Khugepaged => {
                 let Some(which) = KhugepagedEvent::from_u16(ev.khugepaged) else {
                     return Ok(None);
                 };
                 // A collapse fills the holes of the PMD with zeroed pages: re-read the process
                 // (the tracepoint says which mm, not which address).
-                if which == KhugepagedEvent::Collapse && ev.status == SCAN_SUCCEED {
-                    if let Some(p) = self.procs.get_mut(&tgid) {
-                        p.resync_whole = true;
-                    }
+                if which == KhugepagedEvent::Collapse
+                    && ev.status == SCAN_SUCCEED
+                    && let Some(p) = self.procs.get_mut(&tgid)
+                {
+                    p.resync_whole = true;
                 }
                 let status = if which == KhugepagedEvent::Swapin {
                     format!("ret={}", ev.status)
                 } else {
                     self.bpf.status_names.name(ev.status.into())
                 };
-                Some(Observed::Khugepaged { tgid, which, status, event: *ev })
+                Some(Observed::Khugepaged {
+                    tgid,
+                    which,
+                    status,
+                    event: *ev,
+                })
             }
             EventKind::Exit => {
                 let comm = self.end(tgid)?;
-                comm.map(|comm| Observed::Ended { tgid, comm, how: "exited" })
+                comm.map(|comm| Observed::Ended {
+                    tgid,
+                    comm,
+                    how: "exited",
+                })
             }
             EventKind::Exec => {
                 let comm = procs::comm(tgid as i32).unwrap_or_else(|_| "?".into());
@@ -262,29 +313,47 @@ impl Session {
                 } else {
                     self.add(tgid)?;
                 }
-                Some(Observed::Started { tgid, comm, how: "exec" })
+                Some(Observed::Started {
+                    tgid,
+                    comm,
+                    how: "exec",
+                })
             }
             EventKind::Fork | EventKind::Attach => {
-                let child = if kind == EventKind::Fork { ev.addr as u32 } else { tgid };
+                let child = if kind == EventKind::Fork {
+                    ev.addr as u32
+                } else {
+                    tgid
+                };
                 if self.procs.contains_key(&child) {
                     None
                 } else {
                     self.add(child)?;
-                    let comm = self.procs.get(&child).map(|p| p.comm.clone()).unwrap_or_default();
+                    let comm = self
+                        .procs
+                        .get(&child)
+                        .map(|p| p.comm.clone())
+                        .unwrap_or_default();
                     Some(Observed::Started {
                         tgid: child,
                         comm,
-                        how: if kind == EventKind::Fork { "fork" } else { "comm match" },
+                        how: if kind == EventKind::Fork {
+                            "fork"
+                        } else {
+                            "comm match"
+                        },
                     })
                 }
             }
             EventKind::ClearRange => {
-                self.bpf.remove_regions(tgid, Some((ev.addr, ev.addr.saturating_add(ev.len))))?;
+                self.bpf
+                    .remove_regions(tgid, Some((ev.addr, ev.addr.saturating_add(ev.len))))?;
                 None
             }
             EventKind::Resync => {
                 if let Some(p) = self.procs.get_mut(&tgid) {
-                    p.resync_ranges.push(ev.addr..ev.addr.saturating_add(ev.len));
+                    p.resync_ranges
+                        .push(ev.addr..ev.addr.saturating_add(ev.len));
                 }
                 None
             }
@@ -292,7 +361,8 @@ impl Session {
                 // Faults in the range between the madvise and now are read back from pagemap.
                 if self.large_folios != LargeFolios::Never && self.bpf.attach_large_folio_hook()? {
                     if let Some(p) = self.procs.get_mut(&tgid) {
-                        p.resync_ranges.push(ev.addr..ev.addr.saturating_add(ev.len));
+                        p.resync_ranges
+                            .push(ev.addr..ev.addr.saturating_add(ev.len));
                     }
                     self.hook_news.push("MADV_HUGEPAGE in a traced process");
                 }
@@ -321,13 +391,26 @@ impl Session {
             if !self.procs.contains_key(&tgid) {
                 self.add(tgid)?;
                 let comm = self.procs[&tgid].comm.clone();
-                seen.push(Observed::Started { tgid, comm, how: "joined" });
+                seen.push(Observed::Started {
+                    tgid,
+                    comm,
+                    how: "joined",
+                });
             }
         }
-        let gone: Vec<u32> = self.procs.keys().copied().filter(|&t| !procs::exists(t as i32)).collect();
+        let gone: Vec<u32> = self
+            .procs
+            .keys()
+            .copied()
+            .filter(|&t| !procs::exists(t as i32))
+            .collect();
         for tgid in gone {
             if let Some(comm) = self.end(tgid)? {
-                seen.push(Observed::Ended { tgid, comm, how: "gone" });
+                seen.push(Observed::Ended {
+                    tgid,
+                    comm,
+                    how: "gone",
+                });
             }
         }
         self.resync_pending()?;
@@ -340,10 +423,20 @@ impl Session {
             .procs
             .values_mut()
             .filter(|p| p.resync_whole || !p.resync_ranges.is_empty())
-            .map(|p| (p.tgid, std::mem::take(&mut p.resync_whole), std::mem::take(&mut p.resync_ranges)))
+            .map(|p| {
+                (
+                    p.tgid,
+                    std::mem::take(&mut p.resync_whole),
+                    std::mem::take(&mut p.resync_ranges),
+                )
+            })
             .collect();
         for (tgid, whole, ranges) in todo {
-            let result = if whole { self.resync(tgid, None) } else { ranges.iter().try_for_each(|r| self.resync(tgid, Some(r))) };
+            let result = if whole {
+                self.resync(tgid, None)
+            } else {
+                ranges.iter().try_for_each(|r| self.resync(tgid, Some(r)))
+            };
             if let Err(err) = result {
                 // The process may have exited meanwhile; its exit event will clean up. A
                 // process named on the command line must be readable; one picked up by
@@ -353,7 +446,9 @@ impl Session {
                     continue;
                 }
                 let err = err.context(format!("seeding pid {tgid} from pagemap"));
-                if self.target.pids.contains(&tgid) || self.child.as_ref().is_some_and(|c| c.pid() == tgid) {
+                if self.target.pids.contains(&tgid)
+                    || self.child.as_ref().is_some_and(|c| c.pid() == tgid)
+                {
                     return Err(err);
                 }
                 if self.unseeded.insert(tgid) {
@@ -415,9 +510,13 @@ impl Session {
         let mut out = Vec::new();
         for (tgid, regions) in by_tgid {
             // A process may exit at any point here: skip it rather than fail the snapshot.
-            let Ok(truths) = pagemap::read_regions(tgid as i32) else { continue };
+            let Ok(truths) = pagemap::read_regions(tgid as i32) else {
+                continue;
+            };
             for t in truths {
-                let Some(bits) = regions.get(&t.addr) else { continue };
+                let Some(bits) = regions.get(&t.addr) else {
+                    continue;
+                };
                 let present = bits.intersection(&t.vma_mask);
                 if present.is_empty() {
                     continue;
@@ -425,7 +524,11 @@ impl Session {
                 out.push(SnapshotRegion {
                     pid: tgid as i32,
                     addr: t.addr,
-                    state: RegionState { present, swap: t.swap, shared: t.shared },
+                    state: RegionState {
+                        present,
+                        swap: t.swap,
+                        shared: t.shared,
+                    },
                 });
             }
         }
@@ -434,10 +537,10 @@ impl Session {
 
     /// Whether every process the target named has ended (for `--pid` and `-- CMD`).
     pub fn targets_gone(&mut self) -> bool {
-        if let Some(child) = &mut self.child {
-            if child.try_wait().is_some() {
-                return true;
-            }
+        if let Some(child) = &mut self.child
+            && child.try_wait().is_some()
+        {
+            return true;
         }
         self.target.ends_with_its_processes() && self.procs.is_empty()
     }

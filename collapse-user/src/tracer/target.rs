@@ -34,13 +34,24 @@ impl Target {
     /// Checks the target and, for `-- CMD`, forks the command (held before exec). Nothing is
     /// loaded yet, so bad input fails before anything changes.
     pub fn resolve(args: &TargetArgs) -> anyhow::Result<Self> {
-        let kinds = [!args.pids.is_empty(), args.cgroup.is_some(), args.comm.is_some(), args.all, !args.cmd.is_empty()];
+        let kinds = [
+            !args.pids.is_empty(),
+            args.cgroup.is_some(),
+            args.comm.is_some(),
+            args.all,
+            !args.cmd.is_empty(),
+        ];
         match kinds.iter().filter(|&&k| k).count() {
-            0 => bail!("no target: give --pid PID, --cgroup PATH, --comm NAME, --all, or -- CMD ARGS"),
+            0 => bail!(
+                "no target: give --pid PID, --cgroup PATH, --comm NAME, --all, or -- CMD ARGS"
+            ),
             1 => {}
             _ => bail!("give one kind of target: --pid, --cgroup, --comm, --all or -- CMD"),
         }
-        let mut target = Self { all: args.all, ..Self::default() };
+        let mut target = Self {
+            all: args.all,
+            ..Self::default()
+        };
         for &pid in &args.pids {
             if pid <= 0 || !procs::exists(pid) {
                 bail!("no process with pid {pid}");
@@ -95,11 +106,20 @@ impl Target {
     pub fn current_members(&self) -> anyhow::Result<Vec<u32>> {
         let me = std::process::id();
         let mut out: Vec<u32> = if let Some(comm) = &self.comm {
-            procs::pids_with_comm(comm)?.into_iter().map(|p| p as u32).collect()
+            procs::pids_with_comm(comm)?
+                .into_iter()
+                .map(|p| p as u32)
+                .collect()
         } else if let Some(cg) = &self.cgroup {
-            procs::cgroup_pids(cg)?.into_iter().map(|p| p as u32).collect()
+            procs::cgroup_pids(cg)?
+                .into_iter()
+                .map(|p| p as u32)
+                .collect()
         } else if self.all {
-            procs::user_processes()?.into_iter().map(|p| p as u32).collect()
+            procs::user_processes()?
+                .into_iter()
+                .map(|p| p as u32)
+                .collect()
         } else {
             Vec::new()
         };
@@ -130,7 +150,11 @@ fn find_in_path(program: &str) -> Option<PathBuf> {
         return p.is_file().then(|| p.to_path_buf());
     }
     std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).map(|d| d.join(program)).collect::<Vec<_>>())
+        .map(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(program))
+                .collect::<Vec<_>>()
+        })
         .unwrap_or_default()
         .into_iter()
         .find(|p| p.is_file())
@@ -138,10 +162,15 @@ fn find_in_path(program: &str) -> Option<PathBuf> {
 
 impl Spawned {
     fn fork(cmd: &[String]) -> anyhow::Result<Self> {
-        let path = find_in_path(&cmd[0]).with_context(|| format!("cannot run {:?}: not found in PATH", cmd[0]))?;
-        let path = CString::new(path.as_os_str().as_encoded_bytes()).context("command path has a NUL byte")?;
-        let argv: Vec<CString> =
-            cmd.iter().map(|a| CString::new(a.as_bytes())).collect::<Result<_, _>>().context("argument has a NUL byte")?;
+        let path = find_in_path(&cmd[0])
+            .with_context(|| format!("cannot run {:?}: not found in PATH", cmd[0]))?;
+        let path = CString::new(path.as_os_str().as_encoded_bytes())
+            .context("command path has a NUL byte")?;
+        let argv: Vec<CString> = cmd
+            .iter()
+            .map(|a| CString::new(a.as_bytes()))
+            .collect::<Result<_, _>>()
+            .context("argument has a NUL byte")?;
         let (read, write) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe2")?;
         // SAFETY: the child only calls async-signal-safe functions (read, execv, _exit) on data
         // prepared before the fork.
@@ -159,7 +188,10 @@ impl Spawned {
             }
             ForkResult::Parent { child } => {
                 drop(read);
-                Ok(Self { tgid: child.as_raw() as u32, go: write })
+                Ok(Self {
+                    tgid: child.as_raw() as u32,
+                    go: write,
+                })
             }
         }
     }
@@ -167,7 +199,10 @@ impl Spawned {
     /// Lets the command exec. (Dropped instead, the child reads EOF and exits 127.)
     pub fn release(self) -> anyhow::Result<CommandChild> {
         nix::unistd::write(&self.go, &[1]).context("starting the command")?;
-        Ok(CommandChild { pid: Pid::from_raw(self.tgid as i32), status: None })
+        Ok(CommandChild {
+            pid: Pid::from_raw(self.tgid as i32),
+            status: None,
+        })
     }
 }
 

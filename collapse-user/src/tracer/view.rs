@@ -20,7 +20,9 @@ use crate::kernel::{pagemap, procs, thp::ThpSettings};
 
 /// Occupancy buckets: eighths of a region, then completely full.
 pub const BUCKETS: usize = 9;
-const BUCKET_NAMES: [&str; BUCKETS] = ["<1/8", "<2/8", "<3/8", "<4/8", "<5/8", "<6/8", "<7/8", "<8/8", "full"];
+const BUCKET_NAMES: [&str; BUCKETS] = [
+    "<1/8", "<2/8", "<3/8", "<4/8", "<5/8", "<6/8", "<7/8", "<8/8", "full",
+];
 
 #[derive(Clone, Debug, Default)]
 pub struct ProcessStats {
@@ -39,7 +41,11 @@ pub struct ProcessStats {
 
 impl ProcessStats {
     pub fn coverage(&self) -> f64 {
-        if self.anon_rss_kb == 0 { 0.0 } else { self.anon_huge_kb as f64 / self.anon_rss_kb as f64 }
+        if self.anon_rss_kb == 0 {
+            0.0
+        } else {
+            self.anon_huge_kb as f64 / self.anon_rss_kb as f64
+        }
     }
 
     fn collapses(&self) -> (u64, u64) {
@@ -61,7 +67,11 @@ pub struct Sample {
 }
 
 fn bucket(count: u32) -> usize {
-    if count >= 512 { 8 } else { (count / 64) as usize }
+    if count >= 512 {
+        8
+    } else {
+        (count / 64) as usize
+    }
 }
 
 /// The occupancy mask of anonymous VMAs over one region.
@@ -80,10 +90,19 @@ pub fn vma_mask(vmas: &[Range<u64>], region: u64) -> OccupancyBitmap {
 
 /// The `pmd` rule as the running kernel applies it (its max_ptes_* settings).
 fn kernel_pmd_settings(thp: Option<&ThpSettings>) -> Settings {
-    let Some(t) = thp else { return Settings::default() };
+    let Some(t) = thp else {
+        return Settings::default();
+    };
     let k = &t.khugepaged;
     let orders = OrderSet::from_orders([9]).unwrap_or_default();
-    Settings::new(k.max_ptes_none, k.max_ptes_swap, k.max_ptes_shared, orders, 3).unwrap_or_default()
+    Settings::new(
+        k.max_ptes_none,
+        k.max_ptes_swap,
+        k.max_ptes_shared,
+        orders,
+        3,
+    )
+    .unwrap_or_default()
 }
 
 pub fn sample(session: &Session) -> anyhow::Result<Sample> {
@@ -95,17 +114,33 @@ pub fn sample(session: &Session) -> anyhow::Result<Sample> {
     }
     let mut counts: HashMap<u32, BTreeMap<&'static str, BTreeMap<String, u64>>> = HashMap::new();
     for (key, n) in session.bpf.khugepaged_counts()? {
-        let Some(which) = KhugepagedEvent::from_u16(key.event) else { continue };
+        let Some(which) = KhugepagedEvent::from_u16(key.event) else {
+            continue;
+        };
         let status = if which == KhugepagedEvent::Swapin {
-            if key.status == 0 { "ok".to_string() } else { format!("ret={}", key.status) }
+            if key.status == 0 {
+                "ok".to_string()
+            } else {
+                format!("ret={}", key.status)
+            }
         } else {
             session.bpf.status_names.name(key.status.into())
         };
-        *counts.entry(key.tgid).or_default().entry(which.name()).or_default().entry(status).or_default() += n;
+        *counts
+            .entry(key.tgid)
+            .or_default()
+            .entry(which.name())
+            .or_default()
+            .entry(status)
+            .or_default() += n;
     }
     let mut processes = Vec::new();
     for p in session.procs.values() {
-        let mut s = ProcessStats { tgid: p.tgid, comm: p.comm.clone(), ..ProcessStats::default() };
+        let mut s = ProcessStats {
+            tgid: p.tgid,
+            comm: p.comm.clone(),
+            ..ProcessStats::default()
+        };
         let vmas = pagemap::anon_vmas(p.tgid as i32).unwrap_or_default();
         for (addr, bits) in regions.get(&p.tgid).map(Vec::as_slice).unwrap_or_default() {
             let present = bits.intersection(&vma_mask(&vmas, *addr));
@@ -116,7 +151,8 @@ pub fn sample(session: &Session) -> anyhow::Result<Sample> {
             s.regions += 1;
             s.populated_pages += u64::from(n);
             s.histogram[bucket(n)] += 1;
-            if !policy::plan(Policy::Pmd, &RegionState::from_present(present), &settings).is_empty() {
+            if !policy::plan(Policy::Pmd, &RegionState::from_present(present), &settings).is_empty()
+            {
                 s.pmd_collapsible += 1;
             }
         }
@@ -142,7 +178,12 @@ fn mib(pages: u64) -> f64 {
 /// The human view of one sample.
 pub fn render(s: &Sample) -> String {
     let mut out = String::new();
-    let losses: u64 = s.drops.iter().filter(|(r, _)| r.is_loss()).map(|(_, n)| n).sum();
+    let losses: u64 = s
+        .drops
+        .iter()
+        .filter(|(r, _)| r.is_loss())
+        .map(|(_, n)| n)
+        .sum();
     let _ = writeln!(
         out,
         "collapse trace  {:>7.1}s  {} process{}  pmd rule: max_ptes_none {}  drops: {}",
@@ -150,9 +191,17 @@ pub fn render(s: &Sample) -> String {
         s.processes.len(),
         if s.processes.len() == 1 { "" } else { "es" },
         s.max_ptes_none,
-        if losses == 0 { "none".to_string() } else { losses.to_string() }
+        if losses == 0 {
+            "none".to_string()
+        } else {
+            losses.to_string()
+        }
     );
-    let _ = write!(out, "{:>8} {:<16} {:>7} {:>9} {:>6} {:>6}  ", "PID", "COMM", "REGIONS", "POP MiB", "PMD-OK", "THP%");
+    let _ = write!(
+        out,
+        "{:>8} {:<16} {:>7} {:>9} {:>6} {:>6}  ",
+        "PID", "COMM", "REGIONS", "POP MiB", "PMD-OK", "THP%"
+    );
     for b in BUCKET_NAMES {
         let _ = write!(out, "{b:>5}");
     }
@@ -177,12 +226,24 @@ pub fn render(s: &Sample) -> String {
             let scans = p
                 .khugepaged
                 .get(KhugepagedEvent::ScanPmd.name())
-                .map(|m| m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "))
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k} {v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
                 .unwrap_or_else(|| "none".into());
-            let _ = writeln!(out, "{:>8} khugepaged: scans: {scans}; collapses ok {ok}, failed {failed}", "");
+            let _ = writeln!(
+                out,
+                "{:>8} khugepaged: scans: {scans}; collapses ok {ok}, failed {failed}",
+                ""
+            );
             if let Some(c) = p.khugepaged.get(KhugepagedEvent::Collapse.name()) {
-                let failures: Vec<String> =
-                    c.iter().filter(|(k, _)| k.as_str() != "succeeded").map(|(k, v)| format!("{k} {v}")).collect();
+                let failures: Vec<String> = c
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != "succeeded")
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect();
                 if !failures.is_empty() {
                     let _ = writeln!(out, "{:>8} collapse failures: {}", "", failures.join(", "));
                 }
@@ -196,7 +257,11 @@ pub fn render(s: &Sample) -> String {
             .filter(|(r, n)| *n > 0 && r.is_loss())
             .map(|(r, n)| format!("{} {n}", r.name()))
             .collect();
-        let _ = writeln!(out, "drops: {} (raise --max-regions / --ringbuf-kib)", detail.join(", "));
+        let _ = writeln!(
+            out,
+            "drops: {} (raise --max-regions / --ringbuf-kib)",
+            detail.join(", ")
+        );
     }
     out
 }
@@ -237,28 +302,53 @@ pub fn sample_json(s: &Sample) -> Value {
 pub fn render_observed(o: &Observed, elapsed_s: f64) -> String {
     match o {
         Observed::LargeFolio { tgid, addr, order } => {
-            format!("{elapsed_s:>9.3} {tgid:>8} large folio  {addr:#x} order {order} ({} KiB)", 4u64 << order)
+            format!(
+                "{elapsed_s:>9.3} {tgid:>8} large folio  {addr:#x} order {order} ({} KiB)",
+                4u64 << order
+            )
         }
-        Observed::Khugepaged { tgid, which, status, event } => {
+        Observed::Khugepaged {
+            tgid,
+            which,
+            status,
+            event,
+        } => {
             let detail = match which {
                 KhugepagedEvent::ScanPmd => {
-                    format!("referenced {} none_or_zero {} unmapped {}", event.a, event.b, event.c)
+                    format!(
+                        "referenced {} none_or_zero {} unmapped {}",
+                        event.a, event.b, event.c
+                    )
                 }
                 KhugepagedEvent::Collapse => format!("isolated {}", event.a),
-                KhugepagedEvent::Isolate => format!("none_or_zero {} referenced {}", event.a, event.b),
+                KhugepagedEvent::Isolate => {
+                    format!("none_or_zero {} referenced {}", event.a, event.b)
+                }
                 KhugepagedEvent::Swapin => format!("swapped_in {} referenced {}", event.a, event.b),
             };
-            let ok = if event.status == SCAN_SUCCEED || (*which == KhugepagedEvent::Swapin && event.status == 0) {
+            let ok = if event.status == SCAN_SUCCEED
+                || (*which == KhugepagedEvent::Swapin && event.status == 0)
+            {
                 "ok"
             } else {
                 "--"
             };
-            format!("{elapsed_s:>9.3} {tgid:>8} khugepaged {:<9} {ok} {status:<22} {detail}", which.name())
+            format!(
+                "{elapsed_s:>9.3} {tgid:>8} khugepaged {:<9} {ok} {status:<22} {detail}",
+                which.name()
+            )
         }
-        Observed::Started { tgid, comm, how } => format!("{elapsed_s:>9.3} {tgid:>8} traced ({how}) {comm}"),
-        Observed::Ended { tgid, comm, how } => format!("{elapsed_s:>9.3} {tgid:>8} ended ({how}) {comm}"),
+        Observed::Started { tgid, comm, how } => {
+            format!("{elapsed_s:>9.3} {tgid:>8} traced ({how}) {comm}")
+        }
+        Observed::Ended { tgid, comm, how } => {
+            format!("{elapsed_s:>9.3} {tgid:>8} ended ({how}) {comm}")
+        }
         Observed::LargeFolioHook { how, why } => {
-            format!("{elapsed_s:>9.3} {:>8} large-folio hook on kmem:mm_page_alloc ({how}): {why}", "")
+            format!(
+                "{elapsed_s:>9.3} {:>8} large-folio hook on kmem:mm_page_alloc ({how}): {why}",
+                ""
+            )
         }
     }
 }
@@ -269,7 +359,12 @@ pub fn observed_json(o: &Observed, elapsed_s: f64) -> Value {
             "type": "event", "event": "large_folio_fault", "elapsed_s": elapsed_s,
             "pid": tgid, "addr": format!("{addr:#x}"), "order": order,
         }),
-        Observed::Khugepaged { tgid, which, status, event } => json!({
+        Observed::Khugepaged {
+            tgid,
+            which,
+            status,
+            event,
+        } => json!({
             "type": "event", "event": which.name(), "elapsed_s": elapsed_s, "pid": tgid,
             "status": status, "status_code": event.status, "khugepaged_pid": event.pid,
             "a": event.a, "b": event.b, "c": event.c, "pfn": event.addr,

@@ -1,6 +1,9 @@
 //! Shared pieces of the root integration tests: the workload child driven over stdin, the
 //! `collapse trace` subprocess read as JSON lines, and pagemap ground truth.
-#![allow(dead_code, reason = "each test binary uses a different part of this module")]
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of this module"
+)]
 
 use std::{
     collections::BTreeMap,
@@ -34,8 +37,16 @@ pub fn collapse_bin() -> PathBuf {
         return p.into();
     }
     let exe = std::env::current_exe().expect("test binary path");
-    let bin = exe.parent().and_then(|deps| deps.parent()).expect("target dir").join("collapse");
-    assert!(bin.is_file(), "{} is missing: build it first (`cargo build -p collapse-user`)", bin.display());
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir")
+        .join("collapse");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it first (`cargo build -p collapse-user`)",
+        bin.display()
+    );
     bin
 }
 
@@ -70,24 +81,43 @@ impl Workload {
             .expect("spawn workload");
         let stdin = child.stdin.take().expect("stdin");
         let lines = line_reader(child.stdout.take().expect("stdout"));
-        let ready = lines.recv_timeout(Duration::from_secs(10)).expect("workload ready line");
-        let pid = ready.strip_prefix("ready ").and_then(|p| p.parse().ok()).expect("ready <pid>");
-        Self { child, stdin, lines, pid }
+        let ready = lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("workload ready line");
+        let pid = ready
+            .strip_prefix("ready ")
+            .and_then(|p| p.parse().ok())
+            .expect("ready <pid>");
+        Self {
+            child,
+            stdin,
+            lines,
+            pid,
+        }
     }
 
     /// Sends one command and returns its reply; an `error` reply fails the test.
     pub fn cmd(&mut self, line: &str) -> String {
         writeln!(self.stdin, "{line}").expect("write to workload");
         self.stdin.flush().expect("flush");
-        let reply = self.lines.recv_timeout(Duration::from_secs(60)).expect("workload reply");
+        let reply = self
+            .lines
+            .recv_timeout(Duration::from_secs(60))
+            .expect("workload reply");
         assert!(!reply.starts_with("error"), "workload `{line}`: {reply}");
         reply
     }
 
     /// Maps `mib` MiB (2 MiB aligned) and returns its address.
     pub fn map(&mut self, name: &str, mib: u64, huge: bool) -> u64 {
-        let reply = self.cmd(&format!("map {name} {mib} {}", if huge { "huge" } else { "nohuge" }));
-        let addr = reply.split_whitespace().nth(2).expect("mapped NAME ADDR PAGES");
+        let reply = self.cmd(&format!(
+            "map {name} {mib} {}",
+            if huge { "huge" } else { "nohuge" }
+        ));
+        let addr = reply
+            .split_whitespace()
+            .nth(2)
+            .expect("mapped NAME ADDR PAGES");
         u64::from_str_radix(addr.trim_start_matches("0x"), 16).expect("hex address")
     }
 }
@@ -127,9 +157,17 @@ impl Tracer {
             .spawn()
             .expect("spawn collapse trace");
         let lines = line_reader(child.stdout.take().expect("stdout"));
-        let mut tracer = Self { child, lines, seen: Vec::new() };
+        let mut tracer = Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        };
         let attached = tracer.wait_for(Duration::from_secs(60), |v| v["type"] == "attached");
-        assert!(attached.is_some(), "collapse trace did not attach: {:?}", tracer.seen);
+        assert!(
+            attached.is_some(),
+            "collapse trace did not attach: {:?}",
+            tracer.seen
+        );
         tracer
     }
 
@@ -139,7 +177,8 @@ impl Tracer {
         loop {
             let left = deadline.checked_duration_since(Instant::now())?;
             let line = self.lines.recv_timeout(left).ok()?;
-            let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"));
+            let v: Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"));
             self.seen.push(v.clone());
             if pred(&v) {
                 return Some(v);
@@ -149,10 +188,13 @@ impl Tracer {
 
     /// SIGTERM, then the rest of the output and the exit status.
     pub fn stop(mut self) -> (ExitStatus, Vec<Value>) {
-        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).expect("SIGTERM collapse trace");
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM)
+            .expect("SIGTERM collapse trace");
         let status = self.child.wait().expect("wait for collapse trace");
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
-            self.seen.push(serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}")));
+            self.seen.push(
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}")),
+            );
         }
         (status, std::mem::take(&mut self.seen))
     }
@@ -192,17 +234,28 @@ pub fn snapshot_regions(path: &std::path::Path, pid: i32) -> Regions {
 
 /// Only the regions of `[start, start + len)`.
 pub fn within(regions: &Regions, start: u64, len: u64) -> Regions {
-    regions.iter().filter(|(a, _)| **a >= start && **a < start + len).map(|(a, b)| (*a, *b)).collect()
+    regions
+        .iter()
+        .filter(|(a, _)| **a >= start && **a < start + len)
+        .map(|(a, b)| (*a, *b))
+        .collect()
 }
 
 fn runs(b: &OccupancyBitmap) -> String {
-    b.runs().map(|(s, e)| format!("[{s},{e})")).collect::<Vec<_>>().join(" ")
+    b.runs()
+        .map(|(s, e)| format!("[{s},{e})"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Asserts two region sets are equal, explaining every difference.
 pub fn assert_same(what: &str, traced: &Regions, truth: &Regions) {
     let mut diffs = Vec::new();
-    for addr in traced.keys().chain(truth.keys()).collect::<std::collections::BTreeSet<_>>() {
+    for addr in traced
+        .keys()
+        .chain(truth.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
         let t = traced.get(addr).copied().unwrap_or_default();
         let g = truth.get(addr).copied().unwrap_or_default();
         if t != g {
@@ -217,7 +270,12 @@ pub fn assert_same(what: &str, traced: &Regions, truth: &Regions) {
             ));
         }
     }
-    assert!(diffs.is_empty(), "{what}: tracer and pagemap differ in {} region(s):\n{}", diffs.len(), diffs.join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "{what}: tracer and pagemap differ in {} region(s):\n{}",
+        diffs.len(),
+        diffs.join("\n")
+    );
 }
 
 /// A fresh temp directory for one test.
