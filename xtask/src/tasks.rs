@@ -46,6 +46,12 @@ pub(crate) fn test(ws: &Workspace) -> Result<ExitCode> {
         &ws.root,
     )?;
     let root = if cmd::is_root() {
+        // The root tests drive the `collapse` binary itself: build it, whatever the host
+        // phase left behind.
+        cmd::run(
+            &mut ws.cargo(["build", "-p", "collapse-user", "--bin", "collapse"]),
+            &ws.root,
+        )?;
         say!("test: root integration tests ({ROOT_TESTS_PACKAGE}, one test at a time)");
         let mut root_tests = ws.cargo([
             "test",
