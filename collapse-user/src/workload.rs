@@ -201,6 +201,29 @@ impl Area {
         .with_context(|| format!("madvise({advice:?}) pages {start}..{end}"))
     }
 
+    /// Moves the whole area to a fresh 2 MiB-aligned address with `mremap` (its pages move
+    /// without a fault).
+    pub fn relocate(&mut self) -> anyhow::Result<()> {
+        let target = Self::map(self.len as u64, None)?;
+        // SAFETY: both ranges are our own mappings of the same length; MREMAP_FIXED replaces
+        // the fresh one, whose ownership passes to `self` below.
+        let moved = unsafe {
+            libc::mremap(
+                self.base.as_ptr(),
+                self.len,
+                self.len,
+                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                target.base.as_ptr(),
+            )
+        };
+        if moved == libc::MAP_FAILED {
+            bail!("mremap: {}", std::io::Error::last_os_error());
+        }
+        self.base = target.base;
+        std::mem::forget(target);
+        Ok(())
+    }
+
     /// Unmaps pages `[start, end)`; the area's drop later unmaps the rest (munmap of an
     /// already unmapped range is a no-op).
     pub fn unmap(&self, start: u64, end: u64) -> anyhow::Result<()> {
@@ -264,6 +287,8 @@ fn storm(size: u64, runs: u32, wait: bool) -> anyhow::Result<ExitCode> {
 /// dontneed|free NAME START END -> ok      (madvise)
 /// huge|nohuge NAME START END   -> ok      (MADV_HUGEPAGE / MADV_NOHUGEPAGE)
 /// unmap NAME START END         -> ok
+/// populate NAME START END      -> ok      (MADV_POPULATE_WRITE: pages without faults)
+/// move NAME                    -> moved NAME 0xADDR   (mremap to a new address)
 /// exit                         -> (exits 0)
 /// ```
 /// Errors reply `error <message>`, and the process keeps going.
@@ -297,6 +322,10 @@ impl Script {
 
     fn command(&mut self, line: &str) -> anyhow::Result<String> {
         let words: Vec<&str> = line.split_whitespace().collect();
+        let (verb, name) = match words.as_slice() {
+            [verb, name, ..] => (*verb, *name),
+            _ => bail!("expected: VERB NAME [ARGS]"),
+        };
         let num = |i: usize| -> anyhow::Result<u64> {
             words
                 .get(i)
@@ -304,53 +333,44 @@ impl Script {
                 .parse()
                 .context("not a number")
         };
-        let area = |areas: &HashMap<String, Area>| -> anyhow::Result<*const Area> {
-            let name = words.get(1).ok_or_else(|| anyhow!("missing area name"))?;
-            areas
-                .get(*name)
-                .map(|a| a as *const Area)
-                .ok_or_else(|| anyhow!("no area {name}"))
-        };
-        match words[0] {
-            "map" => {
-                let name = words
-                    .get(1)
-                    .ok_or_else(|| anyhow!("missing area name"))?
-                    .to_string();
-                let advice = match words.get(3).copied() {
-                    Some("huge") => Some(MmapAdvise::MADV_HUGEPAGE),
-                    Some("nohuge") | None => Some(MmapAdvise::MADV_NOHUGEPAGE),
-                    Some(other) => bail!("unknown advice {other}"),
-                };
-                let a = Area::map(num(2)? << 20, advice)?;
-                let reply = format!("mapped {name} {:#x} {}", a.addr(), a.pages());
-                self.areas.insert(name, a);
-                Ok(reply)
+        if verb == "map" {
+            let advice = match words.get(3).copied() {
+                Some("huge") => MmapAdvise::MADV_HUGEPAGE,
+                Some("nohuge") | None => MmapAdvise::MADV_NOHUGEPAGE,
+                Some(other) => bail!("unknown advice {other}"),
+            };
+            let a = Area::map(num(2)? << 20, Some(advice))?;
+            let reply = format!("mapped {name} {:#x} {}", a.addr(), a.pages());
+            self.areas.insert(name.to_owned(), a);
+            return Ok(reply);
+        }
+        let a = self
+            .areas
+            .get_mut(name)
+            .ok_or_else(|| anyhow!("no area {name}"))?;
+        if verb == "move" {
+            a.relocate()?;
+            return Ok(format!("moved {name} {:#x}", a.addr()));
+        }
+        let (start, end) = (num(2)?, num(3)?);
+        if start > end {
+            bail!("empty range {start}..{end}");
+        }
+        match verb {
+            "touch" => a.touch(start, end)?,
+            "threads" => a.touch_on_every_cpu(start, end)?,
+            "read" => {
+                a.read(start, end)?;
             }
-            verb @ ("touch" | "threads" | "read" | "dontneed" | "free" | "huge" | "nohuge"
-            | "unmap") => {
-                // SAFETY: the pointer comes from `self.areas`, which is not modified below.
-                let a = unsafe { &*area(&self.areas)? };
-                let (start, end) = (num(2)?, num(3)?);
-                if start > end {
-                    bail!("empty range {start}..{end}");
-                }
-                match verb {
-                    "touch" => a.touch(start, end)?,
-                    "threads" => a.touch_on_every_cpu(start, end)?,
-                    "read" => {
-                        a.read(start, end)?;
-                    }
-                    "dontneed" => a.advise(start, end, MmapAdvise::MADV_DONTNEED)?,
-                    "free" => a.advise(start, end, MmapAdvise::MADV_FREE)?,
-                    "huge" => a.advise(start, end, MmapAdvise::MADV_HUGEPAGE)?,
-                    "nohuge" => a.advise(start, end, MmapAdvise::MADV_NOHUGEPAGE)?,
-                    _ => a.unmap(start, end)?,
-                }
-                Ok("ok".into())
-            }
+            "dontneed" => a.advise(start, end, MmapAdvise::MADV_DONTNEED)?,
+            "free" => a.advise(start, end, MmapAdvise::MADV_FREE)?,
+            "huge" => a.advise(start, end, MmapAdvise::MADV_HUGEPAGE)?,
+            "nohuge" => a.advise(start, end, MmapAdvise::MADV_NOHUGEPAGE)?,
+            "populate" => a.advise(start, end, MmapAdvise::MADV_POPULATE_WRITE)?,
+            "unmap" => a.unmap(start, end)?,
             other => bail!("unknown command {other}"),
         }
+        Ok("ok".into())
     }
 }
 

@@ -214,3 +214,67 @@ fn faults_on_every_cpu_and_clears_from_another() {
     assert_same("every region of the child", &traced, &truth);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn pages_that_move_or_appear_without_faults() {
+    if !root_or_skip("pages_that_move_or_appear_without_faults") {
+        return;
+    }
+    let dir = temp_dir("nofault");
+    let snap = dir.join("snap.jsonl");
+    let mut w = Workload::spawn();
+    let pid = w.pid.to_string();
+    let tracer = Tracer::start(&[
+        "--pid",
+        &pid,
+        "--interval",
+        "0.2",
+        "--snapshot",
+        snap.to_str().unwrap(),
+    ]);
+    // mremap moves pages to a new address: no fault there, the old range empties.
+    let old = w.map("r", 8, false);
+    shape(&mut w, "r");
+    let moved = w.cmd("move r");
+    let new = u64::from_str_radix(
+        moved
+            .split_whitespace()
+            .nth(2)
+            .unwrap()
+            .trim_start_matches("0x"),
+        16,
+    )
+    .unwrap();
+    assert_ne!(new, old);
+    // MADV_POPULATE_WRITE populates without a fault.
+    w.map("p", 4, false);
+    w.cmd("populate p 100 900");
+    // An unmap wider than one program clears (300 regions): userspace finishes it.
+    w.map("big", 600, false);
+    for region in 0..300 {
+        w.cmd(&format!(
+            "touch big {} {}",
+            region * 512 + 7,
+            region * 512 + 9
+        ));
+    }
+    w.cmd("unmap big 0 153600");
+    let (status, _) = tracer.stop();
+    assert!(status.success());
+    let traced = snapshot_regions(&snap, w.pid);
+    let truth = truth(w.pid);
+    // The old range may have been reused by the later mappings: pagemap says what is there.
+    assert_same(
+        "the old range of the moved area",
+        &within(&traced, old, 8 << 20),
+        &within(&truth, old, 8 << 20),
+    );
+    assert_same(
+        "moved area",
+        &within(&traced, new, 8 << 20),
+        &within(&truth, new, 8 << 20),
+    );
+    assert!(!within(&truth, new, 8 << 20).is_empty());
+    assert_same("every region of the child", &traced, &truth);
+    let _ = std::fs::remove_dir_all(dir);
+}
