@@ -170,6 +170,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         Target::resolve(&target)?,
         Capacity::from(&CapacityArgs::default()),
     )?;
+    session.capture_at_hugepage_advice = true;
     let output = Output::Human {
         events: true,
         redraw: false,
@@ -180,7 +181,12 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         Duration::from_secs(1),
         Some(duration),
     ))?;
-    let regions = session.snapshot()?;
+    // Plan over the memory as the workload populated it (it asks for huge pages once done),
+    // not as khugepaged has left it since.
+    let regions = match session.at_hugepage_advice.take() {
+        Some(regions) => regions,
+        None => session.snapshot()?,
+    };
     session.stop_child();
     println!();
     crate::planner::print_demo_comparison(&regions)?;
@@ -306,6 +312,7 @@ async fn drive(
         Output::Quiet => {}
     }
     std::io::stdout().flush()?;
+    let mut shown_at = Instant::now();
     let stop = loop {
         let sleep = async {
             match deadline {
@@ -335,6 +342,7 @@ async fn drive(
                     }
                 }
                 show(session, output)?;
+                shown_at = Instant::now();
                 if session.targets_gone() {
                     break Stop::TargetsGone;
                 }
@@ -346,8 +354,8 @@ async fn drive(
     let events = drain(ring.get_mut());
     report(session, output, &events)?;
     session.resync_pending()?;
-    // A stop at a tick has just been shown.
-    if output != Output::Quiet && stop != Stop::TargetsGone {
+    // The final state, unless a tick has just shown it.
+    if output != Output::Quiet && (!events.is_empty() || shown_at.elapsed() > interval / 4) {
         show(session, output)?;
     }
     Ok(stop)

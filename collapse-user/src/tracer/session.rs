@@ -132,6 +132,11 @@ pub struct Session {
     large_folios: LargeFolios,
     /// Why the large-folio hook was attached, not yet reported.
     hook_news: Vec<&'static str>,
+    /// The regions as they were at the first MADV_HUGEPAGE of a traced process, when asked
+    /// for (`capture_at_hugepage_advice`): the demo plans over memory as its workload populated
+    /// it, before khugepaged changes it.
+    pub at_hugepage_advice: Option<Vec<SnapshotRegion>>,
+    pub capture_at_hugepage_advice: bool,
 }
 
 /// Bits set by the programs while pagemap was being read are kept; bits the programs cleared
@@ -176,6 +181,8 @@ impl Session {
             unseeded: BTreeSet::new(),
             large_folios: LargeFolios::from_kernel(),
             hook_news: Vec::new(),
+            at_hugepage_advice: None,
+            capture_at_hugepage_advice: false,
         };
         // Tracking starts before seeding, so no page populated in between is missed.
         for tgid in target.initial_tgids()? {
@@ -358,6 +365,9 @@ impl Session {
                 None
             }
             EventKind::HugepageAdvice => {
+                if self.capture_at_hugepage_advice && self.at_hugepage_advice.is_none() {
+                    self.at_hugepage_advice = Some(self.snapshot()?);
+                }
                 // Faults in the range between the madvise and now are read back from pagemap.
                 if self.large_folios != LargeFolios::Never && self.bpf.attach_large_folio_hook()? {
                     if let Some(p) = self.procs.get_mut(&tgid) {
