@@ -87,6 +87,15 @@ pub struct TracedProcess {
     pub resync_ranges: Vec<Range<u64>>,
 }
 
+/// One region of a traced process as the view and the snapshot see it.
+#[derive(Clone, Copy, Debug)]
+pub struct TracedRegion {
+    pub addr: u64,
+    pub state: RegionState,
+    /// A PMD maps it (a THP): nothing left to collapse.
+    pub pmd_mapped: bool,
+}
+
 /// What the session saw happen, for `--events` and the JSON stream.
 #[derive(Clone, Debug)]
 pub enum Observed {
@@ -508,41 +517,54 @@ impl Session {
         Ok(())
     }
 
-    /// The traced processes' regions as they are now: present bits from the programs, masked
-    /// to anonymous VMAs; swap and shared from pagemap.
-    pub fn snapshot(&self) -> anyhow::Result<Vec<SnapshotRegion>> {
+    /// Every traced process's regions as they are now: present bits from the programs, masked
+    /// to anonymous VMAs; swap, shared and whether a PMD maps it from pagemap. By tgid.
+    pub fn traced_regions(&self) -> anyhow::Result<BTreeMap<u32, Vec<TracedRegion>>> {
         let mut by_tgid: BTreeMap<u32, BTreeMap<u64, OccupancyBitmap>> = BTreeMap::new();
         for (key, bits) in self.bpf.regions()? {
             if self.procs.contains_key(&key.tgid) {
                 by_tgid.entry(key.tgid).or_default().insert(key.addr, bits);
             }
         }
-        let mut out = Vec::new();
+        let mut out = BTreeMap::new();
         for (tgid, regions) in by_tgid {
-            // A process may exit at any point here: skip it rather than fail the snapshot.
+            // A process may exit at any point here: skip it rather than fail.
             let Ok(truths) = pagemap::read_regions(tgid as i32) else {
                 continue;
             };
-            for t in truths {
-                let Some(bits) = regions.get(&t.addr) else {
-                    continue;
-                };
-                let present = bits.intersection(&t.vma_mask);
-                if present.is_empty() {
-                    continue;
-                }
-                out.push(SnapshotRegion {
-                    pid: tgid as i32,
-                    addr: t.addr,
-                    state: RegionState {
-                        present,
-                        swap: t.swap,
-                        shared: t.shared,
-                    },
-                });
-            }
+            let traced: Vec<TracedRegion> = truths
+                .into_iter()
+                .filter_map(|t| {
+                    let present = regions.get(&t.addr)?.intersection(&t.vma_mask);
+                    (!present.is_empty()).then_some(TracedRegion {
+                        addr: t.addr,
+                        state: RegionState {
+                            present,
+                            swap: t.swap,
+                            shared: t.shared,
+                        },
+                        pmd_mapped: t.pmd_mapped,
+                    })
+                })
+                .collect();
+            out.insert(tgid, traced);
         }
         Ok(out)
+    }
+
+    /// The region snapshot (DESIGN.md) of every traced process.
+    pub fn snapshot(&self) -> anyhow::Result<Vec<SnapshotRegion>> {
+        Ok(self
+            .traced_regions()?
+            .into_iter()
+            .flat_map(|(tgid, regions)| {
+                regions.into_iter().map(move |r| SnapshotRegion {
+                    pid: tgid as i32,
+                    addr: r.addr,
+                    state: r.state,
+                })
+            })
+            .collect())
     }
 
     /// Whether every process the target named has ended (for `--pid` and `-- CMD`).

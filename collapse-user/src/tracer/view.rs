@@ -4,19 +4,17 @@
 use std::{
     collections::{BTreeMap, HashMap},
     fmt::Write as _,
-    ops::Range,
 };
 
 use collapse_common::{
-    OccupancyBitmap,
-    consts::{PAGE_SIZE, PMD_SIZE},
+    consts::PAGE_SIZE,
     maps::{DropReason, KhugepagedEvent},
-    policy::{self, OrderSet, Policy, RegionState, Settings},
+    policy::{self, OrderSet, Policy, Settings},
 };
 use serde_json::{Value, json};
 
 use super::session::{Observed, SCAN_SUCCEED, Session};
-use crate::kernel::{pagemap, procs, thp::ThpSettings};
+use crate::kernel::{procs, thp::ThpSettings};
 
 /// Occupancy buckets: eighths of a region, then completely full.
 pub const BUCKETS: usize = 9;
@@ -31,7 +29,10 @@ pub struct ProcessStats {
     pub regions: u32,
     pub populated_pages: u64,
     pub histogram: [u32; BUCKETS],
-    /// Regions the `pmd` rule would collapse with the kernel's max_ptes_none.
+    /// Regions a PMD maps (THPs).
+    pub pmd_mapped: u32,
+    /// Regions not yet PMD-mapped that the `pmd` rule would collapse with the kernel's
+    /// max_ptes_* settings.
     pub pmd_collapsible: u32,
     pub anon_rss_kb: u64,
     pub anon_huge_kb: u64,
@@ -74,20 +75,6 @@ fn bucket(count: u32) -> usize {
     }
 }
 
-/// The occupancy mask of anonymous VMAs over one region.
-pub fn vma_mask(vmas: &[Range<u64>], region: u64) -> OccupancyBitmap {
-    let mut m = OccupancyBitmap::EMPTY;
-    for v in vmas {
-        if v.end <= region || v.start >= region + PMD_SIZE {
-            continue;
-        }
-        let lo = (v.start.max(region) - region) / PAGE_SIZE;
-        let hi = (v.end.min(region + PMD_SIZE) - region).div_ceil(PAGE_SIZE);
-        m.set_range(lo as usize, hi as usize);
-    }
-    m
-}
-
 /// The `pmd` rule as the running kernel applies it (its max_ptes_* settings).
 fn kernel_pmd_settings(thp: Option<&ThpSettings>) -> Settings {
     let Some(t) = thp else {
@@ -108,10 +95,7 @@ fn kernel_pmd_settings(thp: Option<&ThpSettings>) -> Settings {
 pub fn sample(session: &Session) -> anyhow::Result<Sample> {
     let thp = ThpSettings::read().ok();
     let settings = kernel_pmd_settings(thp.as_ref());
-    let mut regions: HashMap<u32, Vec<(u64, OccupancyBitmap)>> = HashMap::new();
-    for (key, bits) in session.bpf.regions()? {
-        regions.entry(key.tgid).or_default().push((key.addr, bits));
-    }
+    let mut regions = session.traced_regions()?;
     let mut counts: HashMap<u32, BTreeMap<&'static str, BTreeMap<String, u64>>> = HashMap::new();
     for (key, n) in session.bpf.khugepaged_counts()? {
         let Some(which) = KhugepagedEvent::from_u16(key.event) else {
@@ -141,18 +125,14 @@ pub fn sample(session: &Session) -> anyhow::Result<Sample> {
             comm: p.comm.clone(),
             ..ProcessStats::default()
         };
-        let vmas = pagemap::anon_vmas(p.tgid as i32).unwrap_or_default();
-        for (addr, bits) in regions.get(&p.tgid).map(Vec::as_slice).unwrap_or_default() {
-            let present = bits.intersection(&vma_mask(&vmas, *addr));
-            let n = present.count();
-            if n == 0 {
-                continue;
-            }
+        for r in regions.remove(&p.tgid).unwrap_or_default() {
+            let n = r.state.present.count();
             s.regions += 1;
             s.populated_pages += u64::from(n);
             s.histogram[bucket(n)] += 1;
-            if !policy::plan(Policy::Pmd, &RegionState::from_present(present), &settings).is_empty()
-            {
+            if r.pmd_mapped {
+                s.pmd_mapped += 1;
+            } else if !policy::plan(Policy::Pmd, &r.state, &settings).is_empty() {
                 s.pmd_collapsible += 1;
             }
         }
@@ -199,8 +179,8 @@ pub fn render(s: &Sample) -> String {
     );
     let _ = write!(
         out,
-        "{:>8} {:<16} {:>7} {:>9} {:>6} {:>6}  ",
-        "PID", "COMM", "REGIONS", "POP MiB", "PMD-OK", "THP%"
+        "{:>8} {:<16} {:>7} {:>9} {:>5} {:>7} {:>6}  ",
+        "PID", "COMM", "REGIONS", "POP MiB", "THP", "PMD-OK", "THP%"
     );
     for b in BUCKET_NAMES {
         let _ = write!(out, "{b:>5}");
@@ -209,11 +189,12 @@ pub fn render(s: &Sample) -> String {
     for p in &s.processes {
         let _ = write!(
             out,
-            "{:>8} {:<16} {:>7} {:>9.1} {:>6} {:>5.1}%  ",
+            "{:>8} {:<16} {:>7} {:>9.1} {:>5} {:>7} {:>5.1}%  ",
             p.tgid,
             p.comm,
             p.regions,
             mib(p.populated_pages),
+            p.pmd_mapped,
             p.pmd_collapsible,
             p.coverage() * 100.0
         );
@@ -278,6 +259,7 @@ pub fn sample_json(s: &Sample) -> Value {
                 "regions": p.regions,
                 "populated_bytes": p.populated_pages * PAGE_SIZE,
                 "histogram": p.histogram,
+                "pmd_mapped": p.pmd_mapped,
                 "pmd_collapsible": p.pmd_collapsible,
                 "anon_rss_bytes": p.anon_rss_kb * 1024,
                 "anon_huge_bytes": p.anon_huge_kb * 1024,
