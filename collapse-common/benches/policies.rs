@@ -80,6 +80,15 @@ fn bench(c: &mut Criterion) {
                 .with_orders(OrderSet::ALL),
         ),
         ("n511_pmd_only", Settings::default()),
+        // The hardest mix for `merged`: only full ranges qualify, so most regions get many
+        // small decisions.
+        (
+            "n0_all_orders",
+            Settings::default()
+                .with_max_ptes_none(0)
+                .expect("0 is a valid max_ptes_none")
+                .with_orders(OrderSet::ALL),
+        ),
     ];
     for (mix, settings) in mixes {
         let mut group = c.benchmark_group(format!("plan_{mix}"));
