@@ -174,3 +174,82 @@ pub(crate) fn find_in_path(name: &str) -> Option<PathBuf> {
                 .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         })
 }
+
+/// Tests counted from `cargo test`'s `test result:` lines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct TestCounts {
+    pub(crate) passed: u64,
+    pub(crate) failed: u64,
+    pub(crate) ignored: u64,
+}
+
+impl TestCounts {
+    /// Adds the counts of one `test result: ok. 3 passed; 0 failed; 1 ignored; ...` line.
+    pub(crate) fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Like [`status`] for `cargo test`: its stdout is passed through line by line and the
+/// `test result:` lines are counted.
+pub(crate) fn test_status(
+    cmd: &mut Command,
+    root: &Path,
+    counts: &mut TestCounts,
+) -> Result<ExitStatus> {
+    use std::io::{BufRead as _, Write as _};
+    let line = describe(cmd, root);
+    say!("$ {line}");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("could not start `{line}`"))?;
+    let stdout = child.stdout.take().context("child stdout")?;
+    let mut out = io::stdout().lock();
+    for l in io::BufReader::new(stdout).lines() {
+        let l = l.context("reading cargo test output")?;
+        counts.add_line(&l);
+        writeln!(out, "{l}")?;
+    }
+    out.flush()?;
+    child
+        .wait()
+        .with_context(|| format!("waiting for `{line}`"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TestCounts;
+
+    #[test]
+    fn counts_test_result_lines() {
+        let mut c = TestCounts::default();
+        c.add_line("test result: ok. 19 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.00s");
+        c.add_line("test result: FAILED. 3 passed; 1 failed; 0 ignored; 0 measured; 4 filtered out; finished in 1.94s");
+        c.add_line("running 3 tests");
+        c.add_line("test foo ... ok");
+        assert_eq!(
+            c,
+            TestCounts {
+                passed: 22,
+                failed: 1,
+                ignored: 2
+            }
+        );
+    }
+}

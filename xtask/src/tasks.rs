@@ -33,7 +33,8 @@ pub(crate) fn build(ws: &Workspace, release: bool) -> Result<()> {
 pub(crate) fn test(ws: &Workspace) -> Result<ExitCode> {
     setup(ws)?;
     say!("test: host tests (unit, property, integration tests that need no root)");
-    let host = cmd::status(
+    let mut counts = cmd::TestCounts::default();
+    let host = cmd::test_status(
         &mut ws.cargo([
             "test",
             "--workspace",
@@ -44,6 +45,7 @@ pub(crate) fn test(ws: &Workspace) -> Result<ExitCode> {
             "--no-fail-fast",
         ]),
         &ws.root,
+        &mut counts,
     )?;
     let root = if cmd::is_root() {
         // The root tests drive the `collapse` binary itself: build it, whatever the host
@@ -64,7 +66,7 @@ pub(crate) fn test(ws: &Workspace) -> Result<ExitCode> {
         // The root tests skip themselves (saying so) unless this is set, so a plain
         // `cargo test --workspace` stays harmless.
         root_tests.env("COLLAPSE_ROOT_TESTS", "1");
-        Some(cmd::status(&mut root_tests, &ws.root)?)
+        Some(cmd::test_status(&mut root_tests, &ws.root, &mut counts)?)
     } else {
         say!("skipping root integration tests: not root");
         None
@@ -83,6 +85,15 @@ pub(crate) fn test(ws: &Workspace) -> Result<ExitCode> {
             .map_or_else(|| "skipped (not root)".to_owned(), verdict)
     );
     let passed = host.success() && root.is_none_or(|s| s.success());
+    // The plain closing line CI reads: every test of both phases. A phase that failed to
+    // build counts one failure, so a red run never reads as `0 failed`.
+    let build_failures = u64::from(!passed && counts.failed == 0);
+    println!(
+        "test: {} passed, {} failed, {} skipped",
+        counts.passed,
+        counts.failed + build_failures,
+        counts.ignored
+    );
     Ok(if passed {
         ExitCode::SUCCESS
     } else {
