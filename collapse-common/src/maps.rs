@@ -279,6 +279,10 @@ pub struct Config {
     /// Possible CPUs: how many `PENDING_REGION` slots a clear visits; 0 turns the pending
     /// regions off (more than [`MAX_PENDING_CPUS`] CPUs).
     pub nr_cpus: u32,
+    /// The tracer's own tgid, never traced (not even with `all`).
+    pub self_tgid: u32,
+    /// Offset of `brk` in `struct mm_struct` (from BTF); 0: unknown, brk shrinks not seen.
+    pub mm_brk: u32,
     /// Non-zero: every process is traced; `TRACKED` is not consulted.
     pub all: u8,
     /// Non-zero: new processes forked by a traced one are traced too.
@@ -292,7 +296,7 @@ pub struct Config {
     pub comm: [u8; crate::consts::TASK_COMM_LEN],
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 200);
+const _: () = assert!(core::mem::size_of::<Config>() == 208);
 
 impl Config {
     /// All offsets zero and every switch off: the placeholder compiled into the object.

@@ -119,7 +119,7 @@ pub fn bit_clear(map: &Array<u64>, id: u32) {
 /// Whether faults of `tgid` are recorded: one inlined array load for untracked processes.
 #[inline(always)]
 pub fn is_tracked(tgid: u32) -> bool {
-    conf!(all) != 0 || bit_test(&TRACKED, tgid)
+    (conf!(all) != 0 && tgid != conf!(self_tgid)) || bit_test(&TRACKED, tgid)
 }
 
 #[inline(always)]
@@ -468,7 +468,13 @@ pub fn learn_mm(tgid: u32) {
     if mm == 0 {
         return;
     }
-    if MM_OWNERS.insert(mm, tgid, 0).is_err() || TGID_MM.insert(tgid, mm, 0).is_err() {
+    // TGID_MM first, so a failure leaves nothing behind in MM_OWNERS. An mm that already has
+    // an owner keeps it: a vfork child (CLONE_VM) runs on its parent's mm until it execs.
+    if TGID_MM.insert(tgid, mm, 0).is_err() {
+        count_drop(DropReason::MmMapFull);
+        return;
+    }
+    if MM_OWNERS.insert(mm, tgid, NOEXIST).is_err() && mm_owner(mm).is_none() {
         count_drop(DropReason::MmMapFull);
         return;
     }
@@ -478,8 +484,10 @@ pub fn learn_mm(tgid: u32) {
 /// Forgets `tgid`'s `mm` (exit, exec): the address may be reused by another process.
 #[inline(always)]
 pub fn forget_mm(tgid: u32) {
-    if let Some(mm) = unsafe { TGID_MM.get(tgid) } {
-        let mm = *mm;
+    // SAFETY: copied out of the map value.
+    if let Some(mm) = unsafe { TGID_MM.get(tgid) }.copied()
+        && mm_owner(mm) == Some(tgid)
+    {
         let _ = MM_OWNERS.remove(mm);
     }
     let _ = TGID_MM.remove(tgid);

@@ -1,10 +1,14 @@
-//! Syscalls that change which pages a traced process has without a page fault of its own:
-//! munmap, madvise(DONTNEED/FREE/REMOVE) and MAP_FIXED drop pages (cleared here, in the
-//! program); mremap moves them, MADV_POPULATE_* / MADV_COLLAPSE / MAP_POPULATE create them
-//! (userspace re-reads those ranges from pagemap once the syscall has returned).
+//! Syscalls that change which pages a traced process has without a page fault of its own.
+//! munmap, madvise(DONTNEED/REMOVE), MAP_FIXED and a shrinking brk drop pages: their ranges
+//! are cleared here, at syscall exit, once the pages are gone and only if the call succeeded.
+//! mremap moves pages; MADV_POPULATE_*, MADV_COLLAPSE, MAP_POPULATE create them; MADV_FREE
+//! leaves them mapped until reclaim: userspace re-reads those ranges from pagemap once the
+//! syscall has returned.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel},
+    macros::tracepoint,
+    programs::TracePointContext,
 };
 use collapse_common::{
     consts::{
@@ -25,8 +29,14 @@ const MADV_DONTNEED_LOCKED: u64 = 24;
 /// `mmap` flags (`include/uapi/asm-generic/mman-common.h`, `mman.h`).
 const MAP_FIXED: u64 = 0x10;
 const MAP_POPULATE: u64 = 0x8000;
-/// `PendingSyscall::kind` for mremap: the exit handler needs the enter arguments.
-const PENDING_MREMAP: u32 = 0x100;
+
+/// What a syscall's exit does with the range kept at its entry (`PendingSyscall::kind`).
+const CLEAR: u32 = 1;
+const RESYNC: u32 = 2;
+/// mremap: the old range in the first record, the new length in a second one.
+const MREMAP: u32 = 4;
+/// brk: the old break in `start`; the exit clears what lies between the new and the old.
+const BRK: u32 = 8;
 
 /// Page-rounded end of `[start, start + len)`, saturating.
 #[inline(always)]
@@ -45,49 +55,79 @@ fn end_fault_in_flight(tgid: u32) {
     }
 }
 
+/// Keeps what the exit needs, keyed by the calling thread.
 #[inline(always)]
-fn remember(pid_tgid: u64, start: u64, len: u64, kind: u32) {
+fn remember(key: u64, start: u64, len: u64, kind: u32) {
     let pending = PendingSyscall {
         start,
         len,
         kind,
         _pad: 0,
     };
-    if PENDING_SYSCALL.insert(pid_tgid, pending, 0).is_err() {
+    if PENDING_SYSCALL.insert(key, pending, 0).is_err() {
         count_drop(DropReason::PendingMapFull);
     }
 }
 
-/// The syscall's enter arguments, if we kept them, and whether it succeeded.
+/// The record kept at entry under `key`, removed.
 #[inline(always)]
-fn take_pending(ctx: &TracePointContext) -> Option<(u32, PendingSyscall, i64)> {
+fn take(key: u64) -> Option<PendingSyscall> {
+    // SAFETY: copied out before the delete.
+    let pending = unsafe { PENDING_SYSCALL.get(key) }.copied()?;
+    let _ = PENDING_SYSCALL.remove(key);
+    Some(pending)
+}
+
+/// The calling thread's tgid if traced, with its pid_tgid.
+#[inline(always)]
+fn traced_caller() -> Option<(u32, u64)> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if !is_tracked(tgid) {
-        return None;
-    }
-    // SAFETY: value copied out before the delete.
-    let pending = unsafe { PENDING_SYSCALL.get(pid_tgid) }.copied()?;
-    let _ = PENDING_SYSCALL.remove(pid_tgid);
+    is_tracked(tgid).then_some((tgid, pid_tgid))
+}
+
+/// The common exit: clear and/or resync the kept range, if the call succeeded (`ok`).
+#[inline(always)]
+fn finish(ctx: &TracePointContext, ok: impl Fn(i64) -> bool) -> Result<u32, i64> {
+    let Some((tgid, pid_tgid)) = traced_caller() else {
+        return Ok(0);
+    };
+    let Some(p) = take(pid_tgid) else {
+        return Ok(0);
+    };
     let ret: i64 = field(ctx, conf!(sys_exit_ret));
-    Some((tgid, pending, ret))
+    if p.kind & CLEAR != 0 && ok(ret) {
+        clear_range(tgid, p.start, range_end(p.start, p.len));
+    }
+    // Even a failed populate or collapse may have done part of the range.
+    if p.kind & RESYNC != 0 {
+        emit_range(EventKind::Resync, tgid, p.start, p.len);
+    }
+    Ok(0)
 }
 
 #[tracepoint]
 pub fn sys_enter_munmap(ctx: TracePointContext) -> u32 {
-    try_munmap(&ctx).unwrap_or(0)
+    try_enter_munmap(&ctx).unwrap_or(0)
 }
 
-fn try_munmap(ctx: &TracePointContext) -> Result<u32, i64> {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if !is_tracked(tgid) {
+fn try_enter_munmap(ctx: &TracePointContext) -> Result<u32, i64> {
+    let Some((tgid, pid_tgid)) = traced_caller() else {
         return Ok(0);
-    }
+    };
     end_fault_in_flight(tgid);
-    let start: u64 = field(ctx, conf!(munmap_addr));
-    let len: u64 = field(ctx, conf!(munmap_len));
-    clear_range(tgid, start, range_end(start, len));
+    remember(
+        pid_tgid,
+        field(ctx, conf!(munmap_addr)),
+        field(ctx, conf!(munmap_len)),
+        CLEAR,
+    );
     Ok(0)
+}
+
+#[tracepoint]
+pub fn sys_exit_munmap(ctx: TracePointContext) -> u32 {
+    finish(&ctx, |ret| ret == 0).unwrap_or(0)
 }
 
 #[tracepoint]
@@ -96,21 +136,19 @@ pub fn sys_enter_madvise(ctx: TracePointContext) -> u32 {
 }
 
 fn try_madvise(ctx: &TracePointContext) -> Result<u32, i64> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    if !is_tracked(tgid) {
+    let Some((tgid, pid_tgid)) = traced_caller() else {
         return Ok(0);
-    }
+    };
     end_fault_in_flight(tgid);
     let start: u64 = field(ctx, conf!(madvise_start));
     let len: u64 = field(ctx, conf!(madvise_len));
     let behavior: u64 = field::<u64>(ctx, conf!(madvise_behavior)) & 0xffff_ffff;
     match behavior {
-        MADV_DONTNEED | MADV_DONTNEED_LOCKED | MADV_FREE | MADV_REMOVE => {
-            clear_range(tgid, start, range_end(start, len))
-        }
-        MADV_POPULATE_READ | MADV_POPULATE_WRITE | MADV_COLLAPSE => {
-            remember(pid_tgid, start, len, EventKind::Resync as u32)
+        MADV_DONTNEED | MADV_DONTNEED_LOCKED | MADV_REMOVE => remember(pid_tgid, start, len, CLEAR),
+        // MADV_FREE pages stay mapped (and in use again if written, without a fault) until
+        // reclaim takes them: pagemap says which are still there.
+        MADV_FREE | MADV_POPULATE_READ | MADV_POPULATE_WRITE | MADV_COLLAPSE => {
+            remember(pid_tgid, start, len, RESYNC)
         }
         // Userspace attaches the large-folio hook if it is not yet (see tracer::bpf).
         MADV_HUGEPAGE => emit_range(EventKind::HugepageAdvice, tgid, start, len),
@@ -121,11 +159,7 @@ fn try_madvise(ctx: &TracePointContext) -> Result<u32, i64> {
 
 #[tracepoint]
 pub fn sys_exit_madvise(ctx: TracePointContext) -> u32 {
-    if let Some((tgid, p, _ret)) = take_pending(&ctx) {
-        // Even a failed populate or collapse may have done part of the range.
-        emit_range(EventKind::Resync, tgid, p.start, p.len);
-    }
-    0
+    finish(&ctx, |ret| ret == 0).unwrap_or(0)
 }
 
 #[tracepoint]
@@ -134,33 +168,48 @@ pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
 }
 
 fn try_mmap(ctx: &TracePointContext) -> Result<u32, i64> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    if !is_tracked(tgid) {
+    let Some((tgid, pid_tgid)) = traced_caller() else {
         return Ok(0);
-    }
+    };
     end_fault_in_flight(tgid);
     let addr: u64 = field(ctx, conf!(mmap_addr));
     let len: u64 = field(ctx, conf!(mmap_len));
     let flags: u64 = field(ctx, conf!(mmap_flags));
-    // MAP_FIXED replaces whatever was mapped there.
-    if flags & MAP_FIXED != 0 {
-        clear_range(tgid, addr, range_end(addr, len));
-    }
-    if flags & MAP_POPULATE != 0 {
-        remember(pid_tgid, addr, len, EventKind::Resync as u32);
+    // MAP_FIXED replaces whatever was mapped there (cleared at exit, on success); the range
+    // kept is the requested one, which MAP_FIXED guarantees is the mapped one.
+    let kind = if flags & MAP_FIXED != 0 { CLEAR } else { 0 }
+        | if flags & MAP_POPULATE != 0 { RESYNC } else { 0 };
+    if kind != 0 {
+        remember(pid_tgid, addr, len, kind);
     }
     Ok(0)
 }
 
 #[tracepoint]
 pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
-    if let Some((tgid, p, ret)) = take_pending(&ctx)
-        && ret > 0
-    {
-        emit_range(EventKind::Resync, tgid, ret as u64, p.len);
+    try_exit_mmap(&ctx).unwrap_or(0)
+}
+
+fn try_exit_mmap(ctx: &TracePointContext) -> Result<u32, i64> {
+    let Some((tgid, pid_tgid)) = traced_caller() else {
+        return Ok(0);
+    };
+    let Some(p) = take(pid_tgid) else {
+        return Ok(0);
+    };
+    let ret: i64 = field(ctx, conf!(sys_exit_ret));
+    // mmap returns the address, or -errno (`IS_ERR_VALUE`: the last page of the space).
+    if ret < 0 && ret > -4096 {
+        return Ok(0);
     }
-    0
+    let addr = ret as u64;
+    if p.kind & CLEAR != 0 {
+        clear_range(tgid, addr, range_end(addr, p.len));
+    }
+    if p.kind & RESYNC != 0 {
+        emit_range(EventKind::Resync, tgid, addr, p.len);
+    }
+    Ok(0)
 }
 
 #[tracepoint]
@@ -169,27 +218,19 @@ pub fn sys_enter_mremap(ctx: TracePointContext) -> u32 {
 }
 
 fn try_mremap(ctx: &TracePointContext) -> Result<u32, i64> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    if !is_tracked(tgid) {
+    let Some((tgid, pid_tgid)) = traced_caller() else {
         return Ok(0);
-    }
+    };
     end_fault_in_flight(tgid);
-    let addr: u64 = field(ctx, conf!(mremap_addr));
-    let old_len: u64 = field(ctx, conf!(mremap_old_len));
-    let new_len: u64 = field(ctx, conf!(mremap_new_len));
     // The exit needs the old range and the new length: two records, the second keyed by
     // the complemented id.
-    remember(pid_tgid, addr, old_len, PENDING_MREMAP);
-    let new = PendingSyscall {
-        start: new_len,
-        len: 0,
-        kind: PENDING_MREMAP,
-        _pad: 0,
-    };
-    if PENDING_SYSCALL.insert(!pid_tgid, new, 0).is_err() {
-        count_drop(DropReason::PendingMapFull);
-    }
+    remember(
+        pid_tgid,
+        field(ctx, conf!(mremap_addr)),
+        field(ctx, conf!(mremap_old_len)),
+        MREMAP,
+    );
+    remember(!pid_tgid, field(ctx, conf!(mremap_new_len)), 0, MREMAP);
     Ok(0)
 }
 
@@ -199,17 +240,15 @@ pub fn sys_exit_mremap(ctx: TracePointContext) -> u32 {
 }
 
 fn try_exit_mremap(ctx: &TracePointContext) -> Result<u32, i64> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: copied out before the delete.
-    let new_len = match unsafe { PENDING_SYSCALL.get(!pid_tgid) } {
-        Some(p) => p.start,
-        None => return Ok(0),
-    };
-    let _ = PENDING_SYSCALL.remove(!pid_tgid);
-    let Some((tgid, p, ret)) = take_pending(ctx) else {
+    let Some((tgid, pid_tgid)) = traced_caller() else {
         return Ok(0);
     };
-    if ret < 0 {
+    let (Some(p), Some(new)) = (take(pid_tgid), take(!pid_tgid)) else {
+        return Ok(0);
+    };
+    let new_len = new.start;
+    let ret: i64 = field(ctx, conf!(sys_exit_ret));
+    if ret < 0 && ret > -4096 {
         return Ok(0);
     }
     let new_addr = ret as u64;
@@ -221,6 +260,57 @@ fn try_exit_mremap(ctx: &TracePointContext) -> Result<u32, i64> {
         emit_range(EventKind::Resync, tgid, new_addr, new_len);
     } else if new_len < p.len {
         clear_range(tgid, range_end(p.start, new_len), old_end);
+    }
+    Ok(0)
+}
+
+/// The current break (`mm->brk`), read through `current->mm` with offsets from BTF.
+#[inline(always)]
+fn current_brk() -> Option<u64> {
+    let (task_mm, mm_brk) = (conf!(task_mm) as usize, conf!(mm_brk) as usize);
+    if mm_brk == 0 {
+        return None;
+    }
+    // SAFETY: kernel pointers read with the checked helper.
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let mm = bpf_probe_read_kernel(task.add(task_mm) as *const u64).ok()?;
+        if mm == 0 {
+            return None;
+        }
+        bpf_probe_read_kernel((mm as *const u8).add(mm_brk) as *const u64).ok()
+    }
+}
+
+/// A shrinking brk (glibc trims the heap top) unmaps `[new, old)`.
+#[tracepoint]
+pub fn sys_enter_brk(_ctx: TracePointContext) -> u32 {
+    if let Some((tgid, pid_tgid)) = traced_caller() {
+        end_fault_in_flight(tgid);
+        if let Some(old) = current_brk() {
+            remember(pid_tgid, old, 0, BRK);
+        }
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_brk(ctx: TracePointContext) -> u32 {
+    try_exit_brk(&ctx).unwrap_or(0)
+}
+
+fn try_exit_brk(ctx: &TracePointContext) -> Result<u32, i64> {
+    let Some((tgid, pid_tgid)) = traced_caller() else {
+        return Ok(0);
+    };
+    let Some(p) = take(pid_tgid) else {
+        return Ok(0);
+    };
+    // brk returns the new break (the old one when it refuses).
+    let new: i64 = field(ctx, conf!(sys_exit_ret));
+    let (new, old) = (range_end(new as u64, 0), range_end(p.start, 0));
+    if new < old {
+        clear_range(tgid, new, old);
     }
     Ok(0)
 }

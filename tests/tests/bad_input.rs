@@ -74,6 +74,19 @@ fn bad_arguments_and_targets() {
         &collapse(&["trace", "--", "/nonexistent/program"], &[], None),
         "/nonexistent/program",
     );
+    // Found, but not executable: the exec error, not a silent exit 127.
+    assert_error(
+        &collapse(
+            &["trace", "--duration", "1", "--", "/etc/passwd"],
+            &[],
+            None,
+        ),
+        "cannot run \"/etc/passwd\"",
+    );
+    assert_error(
+        &collapse(&["trace", "--pid", &me, "--interval", "1e30"], &[], None),
+        "--interval",
+    );
     let dir = temp_dir("bad-snapshot");
     let snap = dir.join("missing-dir").join("snap.jsonl");
     assert_error(
@@ -115,6 +128,9 @@ fn fake_tracefs(dir: &Path, without: &str) {
         "huge_memory/mm_collapse_huge_page_isolate",
         "huge_memory/mm_collapse_huge_page_swapin",
         "syscalls/sys_enter_munmap",
+        "syscalls/sys_exit_munmap",
+        "syscalls/sys_enter_brk",
+        "syscalls/sys_exit_brk",
         "syscalls/sys_enter_madvise",
         "syscalls/sys_exit_madvise",
         "syscalls/sys_enter_mmap",

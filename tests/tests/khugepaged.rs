@@ -103,7 +103,7 @@ fn khugepaged_events_are_attributed_with_status_names() {
         .iter()
         .rev()
         .find(|v| v["type"] == "sample")
-        .expect("a sample");
+        .unwrap_or_else(|| panic!("no sample in {seen:?}"));
     let procs = last["processes"].as_array().expect("processes");
     assert_eq!(procs.len(), 1, "only the traced process is shown: {last}");
     assert!(

@@ -278,3 +278,43 @@ fn pages_that_move_or_appear_without_faults() {
     assert_same("every region of the child", &traced, &truth);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_command_traced_to_its_end_still_has_a_snapshot() {
+    if !root_or_skip("a_command_traced_to_its_end_still_has_a_snapshot") {
+        return;
+    }
+    let dir = temp_dir("cmd-end");
+    let snap = dir.join("snap.jsonl");
+    let bin = collapse_bin();
+    // The command populates 24 regions over ~3 s, holds them 1 s and ends by itself; trace
+    // ends with it, and the snapshot has the command's memory as of its last moments.
+    let out = std::process::Command::new(&bin)
+        .args([
+            "trace",
+            "--interval",
+            "0.2",
+            "--json",
+            "--snapshot",
+            snap.to_str().unwrap(),
+            "--",
+        ])
+        .arg(&bin)
+        .args(["workload", "demo", "--hold", "1"])
+        .output()
+        .expect("run collapse trace");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&snap).expect("snapshot written");
+    let regions = collapse::snapshot::read_snapshot(text.as_bytes()).expect("valid snapshot");
+    let populated: u32 = regions.iter().map(|r| r.state.present.count()).sum();
+    // 8 dense regions, 8 half-full, 8 with 16 pages: at least 6272 pages.
+    assert!(
+        populated >= 6272,
+        "{populated} pages in the snapshot of a command that ended: {text:?}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -61,3 +61,70 @@ fn untracked_processes_never_appear_in_the_maps() {
             .expect("tracked bit")
     );
 }
+
+/// The region map itself (not the snapshot, which pagemap's VMAs mask): what an unmap, a
+/// DONTNEED and a shrinking heap drop must be gone from it, in every CPU's pending slot too.
+#[test]
+fn cleared_ranges_leave_the_map() {
+    if !root_or_skip("cleared_ranges_leave_the_map") {
+        return;
+    }
+    let mut w = Workload::spawn();
+    let args = TargetArgs {
+        pids: vec![w.pid],
+        ..TargetArgs::default()
+    };
+    let mut session = Session::start(
+        Target::resolve(&args).expect("target"),
+        Capacity {
+            max_regions: 4096,
+            ringbuf_bytes: 1 << 16,
+            max_processes: 64,
+        },
+    )
+    .expect("start session");
+    let small = w.map("s", 8, false);
+    w.cmd("threads s 0 2048");
+    w.cmd("dontneed s 100 700");
+    w.cmd("unmap s 1024 1536");
+    // Wider than one program clears: userspace finishes it from a ring-buffer record.
+    let big = w.map("big", 600, false);
+    w.cmd("threads big 0 153600");
+    w.cmd("unmap big 0 153600");
+    session.poll().expect("poll");
+    let tgid = w.pid as u32;
+    let map: std::collections::BTreeMap<u64, collapse_common::OccupancyBitmap> = session
+        .bpf
+        .regions()
+        .expect("regions")
+        .into_iter()
+        .filter(|(k, _)| k.tgid == tgid)
+        .map(|(k, v)| (k.addr, v))
+        .collect();
+    let left_in_big: Vec<u64> = map
+        .keys()
+        .copied()
+        .filter(|a| *a >= big && *a < big + (600 << 20))
+        .collect();
+    assert!(
+        left_in_big.is_empty(),
+        "unmapped regions still in the map: {} of 300",
+        left_in_big.len()
+    );
+    let region = |i: u64| {
+        map.get(&(small + i * (2 << 20)))
+            .copied()
+            .unwrap_or_default()
+    };
+    let mut want0 = collapse_common::OccupancyBitmap::FULL;
+    want0.clear_range(100, 512);
+    assert_eq!(region(0), want0, "DONTNEED'd pages still in region 0");
+    let mut want1 = collapse_common::OccupancyBitmap::FULL;
+    want1.clear_range(0, 700 - 512);
+    assert_eq!(region(1), want1, "DONTNEED'd pages still in region 1");
+    assert!(
+        region(2).is_empty(),
+        "the unmapped region 2 is still in the map"
+    );
+    assert_eq!(region(3), collapse_common::OccupancyBitmap::FULL);
+}

@@ -33,8 +33,11 @@ const PROGRAMS: &[(&str, &str, &str, bool)] = &[
         false,
     ),
     ("sys_enter_munmap", "syscalls", "sys_enter_munmap", true),
+    ("sys_exit_munmap", "syscalls", "sys_exit_munmap", true),
     ("sys_enter_madvise", "syscalls", "sys_enter_madvise", true),
-    ("sys_exit_madvise", "syscalls", "sys_exit_madvise", false),
+    ("sys_exit_madvise", "syscalls", "sys_exit_madvise", true),
+    ("sys_enter_brk", "syscalls", "sys_enter_brk", false),
+    ("sys_exit_brk", "syscalls", "sys_exit_brk", false),
     ("sys_enter_mmap", "syscalls", "sys_enter_mmap", false),
     ("sys_exit_mmap", "syscalls", "sys_exit_mmap", false),
     ("sys_enter_mremap", "syscalls", "sys_enter_mremap", false),
@@ -138,6 +141,8 @@ pub struct Bpf {
     btfs: Option<Btfs>,
     /// How `mm_page_alloc` is hooked, once it is.
     pub large_folio_hook: Option<&'static str>,
+    /// The ring buffer while nobody polls it.
+    events: Option<RingBuf<MapData>>,
 }
 
 /// Where tracefs is; `COLLAPSE_TRACEFS` overrides it (tests point it at a fake tree).
@@ -233,9 +238,8 @@ fn config(root: &Path, sel: &Selection, pid_limit: u32) -> anyhow::Result<(Confi
         c.mmap_len = mmap.offset("len")?;
         c.mmap_flags = mmap.offset("flags")?;
     }
-    if let Ok(exit) = fmt("syscalls", "sys_exit_madvise") {
-        c.sys_exit_ret = exit.offset("ret")?;
-    }
+    // Every sys_exit_* record has the same layout (`include/trace/syscall.h`).
+    c.sys_exit_ret = fmt("syscalls", "sys_exit_munmap")?.offset("ret")?;
     if let Ok(newtask) = fmt("task", "task_newtask") {
         c.newtask_pid = newtask.offset("pid")?;
         c.newtask_clone_flags = newtask.offset("clone_flags")?;
@@ -245,6 +249,11 @@ fn config(root: &Path, sel: &Selection, pid_limit: u32) -> anyhow::Result<(Confi
     c.exit_group_dead = exit.offset("group_dead")?;
     c.task_mm =
         btf::task_struct_mm_offset().context("khugepaged attribution needs task_struct::mm")?;
+    // Without it a shrinking brk is not seen (the heap top keeps stale bits until it regrows).
+    c.mm_brk = btf::KernelBtf::open()
+        .and_then(|b| b.member_offset("mm_struct", "brk"))
+        .unwrap_or(0);
+    c.self_tgid = std::process::id();
     c.pid_limit = pid_limit;
     let cpus = aya::util::nr_cpus().map_err(|(path, e)| anyhow!("reading {path}: {e}"))? as u32;
     // Beyond MAX_PENDING_CPUS faults skip the per-CPU pending slots (see collapse-common).
@@ -341,7 +350,20 @@ impl Bpf {
         let pid_limit = pid_limit();
         let (config, status_names) = config(&root, sel, pid_limit)?;
         let bitset_words = pid_limit.div_ceil(64);
-        let ringbuf = cap.ringbuf_bytes.next_power_of_two().max(4096);
+        if cap.max_regions == 0 || cap.max_processes == 0 {
+            bail!("--max-regions and --max-processes must be at least 1");
+        }
+        let ringbuf = cap
+            .ringbuf_bytes
+            .checked_next_power_of_two()
+            .filter(|&b| b <= 1 << 30)
+            .ok_or_else(|| {
+                anyhow!(
+                    "--ringbuf-kib {} is too large (at most 1 GiB)",
+                    cap.ringbuf_bytes / 1024
+                )
+            })?
+            .max(4096);
         let mut ebpf = EbpfLoader::new()
             .override_global(names::CONFIG, &config, true)
             .map_max_entries(names::REGIONS, cap.max_regions)
@@ -404,6 +426,7 @@ impl Bpf {
             root,
             btfs: btfs.ok(),
             large_folio_hook: None,
+            events: None,
         })
     }
 
@@ -455,13 +478,20 @@ impl Bpf {
             .ok_or_else(|| anyhow!("map {name} is missing from the eBPF object"))
     }
 
-    /// The ring buffer, to be polled by the caller (taken out once).
+    /// The ring buffer, for the caller to poll; hand it back with [`Bpf::give_back_events`].
     pub fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+        if let Some(ring) = self.events.take() {
+            return Ok(ring);
+        }
         let map = self
             .ebpf
             .take_map(names::EVENTS)
-            .ok_or_else(|| anyhow!("ring buffer already taken"))?;
+            .ok_or_else(|| anyhow!("the ring buffer is being polled elsewhere"))?;
         Ok(RingBuf::try_from(map)?)
+    }
+
+    pub fn give_back_events(&mut self, ring: RingBuf<MapData>) {
+        self.events = Some(ring);
     }
 
     fn set_bit(&mut self, name: &str, id: u32, on: bool) -> anyhow::Result<()> {

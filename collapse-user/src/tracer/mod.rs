@@ -18,7 +18,6 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use aya::maps::{MapData, RingBuf};
 use collapse_common::event::Event;
 use serde_json::json;
 use tokio::{
@@ -73,9 +72,12 @@ impl Stop {
     }
 }
 
+/// A duration argument: 0 up to a year (far enough to mean "until stopped", near enough that
+/// adding it to now cannot overflow).
 fn seconds(name: &str, s: f64) -> anyhow::Result<Duration> {
-    if !s.is_finite() || s < 0.0 {
-        bail!("{name} {s} is not a number of seconds >= 0");
+    const YEAR: f64 = 365.0 * 86_400.0;
+    if !s.is_finite() || !(0.0..=YEAR).contains(&s) {
+        bail!("{name} {s} is not a number of seconds from 0 to {YEAR}");
     }
     Ok(Duration::from_secs_f64(s))
 }
@@ -93,6 +95,9 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         check_writable(path)?;
     }
     let target = Target::resolve(&args.target)?;
+    // Ctrl-C and SIGTERM are caught from here on: one during seeding still ends with a
+    // snapshot.
+    let (rt, mut signals) = runtime()?;
     let mut session = Session::start(target, Capacity::from(&args.capacity))?;
     let output = if args.json {
         Output::Json {
@@ -104,7 +109,14 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
             redraw: !args.events && std::io::stdout().is_terminal(),
         }
     };
-    let stop = runtime()?.block_on(drive(&mut session, output, interval, duration))?;
+    let stop = rt.block_on(drive(
+        &mut session,
+        &mut signals,
+        output,
+        interval,
+        duration,
+    ));
+    // An error while tracing still leaves the snapshot of what was traced.
     if let Some(path) = &args.snapshot {
         let regions = session.snapshot()?;
         write_atomically(path, &regions)?;
@@ -116,6 +128,7 @@ pub fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    let stop = stop?;
     if args.json {
         println!("{}", json!({"type": "end", "reason": stop.name()}));
     }
@@ -132,10 +145,12 @@ pub fn snapshot_target(
 ) -> anyhow::Result<Vec<SnapshotRegion>> {
     let duration = seconds("--duration", duration_s)?;
     let target = Target::resolve(args)?;
+    let (rt, mut signals) = runtime()?;
     let mut session = Session::start(target, Capacity::from(capacity))?;
     if !duration.is_zero() {
-        runtime()?.block_on(drive(
+        rt.block_on(drive(
             &mut session,
+            &mut signals,
             Output::Quiet,
             Duration::from_secs(1),
             Some(duration),
@@ -166,6 +181,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
          populated over ~3 s, then marked MADV_HUGEPAGE for khugepaged; traced for {:.0} s (Ctrl-C stops).",
         duration.as_secs_f64()
     );
+    let (rt, mut signals) = runtime()?;
     let mut session = Session::start(
         Target::resolve(&target)?,
         Capacity::from(&CapacityArgs::default()),
@@ -175,8 +191,9 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         events: true,
         redraw: false,
     };
-    runtime()?.block_on(drive(
+    rt.block_on(drive(
         &mut session,
+        &mut signals,
         output,
         Duration::from_secs(1),
         Some(duration),
@@ -193,11 +210,26 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
+/// SIGINT and SIGTERM, caught: both stop tracing cleanly.
+struct StopSignals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+/// The event loop, and the stop signals caught from now on.
+fn runtime() -> anyhow::Result<(tokio::runtime::Runtime, StopSignals)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("starting the event loop")
+        .context("starting the event loop")?;
+    let signals = {
+        let _in_runtime = rt.enter();
+        StopSignals {
+            int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+            term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+        }
+    };
+    Ok((rt, signals))
 }
 
 /// Fails early, before anything is traced, if the snapshot cannot be written.
@@ -229,17 +261,6 @@ fn write_atomically(path: &Path, regions: &[SnapshotRegion]) -> anyhow::Result<(
         .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
-fn drain(ring: &mut RingBuf<MapData>) -> Vec<Event> {
-    let mut out = Vec::new();
-    while let Some(item) = ring.next() {
-        if item.len() >= size_of::<Event>() {
-            // SAFETY: the programs write whole `Event`s; the slice is at least that long.
-            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
-        }
-    }
-    out
-}
-
 fn report(session: &mut Session, output: Output, events: &[Event]) -> anyhow::Result<()> {
     let elapsed = session.started.elapsed().as_secs_f64();
     let mut out = std::io::stdout().lock();
@@ -262,6 +283,7 @@ fn report(session: &mut Session, output: Output, events: &[Event]) -> anyhow::Re
 
 async fn drive(
     session: &mut Session,
+    signals: &mut StopSignals,
     output: Output,
     interval: Duration,
     duration: Option<Duration>,
@@ -271,8 +293,6 @@ async fn drive(
     let mut ring =
         unsafe { AsyncFd::register_with_interest(session.bpf.take_events()?, Interest::READABLE) }
             .map_err(|e| anyhow::anyhow!("polling the ring buffer: {}", e.into_parts().1))?;
-    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let deadline = duration.map(|d| Instant::now() + d);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -312,7 +332,8 @@ async fn drive(
         Output::Quiet => {}
     }
     std::io::stdout().flush()?;
-    let mut shown_at = Instant::now();
+    // When a tick last showed the state, and whether anything happened since.
+    let mut shown_at: Option<Instant> = None;
     let stop = loop {
         let sleep = async {
             match deadline {
@@ -321,14 +342,17 @@ async fn drive(
             }
         };
         tokio::select! {
-            _ = sigint.recv() => break Stop::Signal,
-            _ = sigterm.recv() => break Stop::Signal,
+            _ = signals.int.recv() => break Stop::Signal,
+            _ = signals.term.recv() => break Stop::Signal,
             () = sleep => break Stop::Duration,
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                let events = drain(guard.get_inner_mut());
+                let events = session::drain(guard.get_inner_mut());
                 guard.clear_ready();
                 report(session, output, &events)?;
+                if !events.is_empty() {
+                    shown_at = None;
+                }
             }
             _ = tick.tick() => {
                 let mut joined = session.rescan()?;
@@ -341,8 +365,9 @@ async fn drive(
                         _ => {}
                     }
                 }
+                session.refresh()?;
                 show(session, output)?;
-                shown_at = Instant::now();
+                shown_at = Some(Instant::now());
                 if session.targets_gone() {
                     break Stop::TargetsGone;
                 }
@@ -351,11 +376,14 @@ async fn drive(
         std::io::stdout().flush()?;
     };
     // What arrived before the stop still counts.
-    let events = drain(ring.get_mut());
+    let events = session::drain(ring.get_mut());
+    session.bpf.give_back_events(ring.into_inner());
     report(session, output, &events)?;
     session.resync_pending()?;
     // The final state, unless a tick has just shown it.
-    if output != Output::Quiet && (!events.is_empty() || shown_at.elapsed() > interval / 4) {
+    let just_shown = shown_at.is_some_and(|t| t.elapsed() < interval / 4);
+    if output != Output::Quiet && (!events.is_empty() || !just_shown) {
+        session.refresh()?;
         show(session, output)?;
     }
     Ok(stop)

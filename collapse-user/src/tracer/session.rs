@@ -13,7 +13,7 @@ use collapse_common::{
     OccupancyBitmap,
     consts::{PMD_SIZE, PTES_PER_PMD},
     event::{Event, EventKind},
-    maps::{KhugepagedEvent, RegionKey},
+    maps::{DropReason, KhugepagedEvent, RegionKey},
     policy::RegionState,
 };
 
@@ -146,6 +146,26 @@ pub struct Session {
     /// it, before khugepaged changes it.
     pub at_hugepage_advice: Option<Vec<SnapshotRegion>>,
     pub capture_at_hugepage_advice: bool,
+    /// Ring-buffer records lost so far: when it grows, what they would have said is unknown,
+    /// so every process is re-read from pagemap.
+    ring_lost: u64,
+    /// Every traced process's regions as of the last [`Session::refresh`].
+    pub current: BTreeMap<u32, Vec<TracedRegion>>,
+    /// The last regions of processes that ended while traced: a command traced to its end
+    /// still has a snapshot.
+    ended_regions: BTreeMap<u32, Vec<TracedRegion>>,
+}
+
+/// Every record waiting in the ring buffer.
+pub(crate) fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<Event> {
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        if item.len() >= size_of::<Event>() {
+            // SAFETY: the programs write whole `Event`s; the slice is at least that long.
+            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
+        }
+    }
+    out
 }
 
 /// Bits set by the programs while pagemap was being read are kept; bits the programs cleared
@@ -192,6 +212,9 @@ impl Session {
             hook_news: Vec::new(),
             at_hugepage_advice: None,
             capture_at_hugepage_advice: false,
+            ring_lost: 0,
+            current: BTreeMap::new(),
+            ended_regions: BTreeMap::new(),
         };
         // Tracking starts before seeding, so no page populated in between is missed.
         for tgid in target.initial_tgids()? {
@@ -208,7 +231,9 @@ impl Session {
 
     /// Starts tracing `tgid` and schedules its seeding from pagemap.
     fn add(&mut self, tgid: u32) -> anyhow::Result<()> {
-        if !self.target.all {
+        // The programs set the bit of a followed child themselves; writing a whole word back
+        // only when needed keeps this read-modify-write from racing their atomic updates.
+        if !self.target.all && !self.bpf.is_tracked(tgid)? {
             self.bpf.set_tracked(tgid, true)?;
         }
         // Before its seeding: whatever it faults from here on is seen by the hook.
@@ -265,9 +290,12 @@ impl Session {
 
     fn end(&mut self, tgid: u32) -> anyhow::Result<Option<String>> {
         self.bpf.remove_regions(tgid, None)?;
-        if !self.target.all {
-            // The program clears the bit at exit already; a comm change clears it too.
+        // The program clears the bit at exit and at a comm change already.
+        if !self.target.all && self.bpf.is_tracked(tgid).unwrap_or(false) {
             let _ = self.bpf.set_tracked(tgid, false);
+        }
+        if let Some(regions) = self.current.remove(&tgid) {
+            self.ended_regions.insert(tgid, regions);
         }
         let comm = self.procs.remove(&tgid).map(|p| p.comm);
         if let Some(c) = &comm {
@@ -283,11 +311,19 @@ impl Session {
         };
         let tgid = ev.tgid;
         Ok(match kind {
-            EventKind::LargeFolioFault => Some(Observed::LargeFolio {
-                tgid,
-                addr: ev.addr,
-                order: ev.order,
-            }),
+            EventKind::LargeFolioFault => {
+                // The programs set the folio's bits at once; pagemap confirms them (an
+                // allocation of the task after its fault, outside it, would look the same).
+                if let Some(p) = self.procs.get_mut(&tgid) {
+                    p.resync_ranges
+                        .push(ev.addr..ev.addr.saturating_add(ev.len));
+                }
+                Some(Observed::LargeFolio {
+                    tgid,
+                    addr: ev.addr,
+                    order: ev.order,
+                })
+            }
             EventKind::Khugepaged => {
                 let Some(which) = KhugepagedEvent::from_u16(ev.khugepaged) else {
                     return Ok(None);
@@ -417,6 +453,18 @@ impl Session {
                 });
             }
         }
+        let lost = self
+            .bpf
+            .drops()?
+            .into_iter()
+            .find(|(r, _)| *r == DropReason::RingBufFull)
+            .map_or(0, |(_, n)| n);
+        if lost > self.ring_lost {
+            self.ring_lost = lost;
+            for p in self.procs.values_mut() {
+                p.resync_whole = true;
+            }
+        }
         let gone: Vec<u32> = self
             .procs
             .keys()
@@ -535,7 +583,11 @@ impl Session {
             let traced: Vec<TracedRegion> = truths
                 .into_iter()
                 .filter_map(|t| {
-                    let present = regions.get(&t.addr)?.intersection(&t.vma_mask);
+                    // A swapped-out PTE is not present, whatever its last fault said.
+                    let present = regions
+                        .get(&t.addr)?
+                        .intersection(&t.vma_mask)
+                        .difference(&t.swap);
                     (!present.is_empty()).then_some(TracedRegion {
                         addr: t.addr,
                         state: RegionState {
@@ -552,10 +604,34 @@ impl Session {
         Ok(out)
     }
 
-    /// The region snapshot (DESIGN.md) of every traced process.
-    pub fn snapshot(&self) -> anyhow::Result<Vec<SnapshotRegion>> {
-        Ok(self
-            .traced_regions()?
+    /// Handles what the programs have reported so far, without an event loop (one-shot use,
+    /// tests): the same as `collapse trace` does as records arrive.
+    pub fn poll(&mut self) -> anyhow::Result<Vec<Observed>> {
+        let mut ring = self.bpf.take_events()?;
+        let events = drain(&mut ring);
+        self.bpf.give_back_events(ring);
+        let mut seen = Vec::new();
+        for ev in &events {
+            seen.extend(self.handle(ev)?);
+            seen.extend(self.take_hook_news());
+        }
+        self.resync_pending()?;
+        Ok(seen)
+    }
+
+    /// Re-reads every traced process's regions into [`Session::current`].
+    pub fn refresh(&mut self) -> anyhow::Result<()> {
+        self.current = self.traced_regions()?;
+        Ok(())
+    }
+
+    /// The region snapshot (DESIGN.md) of every traced process, and of those that ended while
+    /// traced as they were at the last refresh before they did.
+    pub fn snapshot(&mut self) -> anyhow::Result<Vec<SnapshotRegion>> {
+        self.refresh()?;
+        let mut all = self.current.clone();
+        all.extend(self.ended_regions.iter().map(|(t, r)| (*t, r.clone())));
+        Ok(all
             .into_iter()
             .flat_map(|(tgid, regions)| {
                 regions.into_iter().map(move |r| SnapshotRegion {

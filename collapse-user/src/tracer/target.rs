@@ -135,6 +135,9 @@ impl Target {
 pub struct Spawned {
     pub tgid: u32,
     go: OwnedFd,
+    /// Closed by a successful exec (CLOEXEC); carries the errno of a failed one.
+    exec_error: OwnedFd,
+    program: String,
 }
 
 /// The command we started: reaped by pid, signalled by pid, never by name.
@@ -166,43 +169,64 @@ impl Spawned {
             .with_context(|| format!("cannot run {:?}: not found in PATH", cmd[0]))?;
         let path = CString::new(path.as_os_str().as_encoded_bytes())
             .context("command path has a NUL byte")?;
-        let argv: Vec<CString> = cmd
+        let args: Vec<CString> = cmd
             .iter()
             .map(|a| CString::new(a.as_bytes()))
             .collect::<Result<_, _>>()
             .context("argument has a NUL byte")?;
+        // The argv array is built before the fork: the child must not allocate.
+        let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+        argv.push(std::ptr::null());
         let (read, write) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe2")?;
-        // SAFETY: the child only calls async-signal-safe functions (read, execv, _exit) on data
-        // prepared before the fork.
+        let (err_read, err_write) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe2")?;
+        // SAFETY: the child only calls async-signal-safe functions (close, read, execv, write,
+        // _exit) on data prepared before the fork.
         match unsafe { fork() }.context("fork")? {
-            ForkResult::Child => {
-                drop(write);
+            ForkResult::Child => unsafe {
+                libc::close(write.as_raw_fd());
+                libc::close(err_read.as_raw_fd());
                 let mut byte = 0u8;
-                // SAFETY: reading one byte into a local.
-                let n = unsafe { libc::read(read.as_raw_fd(), (&raw mut byte).cast(), 1) };
-                if n == 1 {
-                    let _ = nix::unistd::execv(&path, &argv);
+                if libc::read(read.as_raw_fd(), (&raw mut byte).cast(), 1) == 1 {
+                    libc::execv(path.as_ptr(), argv.as_ptr());
+                    let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+                    libc::write(
+                        err_write.as_raw_fd(),
+                        (&raw const errno).cast(),
+                        size_of::<i32>(),
+                    );
                 }
-                // SAFETY: leaving the forked child without running the parent's destructors.
-                unsafe { libc::_exit(127) }
-            }
+                libc::_exit(127)
+            },
             ForkResult::Parent { child } => {
                 drop(read);
+                drop(err_write);
                 Ok(Self {
                     tgid: child.as_raw() as u32,
                     go: write,
+                    exec_error: err_read,
+                    program: cmd[0].clone(),
                 })
             }
         }
     }
 
-    /// Lets the command exec. (Dropped instead, the child reads EOF and exits 127.)
+    /// Lets the command exec, and waits until it has (or failed to: then it is reaped and the
+    /// error names the program). Dropped instead, the child reads EOF and exits 127.
     pub fn release(self) -> anyhow::Result<CommandChild> {
         nix::unistd::write(&self.go, &[1]).context("starting the command")?;
-        Ok(CommandChild {
+        let mut child = CommandChild {
             pid: Pid::from_raw(self.tgid as i32),
             status: None,
-        })
+        };
+        let mut errno = [0u8; size_of::<i32>()];
+        match nix::unistd::read(&self.exec_error, &mut errno) {
+            Ok(n) if n == errno.len() => {
+                child.stop();
+                let err = std::io::Error::from_raw_os_error(i32::from_ne_bytes(errno));
+                bail!("cannot run {:?}: {err}", self.program);
+            }
+            _ => Ok(child),
+        }
     }
 }
 
@@ -224,13 +248,22 @@ impl CommandChild {
         self.status
     }
 
-    /// SIGTERM, then reap.
+    /// SIGTERM; SIGKILL if it is still there after 3 s; then reap.
     pub fn stop(&mut self) {
-        if self.try_wait().is_none() {
-            let _ = kill(self.pid, Signal::SIGTERM);
-            if let Ok(WaitStatus::Exited(_, code)) = waitpid(self.pid, None) {
-                self.status = Some(code);
+        if self.try_wait().is_some() {
+            return;
+        }
+        let _ = kill(self.pid, Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while std::time::Instant::now() < deadline {
+            if self.try_wait().is_some() {
+                return;
             }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = kill(self.pid, Signal::SIGKILL);
+        if let Ok(WaitStatus::Signaled(_, sig, _)) = waitpid(self.pid, None) {
+            self.status = Some(128 + sig as i32);
         }
     }
 }

@@ -95,7 +95,7 @@ fn kernel_pmd_settings(thp: Option<&ThpSettings>) -> Settings {
 pub fn sample(session: &Session) -> anyhow::Result<Sample> {
     let thp = ThpSettings::read().ok();
     let settings = kernel_pmd_settings(thp.as_ref());
-    let mut regions = session.traced_regions()?;
+    let regions = &session.current;
     let mut counts: HashMap<u32, BTreeMap<&'static str, BTreeMap<String, u64>>> = HashMap::new();
     for (key, n) in session.bpf.khugepaged_counts()? {
         let Some(which) = KhugepagedEvent::from_u16(key.event) else {
@@ -125,7 +125,7 @@ pub fn sample(session: &Session) -> anyhow::Result<Sample> {
             comm: p.comm.clone(),
             ..ProcessStats::default()
         };
-        for r in regions.remove(&p.tgid).unwrap_or_default() {
+        for r in regions.get(&p.tgid).map(Vec::as_slice).unwrap_or_default() {
             let n = r.state.present.count();
             s.regions += 1;
             s.populated_pages += u64::from(n);
