@@ -264,6 +264,9 @@ pub struct Config {
     pub mmap_addr: u32,
     pub mmap_len: u32,
     pub mmap_flags: u32,
+    /// `sys_enter_mlock` / `sys_enter_mlock2`: `start`, `len`.
+    pub mlock_start: u32,
+    pub mlock_len: u32,
     /// `sys_exit_*`: `ret`.
     pub sys_exit_ret: u32,
     /// `task_newtask`: `pid`, `clone_flags`.
@@ -296,7 +299,7 @@ pub struct Config {
     pub comm: [u8; crate::consts::TASK_COMM_LEN],
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 208);
+const _: () = assert!(core::mem::size_of::<Config>() == 216);
 
 impl Config {
     /// All offsets zero and every switch off: the placeholder compiled into the object.

@@ -13,7 +13,7 @@ use aya_ebpf::{
 use collapse_common::{
     consts::{
         MADV_COLLAPSE, MADV_DONTNEED, MADV_FREE, MADV_HUGEPAGE, MADV_POPULATE_READ,
-        MADV_POPULATE_WRITE, MADV_REMOVE,
+        MADV_POPULATE_WRITE, MADV_REMOVE, USER_ADDR_END,
     },
     event::EventKind,
     maps::{DropReason, PendingSyscall},
@@ -29,6 +29,9 @@ const MADV_DONTNEED_LOCKED: u64 = 24;
 /// `mmap` flags (`include/uapi/asm-generic/mman-common.h`, `mman.h`).
 const MAP_FIXED: u64 = 0x10;
 const MAP_POPULATE: u64 = 0x8000;
+const MAP_LOCKED: u64 = 0x2000;
+/// `mlockall` flag: lock (and populate) what is mapped now.
+const MCL_CURRENT: u64 = 1;
 
 /// What a syscall's exit does with the range kept at its entry (`PendingSyscall::kind`).
 const CLEAR: u32 = 1;
@@ -177,8 +180,14 @@ fn try_mmap(ctx: &TracePointContext) -> Result<u32, i64> {
     let flags: u64 = field(ctx, conf!(mmap_flags));
     // MAP_FIXED replaces whatever was mapped there (cleared at exit, on success); the range
     // kept is the requested one, which MAP_FIXED guarantees is the mapped one.
-    let kind = if flags & MAP_FIXED != 0 { CLEAR } else { 0 }
-        | if flags & MAP_POPULATE != 0 { RESYNC } else { 0 };
+    let clear = if flags & MAP_FIXED != 0 { CLEAR } else { 0 };
+    // MAP_POPULATE and MAP_LOCKED fill the mapping without faults.
+    let resync = if flags & (MAP_POPULATE | MAP_LOCKED) != 0 {
+        RESYNC
+    } else {
+        0
+    };
+    let kind = clear | resync;
     if kind != 0 {
         remember(pid_tgid, addr, len, kind);
     }
@@ -313,4 +322,58 @@ fn try_exit_brk(ctx: &TracePointContext) -> Result<u32, i64> {
         clear_range(tgid, new, old);
     }
     Ok(0)
+}
+
+/// mlock and mlock2 populate the range (through GUP, not faults).
+#[tracepoint]
+pub fn sys_enter_mlock(ctx: TracePointContext) -> u32 {
+    enter_mlock(&ctx)
+}
+
+#[tracepoint]
+pub fn sys_enter_mlock2(ctx: TracePointContext) -> u32 {
+    enter_mlock(&ctx)
+}
+
+#[inline(always)]
+fn enter_mlock(ctx: &TracePointContext) -> u32 {
+    if let Some((tgid, pid_tgid)) = traced_caller() {
+        end_fault_in_flight(tgid);
+        remember(
+            pid_tgid,
+            field(ctx, conf!(mlock_start)),
+            field(ctx, conf!(mlock_len)),
+            RESYNC,
+        );
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_mlock(ctx: TracePointContext) -> u32 {
+    finish(&ctx, |_| false).unwrap_or(0)
+}
+
+#[tracepoint]
+pub fn sys_exit_mlock2(ctx: TracePointContext) -> u32 {
+    finish(&ctx, |_| false).unwrap_or(0)
+}
+
+#[tracepoint]
+pub fn sys_exit_mlockall(ctx: TracePointContext) -> u32 {
+    finish(&ctx, |_| false).unwrap_or(0)
+}
+
+/// `mlockall(MCL_CURRENT)` populates everything mapped.
+#[tracepoint]
+pub fn sys_enter_mlockall(ctx: TracePointContext) -> u32 {
+    if let Some((tgid, pid_tgid)) = traced_caller() {
+        end_fault_in_flight(tgid);
+        // The flags are the first argument, where mlock has `start`.
+        let flags: u64 = field(&ctx, conf!(mlock_start));
+        if flags & MCL_CURRENT != 0 {
+            remember(pid_tgid, 0, USER_ADDR_END, RESYNC);
+        }
+    }
+    0
 }

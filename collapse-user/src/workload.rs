@@ -224,6 +224,21 @@ impl Area {
         Ok(())
     }
 
+    /// mlock then munlock pages `[start, end)`: the kernel populates them (GUP, no fault).
+    pub fn lock(&self, start: u64, end: u64) -> anyhow::Result<()> {
+        let ptr = self.page_ptr(start)?;
+        self.page_ptr(end)?;
+        let len = ((end - start) * PAGE_SIZE) as usize;
+        // SAFETY: the range lies inside the mapping.
+        unsafe {
+            if libc::mlock(ptr.cast(), len) != 0 {
+                bail!("mlock: {}", std::io::Error::last_os_error());
+            }
+            libc::munlock(ptr.cast(), len);
+        }
+        Ok(())
+    }
+
     /// Unmaps pages `[start, end)`; the area's drop later unmaps the rest (munmap of an
     /// already unmapped range is a no-op).
     pub fn unmap(&self, start: u64, end: u64) -> anyhow::Result<()> {
@@ -288,6 +303,7 @@ fn storm(size: u64, runs: u32, wait: bool) -> anyhow::Result<ExitCode> {
 /// huge|nohuge NAME START END   -> ok      (MADV_HUGEPAGE / MADV_NOHUGEPAGE)
 /// unmap NAME START END         -> ok
 /// populate NAME START END      -> ok      (MADV_POPULATE_WRITE: pages without faults)
+/// lock NAME START END          -> ok      (mlock, then munlock: populated without faults)
 /// move NAME                    -> moved NAME 0xADDR   (mremap to a new address)
 /// exit                         -> (exits 0)
 /// ```
@@ -368,6 +384,7 @@ impl Script {
             "nohuge" => a.advise(start, end, MmapAdvise::MADV_NOHUGEPAGE)?,
             "populate" => a.advise(start, end, MmapAdvise::MADV_POPULATE_WRITE)?,
             "unmap" => a.unmap(start, end)?,
+            "lock" => a.lock(start, end)?,
             other => bail!("unknown command {other}"),
         }
         Ok("ok".into())

@@ -249,6 +249,9 @@ fn pages_that_move_or_appear_without_faults() {
     // MADV_POPULATE_WRITE populates without a fault.
     w.map("p", 4, false);
     w.cmd("populate p 100 900");
+    // mlock populates through GUP, not faults.
+    w.map("l", 4, false);
+    w.cmd("lock l 10 700");
     // An unmap wider than one program clears (300 regions): userspace finishes it.
     w.map("big", 600, false);
     for region in 0..300 {

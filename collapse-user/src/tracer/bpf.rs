@@ -36,6 +36,17 @@ const PROGRAMS: &[(&str, &str, &str, bool)] = &[
     ("sys_exit_munmap", "syscalls", "sys_exit_munmap", true),
     ("sys_enter_madvise", "syscalls", "sys_enter_madvise", true),
     ("sys_exit_madvise", "syscalls", "sys_exit_madvise", true),
+    ("sys_enter_mlock", "syscalls", "sys_enter_mlock", false),
+    ("sys_exit_mlock", "syscalls", "sys_exit_mlock", false),
+    ("sys_enter_mlock2", "syscalls", "sys_enter_mlock2", false),
+    ("sys_exit_mlock2", "syscalls", "sys_exit_mlock2", false),
+    (
+        "sys_enter_mlockall",
+        "syscalls",
+        "sys_enter_mlockall",
+        false,
+    ),
+    ("sys_exit_mlockall", "syscalls", "sys_exit_mlockall", false),
     ("sys_enter_brk", "syscalls", "sys_enter_brk", false),
     ("sys_exit_brk", "syscalls", "sys_exit_brk", false),
     ("sys_enter_mmap", "syscalls", "sys_enter_mmap", false),
@@ -237,6 +248,21 @@ fn config(root: &Path, sel: &Selection, pid_limit: u32) -> anyhow::Result<(Confi
         c.mmap_addr = mmap.offset("addr")?;
         c.mmap_len = mmap.offset("len")?;
         c.mmap_flags = mmap.offset("flags")?;
+    }
+    // mlock and mlock2 share one layout for what is read; mlockall's flags sit where `start` is.
+    if let Ok(mlock) = fmt("syscalls", "sys_enter_mlock") {
+        c.mlock_start = mlock.offset("start")?;
+        c.mlock_len = mlock.offset("len")?;
+        for (name, field) in [
+            ("sys_enter_mlock2", "start"),
+            ("sys_enter_mlockall", "flags"),
+        ] {
+            if let Ok(other) = fmt("syscalls", name)
+                && other.offset(field)? != c.mlock_start
+            {
+                bail!("syscalls:{name} has its {field} at another offset than sys_enter_mlock");
+            }
+        }
     }
     // Every sys_exit_* record has the same layout (`include/trace/syscall.h`).
     c.sys_exit_ret = fmt("syscalls", "sys_exit_munmap")?.offset("ret")?;
