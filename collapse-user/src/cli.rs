@@ -195,8 +195,18 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            // One line: the chain of contexts, outermost first.
-            eprintln!("collapse: {err:#}");
+            // One line: the chain of contexts, outermost first. A cause that spans lines (a
+            // verifier log) is cut to its first; COLLAPSE_DEBUG=1 prints all of it after.
+            let text = format!("{err:#}");
+            match text.split_once('\n') {
+                None => eprintln!("collapse: {text}"),
+                Some((first, _)) => {
+                    eprintln!("collapse: {first} (more with COLLAPSE_DEBUG=1)");
+                    if std::env::var_os("COLLAPSE_DEBUG").is_some_and(|v| v == "1") {
+                        eprintln!("{text}");
+                    }
+                }
+            }
             ExitCode::FAILURE
         }
     }

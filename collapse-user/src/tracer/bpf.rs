@@ -11,7 +11,10 @@ use aya::{
 use collapse_common::{
     OccupancyBitmap,
     consts::TASK_COMM_LEN,
-    maps::{Config, DropReason, KhugepagedKey, MAX_PENDING_CPUS, PendingRegion, RegionKey, names},
+    maps::{
+        Config, DropReason, KhugepagedEvent, KhugepagedKey, MAX_PENDING_CPUS, PendingRegion,
+        RegionKey, names,
+    },
 };
 
 use crate::kernel::{btf, tracefs::TracepointFormat};
@@ -134,6 +137,16 @@ impl StatusNames {
             .get(&status)
             .cloned()
             .unwrap_or_else(|| format!("status_{status}"))
+    }
+
+    /// How a khugepaged event's status reads: its `enum scan_result` name, except for swapin,
+    /// whose `ret` is 0 or an error.
+    pub fn describe(&self, which: KhugepagedEvent, status: i64) -> String {
+        match (which, status) {
+            (KhugepagedEvent::Swapin, 0) => "ok".into(),
+            (KhugepagedEvent::Swapin, ret) => format!("ret={ret}"),
+            _ => self.name(status),
+        }
     }
 }
 

@@ -251,14 +251,24 @@ fn check_writable(path: &Path) -> anyhow::Result<()> {
 /// Writes the snapshot to a temporary file beside `path`, then renames it: never half-written.
 fn write_atomically(path: &Path, regions: &[SnapshotRegion]) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp-collapse");
-    let file =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let mut w = std::io::BufWriter::new(file);
-    write_snapshot(&mut w, regions).with_context(|| format!("writing {}", tmp.display()))?;
-    w.flush()
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    let written = (|| {
+        let file =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut w = std::io::BufWriter::new(file);
+        write_snapshot(&mut w, regions).with_context(|| format!("writing {}", tmp.display()))?;
+        let file = w
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        file.sync_all()
+            .with_context(|| format!("syncing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 fn report(session: &mut Session, output: Output, events: &[Event]) -> anyhow::Result<()> {

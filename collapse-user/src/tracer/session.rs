@@ -336,11 +336,7 @@ impl Session {
                 {
                     p.resync_whole = true;
                 }
-                let status = if which == KhugepagedEvent::Swapin {
-                    format!("ret={}", ev.status)
-                } else {
-                    self.bpf.status_names.name(ev.status.into())
-                };
+                let status = self.bpf.status_names.describe(which, ev.status.into());
                 Some(Observed::Khugepaged {
                     tgid,
                     which,

@@ -101,15 +101,7 @@ pub fn sample(session: &Session) -> anyhow::Result<Sample> {
         let Some(which) = KhugepagedEvent::from_u16(key.event) else {
             continue;
         };
-        let status = if which == KhugepagedEvent::Swapin {
-            if key.status == 0 {
-                "ok".to_string()
-            } else {
-                format!("ret={}", key.status)
-            }
-        } else {
-            session.bpf.status_names.name(key.status.into())
-        };
+        let status = session.bpf.status_names.describe(which, key.status.into());
         *counts
             .entry(key.tgid)
             .or_default()
@@ -349,7 +341,9 @@ pub fn observed_json(o: &Observed, elapsed_s: f64) -> Value {
         } => json!({
             "type": "event", "event": which.name(), "elapsed_s": elapsed_s, "pid": tgid,
             "status": status, "status_code": event.status, "khugepaged_pid": event.pid,
-            "a": event.a, "b": event.b, "c": event.c, "pfn": event.addr,
+            "a": event.a, "b": event.b, "c": event.c,
+            // Only the scan and isolate tracepoints report a pfn.
+            "pfn": matches!(which, KhugepagedEvent::ScanPmd | KhugepagedEvent::Isolate).then_some(event.addr),
         }),
         Observed::Started { tgid, comm, how } => json!({
             "type": "event", "event": "traced", "elapsed_s": elapsed_s, "pid": tgid, "comm": comm, "how": how,
