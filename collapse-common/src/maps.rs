@@ -29,6 +29,8 @@ pub mod names {
     pub const PENDING_SYSCALL: &str = "PENDING_SYSCALL";
     /// `PerCpuArray<PendingRegion>` (one slot): the region each CPU is recording faults for.
     pub const PENDING_REGION: &str = "PENDING_REGION";
+    /// `LruHashMap<u64, u8>`: `mm`s already reported as unknown.
+    pub const UNKNOWN_MMS: &str = "UNKNOWN_MMS";
     /// The `.rodata` globals, see [`super::Config`].
     pub const CONFIG: &str = "CONFIG";
 }

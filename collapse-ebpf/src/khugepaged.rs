@@ -10,7 +10,9 @@ use collapse_common::{
     maps::{KhugepagedEvent, KhugepagedKey, PendingIsolate},
 };
 
-use crate::state::{PENDING_ISOLATE, conf, count_khugepaged, emit, field, mm_owner, now};
+use crate::state::{
+    NOEXIST, PENDING_ISOLATE, UNKNOWN_MMS, conf, count_khugepaged, emit, field, mm_owner, now,
+};
 
 #[inline(always)]
 fn record(tgid: u32, which: KhugepagedEvent, status: i32, addr: u64, a: i32, b: i32, c: i32) {
@@ -34,13 +36,30 @@ fn record(tgid: u32, which: KhugepagedEvent, status: i32, addr: u64, a: i32, b: 
     });
 }
 
+/// Hands an unattributed `mm` to userspace once, with a page frame of it (-1: none seen, try
+/// at the next scan).
+#[inline(always)]
+fn report_unknown_mm(mm: u64, pfn: u64) {
+    if pfn == u64::MAX || UNKNOWN_MMS.insert(mm, 0, NOEXIST).is_err() {
+        return;
+    }
+    emit(&Event {
+        ts_ns: now(),
+        addr: mm,
+        len: pfn,
+        kind: EventKind::UnknownMm as u32,
+        ..Event::default()
+    });
+}
+
 #[tracepoint]
 pub fn mm_khugepaged_scan_pmd(ctx: TracePointContext) -> u32 {
     let mm: u64 = field(&ctx, conf!(scan_mm));
+    let pfn: u64 = field(&ctx, conf!(scan_pfn));
     let Some(tgid) = mm_owner(mm) else {
+        report_unknown_mm(mm, pfn);
         return 0;
     };
-    let pfn: u64 = field(&ctx, conf!(scan_pfn));
     let referenced: i32 = field(&ctx, conf!(scan_referenced));
     let none_or_zero: i32 = field(&ctx, conf!(scan_none_or_zero));
     let status: i32 = field(&ctx, conf!(scan_status));

@@ -3,7 +3,7 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use collapse_common::{
@@ -48,6 +48,8 @@ pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReason::C
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 #[map]
 pub static FAULT_IN_FLIGHT: PerCpuArray<FaultInFlight> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+pub static UNKNOWN_MMS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(1024, 0);
 #[map]
 pub static PENDING_REGION: PerCpuArray<PendingRegion> = PerCpuArray::with_max_entries(1, 0);
 #[map]

@@ -119,3 +119,39 @@ fn khugepaged_events_are_attributed_with_status_names() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A process that neither faults nor makes a hooked syscall after the tracer attaches (idle,
+/// blocked in a read): its `mm` is found from the page frame khugepaged reports.
+#[test]
+fn khugepaged_events_of_an_idle_process_are_attributed() {
+    if !root_or_skip("khugepaged_events_of_an_idle_process_are_attributed") {
+        return;
+    }
+    let enabled =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    if enabled.contains("[never]") {
+        eprintln!("SKIPPED idle khugepaged test: transparent_hugepage/enabled is never");
+        return;
+    }
+    let _sleep = SysfsGuard::set(format!("{KHUGEPAGED}/scan_sleep_millisecs"), "100")
+        .expect("set scan_sleep_millisecs");
+    let _none =
+        SysfsGuard::set(format!("{KHUGEPAGED}/max_ptes_none"), "64").expect("set max_ptes_none");
+    let mut w = Workload::spawn();
+    // 10 pages at the start of a region: every scan of it ends exceed_none_pte, with a page
+    // frame to report. Registered with khugepaged before the tracer exists.
+    w.map("k", 4, false);
+    w.cmd("touch k 0 10");
+    w.cmd("huge k 0 1024");
+    let pid = w.pid.to_string();
+    let mut tracer = Tracer::start(&["--pid", &pid, "--interval", "0.5", "--events"]);
+    let seen = tracer.wait_for(Duration::from_secs(60), |v| {
+        v["event"] == "scan_pmd" && v["pid"] == w.pid
+    });
+    let (status, all) = tracer.stop();
+    assert!(status.success());
+    assert!(
+        seen.is_some(),
+        "no khugepaged scan attributed to the idle process: {all:?}"
+    );
+}

@@ -646,6 +646,47 @@ impl Bpf {
         Ok(())
     }
 
+    /// Whether the programs know `tgid`'s `mm` (its khugepaged events are attributed).
+    pub fn knows_mm(&self, tgid: u32) -> anyhow::Result<bool> {
+        let map: HashMap<&MapData, u32, u64> = HashMap::try_from(self.map(names::TGID_MM)?)?;
+        match map.get(&tgid, 0) {
+            Ok(_) => Ok(true),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Records that `mm` is `tgid`'s, as the fault path would have.
+    pub fn adopt_mm(&mut self, tgid: u32, mm: u64) -> anyhow::Result<()> {
+        let mut tgid_mm: HashMap<&mut MapData, u32, u64> =
+            HashMap::try_from(self.map_mut(names::TGID_MM)?)?;
+        tgid_mm
+            .insert(tgid, mm, 0)
+            .context("recording a process's mm")?;
+        let mut owners: HashMap<&mut MapData, u64, u32> =
+            HashMap::try_from(self.map_mut(names::MM_OWNERS)?)?;
+        // BPF_NOEXIST: an owner the programs learned meanwhile stays.
+        match owners.insert(mm, tgid, 1) {
+            Ok(()) => {}
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(anyhow::Error::from(e).context("recording an mm's owner")),
+        }
+        self.set_bit(names::MM_KNOWN, tgid, true)
+    }
+
+    /// Lets every unattributed `mm` be reported again (a new process is traced: one of them
+    /// may be its).
+    pub fn forget_unknown_mms(&mut self) -> anyhow::Result<()> {
+        let mut map: HashMap<&mut MapData, u64, u8> =
+            HashMap::try_from(self.map_mut(names::UNKNOWN_MMS)?)?;
+        let keys: Vec<u64> = map.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            let _ = map.remove(&k);
+        }
+        Ok(())
+    }
+
     /// khugepaged counts per (tgid, event, status).
     pub fn khugepaged_counts(&self) -> anyhow::Result<Vec<(KhugepagedKey, u64)>> {
         let map: HashMap<&MapData, KhugepagedKey, u64> =

@@ -238,6 +238,8 @@ impl Session {
         }
         // Before its seeding: whatever it faults from here on is seen by the hook.
         self.consider_large_folio_hook(&[tgid])?;
+        // khugepaged may have scanned it before: let its mm be reported again.
+        self.bpf.forget_unknown_mms()?;
         let comm = procs::comm(tgid as i32).unwrap_or_else(|_| "?".into());
         self.procs.insert(
             tgid,
@@ -402,6 +404,19 @@ impl Session {
                 if let Some(p) = self.procs.get_mut(&tgid) {
                     p.resync_ranges
                         .push(ev.addr..ev.addr.saturating_add(ev.len));
+                }
+                None
+            }
+            EventKind::UnknownMm => {
+                let (mm, pfn) = (ev.addr, ev.len);
+                let candidates: Vec<u32> = self.procs.keys().copied().collect();
+                for tgid in candidates {
+                    if !self.bpf.knows_mm(tgid)?
+                        && pagemap::maps_pfn(tgid as i32, pfn).unwrap_or(false)
+                    {
+                        self.bpf.adopt_mm(tgid, mm)?;
+                        break;
+                    }
                 }
                 None
             }
