@@ -27,11 +27,8 @@ fn khugepaged_events_are_attributed_with_status_names() {
     let _none =
         SysfsGuard::set(format!("{KHUGEPAGED}/max_ptes_none"), "64").expect("set max_ptes_none");
 
-    let dir = temp_dir("khugepaged");
-    let snap = dir.join("snap.jsonl");
     let mut w = Workload::spawn();
     let mut bystander = Workload::spawn();
-    let pid = w.pid.to_string();
     // A dense region (collapses) and a sparse one (10 of 512 pages: exceeds max_ptes_none 64),
     // faulted as 4 KiB pages first.
     let addr = w.map("k", 4, false);
@@ -40,31 +37,22 @@ fn khugepaged_events_are_attributed_with_status_names() {
     // The same in an untraced process, which must never show up.
     bystander.map("k", 4, false);
     bystander.cmd("touch k 0 512");
-    let mut tracer = Tracer::start(&[
-        "--pid",
-        &pid,
-        "--interval",
-        "0.2",
-        "--events",
-        "--snapshot",
-        snap.to_str().unwrap(),
-    ]);
+    let mut traced_run = TracedWorkload::start("khugepaged", &w, &["--events"]);
     // Now register both with khugepaged.
     w.cmd("huge k 0 1024");
     bystander.cmd("huge k 0 1024");
-    let ok = tracer.wait_for(Duration::from_secs(90), |v| {
+    let ok = traced_run.tracer.wait_for(Duration::from_secs(90), |v| {
         v["event"] == "collapse" && v["status"] == "succeeded"
     });
     assert!(
         ok.is_some(),
         "no successful khugepaged collapse seen in 90 s"
     );
-    let exceed = tracer.wait_for(Duration::from_secs(60), |v| {
+    let exceed = traced_run.tracer.wait_for(Duration::from_secs(60), |v| {
         v["event"] == "scan_pmd" && v["status"] == "exceed_none_pte"
     });
     // The sparse region may be scanned before the dense one: look at everything seen so far.
-    let (status, seen) = tracer.stop();
-    assert!(status.success());
+    let (traced, truth, seen) = traced_run.finish();
     let khugepaged: Vec<_> = seen
         .iter()
         .filter(|v| {
@@ -111,13 +99,11 @@ fn khugepaged_events_are_attributed_with_status_names() {
         "{last}"
     );
     // After the collapse the holes are zero-filled pages: the tracer re-read them.
-    let traced = snapshot_regions(&snap, w.pid);
     assert_same(
         "after khugepaged's collapse",
         &within(&traced, addr, 4 << 20),
-        &within(&truth(w.pid), addr, 4 << 20),
+        &within(&truth, addr, 4 << 20),
     );
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// A process that neither faults nor makes a hooked syscall after the tracer attaches (idle,

@@ -43,25 +43,12 @@ fn bitmaps_follow_faults_unmaps_and_dontneed() {
     if !root_or_skip("bitmaps_follow_faults_unmaps_and_dontneed") {
         return;
     }
-    let dir = temp_dir("follow");
-    let snap = dir.join("snap.jsonl");
     let mut w = Workload::spawn();
-    let pid = w.pid.to_string();
-    let tracer = Tracer::start(&[
-        "--pid",
-        &pid,
-        "--interval",
-        "0.2",
-        "--snapshot",
-        snap.to_str().unwrap(),
-    ]);
+    let traced_run = TracedWorkload::start("follow", &w, &[]);
     // Everything below happens while traced: only events build these bitmaps.
     let addr = w.map("a", 8, false);
     shape(&mut w, "a");
-    let (status, _) = tracer.stop();
-    assert!(status.success(), "collapse trace exited with {status}");
-    let traced = snapshot_regions(&snap, w.pid);
-    let truth = truth(w.pid);
+    let (traced, truth, _) = traced_run.finish();
     assert_same(
         "pagemap vs the pattern itself",
         &within(&truth, addr, 8 << 20),
@@ -73,7 +60,6 @@ fn bitmaps_follow_faults_unmaps_and_dontneed() {
         &within(&truth, addr, 8 << 20),
     );
     assert_same("every region of the child", &traced, &truth);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
@@ -81,29 +67,16 @@ fn attaching_seeds_from_pagemap() {
     if !root_or_skip("attaching_seeds_from_pagemap") {
         return;
     }
-    let dir = temp_dir("seed");
-    let snap = dir.join("snap.jsonl");
     let mut w = Workload::spawn();
     // Populated before the tracer exists: only seeding can know these pages.
     let addr = w.map("a", 8, false);
     shape(&mut w, "a");
-    let pid = w.pid.to_string();
-    let tracer = Tracer::start(&[
-        "--pid",
-        &pid,
-        "--interval",
-        "0.2",
-        "--snapshot",
-        snap.to_str().unwrap(),
-    ]);
+    let traced_run = TracedWorkload::start("seed", &w, &[]);
     // And changes after attaching, on top of the seeded state.
     w.cmd("dontneed a 0 32");
     w.cmd("touch a 600 700");
     w.cmd("unmap a 1536 1600");
-    let (status, _) = tracer.stop();
-    assert!(status.success(), "collapse trace exited with {status}");
-    let traced = snapshot_regions(&snap, w.pid);
-    let truth = truth(w.pid);
+    let (traced, truth, _) = traced_run.finish();
     assert!(
         !within(&truth, addr, 8 << 20).is_empty(),
         "the workload populated nothing"
@@ -114,7 +87,6 @@ fn attaching_seeds_from_pagemap() {
         &within(&truth, addr, 8 << 20),
     );
     assert_same("every region of the child", &traced, &truth);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
@@ -128,36 +100,24 @@ fn thp_fault_sets_all_512_bits() {
         eprintln!("SKIPPED thp_fault_sets_all_512_bits: transparent_hugepage/enabled is never");
         return;
     }
-    let dir = temp_dir("thp");
-    let snap = dir.join("snap.jsonl");
     let mut w = Workload::spawn();
-    let pid = w.pid.to_string();
-    let mut tracer = Tracer::start(&[
-        "--pid",
-        &pid,
-        "--interval",
-        "0.2",
-        "--events",
-        "--snapshot",
-        snap.to_str().unwrap(),
-    ]);
+    let mut traced_run = TracedWorkload::start("thp", &w, &["--events"]);
     let addr = w.map("h", 4, true);
     // MADV_HUGEPAGE in a traced process attaches the large-folio hook (THP `madvise` mode);
     // faults before that would be read back from pagemap, but would not be events.
-    let hook = tracer.wait_for(std::time::Duration::from_secs(10), |v| {
-        v["event"] == "large_folio_hook"
-    });
+    let hook = traced_run
+        .tracer
+        .wait_for(std::time::Duration::from_secs(10), |v| {
+            v["event"] == "large_folio_hook"
+        });
     assert!(
-        hook.is_some() || tracer.seen[0]["large_folio_hook"].is_string(),
+        hook.is_some() || traced_run.tracer.seen[0]["large_folio_hook"].is_string(),
         "the large-folio hook was not attached"
     );
     // One byte per region: each write fault maps a whole PMD THP.
     w.cmd("touch h 0 1");
     w.cmd("touch h 700 701");
-    let (status, seen) = tracer.stop();
-    assert!(status.success());
-    let traced = snapshot_regions(&snap, w.pid);
-    let truth = truth(w.pid);
+    let (traced, truth, seen) = traced_run.finish();
     let mapping = within(&truth, addr, 4 << 20);
     let full = mapping.values().filter(|b| b.count() == 512).count();
     assert_eq!(
@@ -173,7 +133,6 @@ fn thp_fault_sets_all_512_bits() {
         folio_events, 2,
         "expected two order-9 large-folio events, saw {seen:?}"
     );
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
@@ -181,18 +140,8 @@ fn faults_on_every_cpu_and_clears_from_another() {
     if !root_or_skip("faults_on_every_cpu_and_clears_from_another") {
         return;
     }
-    let dir = temp_dir("cpus");
-    let snap = dir.join("snap.jsonl");
     let mut w = Workload::spawn();
-    let pid = w.pid.to_string();
-    let tracer = Tracer::start(&[
-        "--pid",
-        &pid,
-        "--interval",
-        "0.2",
-        "--snapshot",
-        snap.to_str().unwrap(),
-    ]);
+    let traced_run = TracedWorkload::start("cpus", &w, &[]);
     let addr = w.map("m", 8, false);
     // Each region is faulted from every CPU, so every CPU holds pending bits of it; then the
     // main thread drops and unmaps parts, which must clear the other CPUs' pending bits too.
@@ -202,17 +151,13 @@ fn faults_on_every_cpu_and_clears_from_another() {
     w.cmd("unmap m 700 800");
     w.cmd("dontneed m 1600 1700");
     w.cmd("threads m 20 40");
-    let (status, _) = tracer.stop();
-    assert!(status.success());
-    let traced = snapshot_regions(&snap, w.pid);
-    let truth = truth(w.pid);
+    let (traced, truth, _) = traced_run.finish();
     assert_same(
         "regions faulted on every CPU",
         &within(&traced, addr, 8 << 20),
         &within(&truth, addr, 8 << 20),
     );
     assert_same("every region of the child", &traced, &truth);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
@@ -220,18 +165,8 @@ fn pages_that_move_or_appear_without_faults() {
     if !root_or_skip("pages_that_move_or_appear_without_faults") {
         return;
     }
-    let dir = temp_dir("nofault");
-    let snap = dir.join("snap.jsonl");
     let mut w = Workload::spawn();
-    let pid = w.pid.to_string();
-    let tracer = Tracer::start(&[
-        "--pid",
-        &pid,
-        "--interval",
-        "0.2",
-        "--snapshot",
-        snap.to_str().unwrap(),
-    ]);
+    let traced_run = TracedWorkload::start("nofault", &w, &[]);
     // mremap moves pages to a new address: no fault there, the old range empties.
     let old = w.map("r", 8, false);
     shape(&mut w, "r");
@@ -262,10 +197,7 @@ fn pages_that_move_or_appear_without_faults() {
         ));
     }
     w.cmd("unmap big 0 153600");
-    let (status, _) = tracer.stop();
-    assert!(status.success());
-    let traced = snapshot_regions(&snap, w.pid);
-    let truth = truth(w.pid);
+    let (traced, truth, _) = traced_run.finish();
     // The old range may have been reused by the later mappings: pagemap says what is there.
     assert_same(
         "the old range of the moved area",
@@ -279,7 +211,6 @@ fn pages_that_move_or_appear_without_faults() {
     );
     assert!(!within(&truth, new, 8 << 20).is_empty());
     assert_same("every region of the child", &traced, &truth);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

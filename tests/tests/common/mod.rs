@@ -313,3 +313,48 @@ pub fn shape(w: &mut Workload, name: &str) {
     w.cmd(&format!("unmap {name} 1024 1536"));
     w.cmd(&format!("touch {name} 120 130"));
 }
+
+/// `collapse trace --pid` on a workload, writing a snapshot at the end.
+pub struct TracedWorkload {
+    pub tracer: Tracer,
+    dir: PathBuf,
+    snap: PathBuf,
+    pid: i32,
+}
+
+impl TracedWorkload {
+    /// Starts tracing `w` (`extra`: more `trace` arguments) with a snapshot in a fresh
+    /// temporary directory named after `test`.
+    pub fn start(test: &str, w: &Workload, extra: &[&str]) -> Self {
+        let dir = temp_dir(test);
+        let snap = dir.join("snap.jsonl");
+        let pid = w.pid.to_string();
+        let mut args = vec!["--pid", &pid, "--interval", "0.2", "--snapshot"];
+        args.push(snap.to_str().expect("UTF-8 temp path"));
+        args.extend_from_slice(extra);
+        let tracer = Tracer::start(&args);
+        Self {
+            tracer,
+            dir,
+            snap,
+            pid: w.pid,
+        }
+    }
+
+    /// Stops tracing (it must exit cleanly) and returns the workload's regions as traced, as
+    /// pagemap has them now, and every line the tracer printed.
+    pub fn finish(self) -> (Regions, Regions, Vec<Value>) {
+        let Self {
+            tracer,
+            dir,
+            snap,
+            pid,
+        } = self;
+        let (status, seen) = tracer.stop();
+        assert!(status.success(), "collapse trace exited with {status}");
+        let traced = snapshot_regions(&snap, pid);
+        let truth = truth(pid);
+        let _ = std::fs::remove_dir_all(dir);
+        (traced, truth, seen)
+    }
+}
