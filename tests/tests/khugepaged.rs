@@ -10,22 +10,32 @@ use common::*;
 
 const KHUGEPAGED: &str = "/sys/kernel/mm/transparent_hugepage/khugepaged";
 
-#[test]
-fn khugepaged_events_are_attributed_with_status_names() {
-    if !root_or_skip("khugepaged_events_are_attributed_with_status_names") {
-        return;
+/// khugepaged scanning every 100 ms with max_ptes_none 64, for the test's lifetime: the guards
+/// restore both when they drop, also if an assertion fails (unwinding runs Drop). `None`, with
+/// the reason printed, when the test cannot run here.
+fn fast_khugepaged(test: &str) -> Option<(SysfsGuard, SysfsGuard)> {
+    if !root_or_skip(test) {
+        return None;
     }
     let enabled =
         std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
     if enabled.contains("[never]") {
-        eprintln!("SKIPPED khugepaged test: transparent_hugepage/enabled is never");
-        return;
+        eprintln!("SKIPPED {test}: transparent_hugepage/enabled is never");
+        return None;
     }
-    // Restored when the guards drop, also if an assertion fails (unwinding runs Drop).
-    let _sleep = SysfsGuard::set(format!("{KHUGEPAGED}/scan_sleep_millisecs"), "100")
+    let sleep = SysfsGuard::set(format!("{KHUGEPAGED}/scan_sleep_millisecs"), "100")
         .expect("set scan_sleep_millisecs");
-    let _none =
+    let none =
         SysfsGuard::set(format!("{KHUGEPAGED}/max_ptes_none"), "64").expect("set max_ptes_none");
+    Some((sleep, none))
+}
+
+#[test]
+fn khugepaged_events_are_attributed_with_status_names() {
+    let Some(_khugepaged) = fast_khugepaged("khugepaged_events_are_attributed_with_status_names")
+    else {
+        return;
+    };
 
     let mut w = Workload::spawn();
     let mut bystander = Workload::spawn();
@@ -110,19 +120,10 @@ fn khugepaged_events_are_attributed_with_status_names() {
 /// blocked in a read): its `mm` is found from the page frame khugepaged reports.
 #[test]
 fn khugepaged_events_of_an_idle_process_are_attributed() {
-    if !root_or_skip("khugepaged_events_of_an_idle_process_are_attributed") {
+    let Some(_khugepaged) = fast_khugepaged("khugepaged_events_of_an_idle_process_are_attributed")
+    else {
         return;
-    }
-    let enabled =
-        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
-    if enabled.contains("[never]") {
-        eprintln!("SKIPPED idle khugepaged test: transparent_hugepage/enabled is never");
-        return;
-    }
-    let _sleep = SysfsGuard::set(format!("{KHUGEPAGED}/scan_sleep_millisecs"), "100")
-        .expect("set scan_sleep_millisecs");
-    let _none =
-        SysfsGuard::set(format!("{KHUGEPAGED}/max_ptes_none"), "64").expect("set max_ptes_none");
+    };
     let mut w = Workload::spawn();
     // 10 pages at the start of a region: every scan of it ends exceed_none_pte, with a page
     // frame to report. Registered with khugepaged before the tracer exists.
