@@ -8,10 +8,9 @@ use std::{
     time::Instant,
 };
 
-use anyhow::bail;
 use collapse_common::{
     OccupancyBitmap,
-    consts::{PMD_SIZE, PTES_PER_PMD},
+    consts::PMD_SIZE,
     event::{Event, EventKind},
     maps::{DropReason, KhugepagedEvent, RegionKey},
     policy::RegionState,
@@ -80,10 +79,9 @@ pub const SCAN_SUCCEED: i32 = 1;
 pub struct TracedProcess {
     pub tgid: u32,
     pub comm: String,
-    pub since: Instant,
-    /// Regions to re-read from pagemap at the next tick (`None`: none; empty range list with
-    /// `whole` set: the whole process).
+    /// Re-read the whole process from pagemap at the next tick.
     pub resync_whole: bool,
+    /// Ranges of it to re-read at the next tick.
     pub resync_ranges: Vec<Range<u64>>,
 }
 
@@ -131,8 +129,6 @@ pub struct Session {
     pub bpf: Bpf,
     pub target: Target,
     pub procs: BTreeMap<u32, TracedProcess>,
-    /// Processes that ended while traced (tgid, comm), in order.
-    pub ended: Vec<(u32, String)>,
     pub child: Option<CommandChild>,
     pub started: Instant,
     /// Processes whose pagemap could not be read (warned once).
@@ -203,7 +199,6 @@ impl Session {
         let mut session = Self {
             bpf,
             procs: BTreeMap::new(),
-            ended: Vec::new(),
             child: None,
             started: Instant::now(),
             target: Target::default(),
@@ -246,7 +241,6 @@ impl Session {
             TracedProcess {
                 tgid,
                 comm,
-                since: Instant::now(),
                 resync_whole: true,
                 resync_ranges: Vec::new(),
             },
@@ -300,9 +294,6 @@ impl Session {
             self.ended_regions.insert(tgid, regions);
         }
         let comm = self.procs.remove(&tgid).map(|p| p.comm);
-        if let Some(c) = &comm {
-            self.ended.push((tgid, c.clone()));
-        }
         Ok(comm)
     }
 
@@ -662,18 +653,6 @@ impl Session {
             return true;
         }
         self.target.ends_with_its_processes() && self.procs.is_empty()
-    }
-
-    /// Occupancy of one region as a fraction of its PTEs.
-    pub fn occupancy(bits: &OccupancyBitmap) -> f64 {
-        f64::from(bits.count()) / PTES_PER_PMD as f64
-    }
-
-    pub fn require_targets(&self) -> anyhow::Result<()> {
-        if self.procs.is_empty() && !self.target.picks_up_later() {
-            bail!("no process to trace");
-        }
-        Ok(())
     }
 
     /// Stops the command we spawned, if it still runs.
