@@ -272,28 +272,73 @@ pub fn plan(policy: Policy, region: &RegionState, settings: &Settings) -> Plan {
 
 /// [`plan`] into a `Plan` that a loop over many regions reuses: it is reset, not rebuilt.
 pub fn plan_into(policy: Policy, region: &RegionState, settings: &Settings, out: &mut Plan) {
-    out.len = 0;
-    out.bloat_pages = 0;
-    let occupied = region.occupied();
-    // "A decision needs at least one occupied PTE."
-    if !region.passes_gate(settings) || occupied.is_empty() {
-        return;
+    Planner::new(policy, *settings).plan_into(region, out);
+}
+
+/// A policy and its settings with the per-order thresholds worked out once, for planning many
+/// regions (a snapshot, a sweep): [`plan`] works them out again for every region.
+#[derive(Clone, Copy)]
+pub struct Planner {
+    policy: Policy,
+    settings: Settings,
+    /// `None` for `pmd`, which has one candidate and no search.
+    thresholds: Option<select::Thresholds>,
+}
+
+impl Planner {
+    pub fn new(policy: Policy, settings: Settings) -> Self {
+        let thresholds = match policy {
+            Policy::Pmd => None,
+            Policy::Merged => Some(select::Thresholds::merged(&settings)),
+            Policy::Scaled => Some(select::Thresholds::scaled(&settings)),
+            Policy::Seed => Some(select::Thresholds::seed(&settings)),
+        };
+        Self {
+            policy,
+            settings,
+            thresholds,
+        }
     }
-    let refused = region.refused_below_pmd();
-    let (counted, thresholds) = match policy {
-        Policy::Pmd => return pmd(&occupied, settings, out),
-        Policy::Merged => (occupied.words, select::Thresholds::merged(settings)),
-        Policy::Scaled => (occupied.words, select::Thresholds::scaled(settings)),
-        Policy::Seed => (
-            select::chunk_utilisation(&occupied.words, settings),
-            select::Thresholds::seed(settings),
-        ),
-    };
-    // One call site per variant, so that the search is inlined twice only.
-    if thresholds.in_word_full() {
-        select::select::<true>(&counted, &occupied.words, &refused.words, &thresholds, out);
-    } else {
-        select::select::<false>(&counted, &occupied.words, &refused.words, &thresholds, out);
+
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    #[inline]
+    pub fn plan(&self, region: &RegionState) -> Plan {
+        let mut out = Plan::EMPTY;
+        self.plan_into(region, &mut out);
+        out
+    }
+
+    /// See [`plan_into`].
+    pub fn plan_into(&self, region: &RegionState, out: &mut Plan) {
+        out.len = 0;
+        out.bloat_pages = 0;
+        let settings = &self.settings;
+        let occupied = region.occupied();
+        // "A decision needs at least one occupied PTE."
+        if !region.passes_gate(settings) || occupied.is_empty() {
+            return;
+        }
+        let Some(thresholds) = &self.thresholds else {
+            return pmd(&occupied, settings, out);
+        };
+        let counted = match self.policy {
+            Policy::Seed => select::chunk_utilisation(&occupied.words, settings),
+            _ => occupied.words,
+        };
+        let refused = region.refused_below_pmd();
+        // One call site per variant, so that the search is inlined twice only.
+        if thresholds.in_word_full() {
+            select::select::<true>(&counted, &occupied.words, &refused.words, thresholds, out);
+        } else {
+            select::select::<false>(&counted, &occupied.words, &refused.words, thresholds, out);
+        }
     }
 }
 

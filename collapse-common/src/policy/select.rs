@@ -54,6 +54,7 @@ const IN_WORD: [InWordOrder; 4] = [
 /// What a range of each order must reach to qualify, in the unit being counted (PTEs, or
 /// utilised chunks for `seed`), prepared for [`select`]. An order that may not be chosen gets
 /// a threshold no range reaches, so the search needs no branch on the enabled orders.
+#[derive(Clone, Copy)]
 pub(super) struct Thresholds {
     /// Orders 6..=9 (index order − 6): the least count, `u32::MAX` if disabled.
     whole_words: [u32; 4],

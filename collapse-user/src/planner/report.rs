@@ -6,7 +6,7 @@ use std::{
     io::{self, Write},
 };
 
-use collapse_common::policy::{Decision, Policy, plan};
+use collapse_common::policy::{Decision, Plan, Planner, Policy};
 use serde::Serialize;
 
 use super::{
@@ -96,8 +96,10 @@ pub(crate) fn write(out: &mut impl Write, job: &Job<'_>, passes: Option<u32>) ->
     let mut total = Tally::default();
     let mut per_pid: BTreeMap<i32, Tally> = BTreeMap::new();
     let mut decisions_json = Vec::new();
+    let planner = Planner::new(policy, *settings);
+    let mut p = Plan::EMPTY;
     for region in job.regions {
-        let p = plan(policy, &region.state, settings);
+        planner.plan_into(&region.state, &mut p);
         total.add_region(&region.state, p.decisions(), p.bloat_pages());
         per_pid.entry(region.pid).or_default().add_region(
             &region.state,

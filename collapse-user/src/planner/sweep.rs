@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use collapse_common::policy::{Policy, Settings, merged_warns, plan};
+use collapse_common::policy::{Plan, Planner, Policy, Settings, merged_warns};
 use plotters::prelude::*;
 use serde::Serialize;
 
@@ -62,8 +62,10 @@ pub(crate) fn run(
                 .with_max_ptes_none(n)
                 .map_err(|err| anyhow::anyhow!("--sweep-values {n}: {err}"))?;
             let mut tally = Tally::default();
+            let planner = Planner::new(policy, settings);
+            let mut p = Plan::EMPTY;
             for region in regions {
-                let p = plan(policy, &region.state, &settings);
+                planner.plan_into(&region.state, &mut p);
                 tally.add_region(&region.state, p.decisions(), p.bloat_pages());
             }
             let merged_warns = policy == Policy::Merged && merged_warns(&settings);
