@@ -43,12 +43,32 @@ fn bitmaps_follow_faults_unmaps_and_dontneed() {
     if !root_or_skip("bitmaps_follow_faults_unmaps_and_dontneed") {
         return;
     }
+    follow_faults_unmaps_and_dontneed("follow", &[]);
+}
+
+/// The same with the classic tracepoints (offsets from the format files), which run where BTF
+/// does not show the parameters the fast path reads.
+#[test]
+fn bitmaps_follow_faults_with_classic_tracepoints() {
+    if !root_or_skip("bitmaps_follow_faults_with_classic_tracepoints") {
+        return;
+    }
+    let seen =
+        follow_faults_unmaps_and_dontneed("classic", &[("COLLAPSE_CLASSIC_TRACEPOINTS", "1")]);
+    let attached = seen
+        .iter()
+        .find(|v| v["type"] == "attached")
+        .expect("attached line");
+    assert_eq!(attached["fast_path"], serde_json::json!([]), "{attached}");
+}
+
+fn follow_faults_unmaps_and_dontneed(test: &str, env: &[(&str, &str)]) -> Vec<serde_json::Value> {
     let mut w = Workload::spawn();
-    let traced_run = TracedWorkload::start("follow", &w, &[]);
+    let traced_run = TracedWorkload::start_with_env(test, &w, &[], env);
     // Everything below happens while traced: only events build these bitmaps.
     let addr = w.map("a", 8, false);
     shape(&mut w, "a");
-    let (traced, truth, _) = traced_run.finish();
+    let (traced, truth, seen) = traced_run.finish();
     assert_same(
         "pagemap vs the pattern itself",
         &within(&truth, addr, 8 << 20),
@@ -60,6 +80,7 @@ fn bitmaps_follow_faults_unmaps_and_dontneed() {
         &within(&truth, addr, 8 << 20),
     );
     assert_same("every region of the child", &traced, &truth);
+    seen
 }
 
 #[test]

@@ -156,9 +156,15 @@ pub struct Tracer {
 impl Tracer {
     /// Starts `collapse trace ARGS --json` and waits until it reports it is attached.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// [`Tracer::start`] with extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(collapse_bin())
             .arg("trace")
             .args(args)
+            .envs(env.iter().copied())
             .arg("--json")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -326,13 +332,18 @@ impl TracedWorkload {
     /// Starts tracing `w` (`extra`: more `trace` arguments) with a snapshot in a fresh
     /// temporary directory named after `test`.
     pub fn start(test: &str, w: &Workload, extra: &[&str]) -> Self {
+        Self::start_with_env(test, w, extra, &[])
+    }
+
+    /// [`TracedWorkload::start`] with extra environment variables for the tracer.
+    pub fn start_with_env(test: &str, w: &Workload, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = temp_dir(test);
         let snap = dir.join("snap.jsonl");
         let pid = w.pid.to_string();
         let mut args = vec!["--pid", &pid, "--interval", "0.2", "--snapshot"];
         args.push(snap.to_str().expect("UTF-8 temp path"));
         args.extend_from_slice(extra);
-        let tracer = Tracer::start(&args);
+        let tracer = Tracer::start_with_env(&args, env);
         Self {
             tracer,
             dir,
