@@ -128,3 +128,58 @@ fn cleared_ranges_leave_the_map() {
     );
     assert_eq!(region(3), collapse_common::OccupancyBitmap::FULL);
 }
+
+/// A traced process that exits leaves the region map at the next sweep (a tick of the live
+/// view; here `rescan`).
+#[test]
+fn an_exited_process_leaves_the_map() {
+    if !root_or_skip("an_exited_process_leaves_the_map") {
+        return;
+    }
+    let mut w = Workload::spawn();
+    let tgid = w.pid as u32;
+    let args = TargetArgs {
+        pids: vec![w.pid],
+        ..TargetArgs::default()
+    };
+    let mut session = Session::start(
+        Target::resolve(&args).expect("target"),
+        Capacity {
+            max_regions: 4096,
+            ringbuf_bytes: 1 << 16,
+            max_processes: 64,
+        },
+    )
+    .expect("start session");
+    w.map("a", 8, false);
+    w.cmd("threads a 0 2048");
+    let mine = |s: &Session| {
+        s.bpf
+            .regions()
+            .expect("regions")
+            .iter()
+            .filter(|(k, _)| k.tgid == tgid)
+            .count()
+    };
+    assert!(
+        mine(&session) >= 4,
+        "the workload's regions are not in the map"
+    );
+    drop(w);
+    // Its exit record, then the sweep.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while session.procs.contains_key(&tgid) && std::time::Instant::now() < deadline {
+        session.poll().expect("poll");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        !session.procs.contains_key(&tgid),
+        "no exit record for the workload"
+    );
+    session.rescan().expect("rescan");
+    assert_eq!(
+        mine(&session),
+        0,
+        "an exited process's regions stay in the map"
+    );
+}

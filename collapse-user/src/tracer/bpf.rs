@@ -10,7 +10,7 @@ use aya::{
 };
 use collapse_common::{
     OccupancyBitmap,
-    consts::TASK_COMM_LEN,
+    consts::{PAGE_SIZE, PMD_SIZE, TASK_COMM_LEN},
     maps::{
         Config, DropReason, KhugepagedEvent, KhugepagedKey, MAX_PENDING_CPUS, PendingRegion,
         RegionKey, names,
@@ -582,6 +582,13 @@ impl Bpf {
         Ok(all.into_iter().collect())
     }
 
+    /// The keys of the region map (without reading the values).
+    pub fn region_keys(&self) -> anyhow::Result<Vec<RegionKey>> {
+        let map: HashMap<&MapData, RegionKey, OccupancyBitmap> =
+            HashMap::try_from(self.map(names::REGIONS)?)?;
+        Ok(map.keys().filter_map(Result::ok).collect())
+    }
+
     /// One region, pending bits included.
     pub fn region(&self, key: &RegionKey) -> anyhow::Result<Option<OccupancyBitmap>> {
         let pending: Vec<OccupancyBitmap> = self
@@ -617,31 +624,21 @@ impl Bpf {
         }
     }
 
-    /// Deletes `tgid`'s regions, those overlapping `[start, end)` only when a range is given.
-    pub fn remove_regions(&mut self, tgid: u32, range: Option<(u64, u64)>) -> anyhow::Result<()> {
+    /// Clears `[start, end)` of `tgid`'s regions (what the programs left of a wide unmap).
+    pub fn clear_range(&mut self, tgid: u32, start: u64, end: u64) -> anyhow::Result<()> {
         let keys: Vec<RegionKey> = self
-            .regions()?
+            .region_keys()?
             .into_iter()
-            .map(|(k, _)| k)
-            .filter(|k| k.tgid == tgid)
+            .filter(|k| k.tgid == tgid && k.addr < end && k.addr + PMD_SIZE > start)
             .collect();
         for key in keys {
-            match range {
-                None => self.set_region(&key, &OccupancyBitmap::EMPTY)?,
-                Some((start, end)) => {
-                    let region_end = key.addr + collapse_common::consts::PMD_SIZE;
-                    if end <= key.addr || start >= region_end {
-                        continue;
-                    }
-                    let Some(mut bits) = self.region(&key)? else {
-                        continue;
-                    };
-                    let lo = (start.max(key.addr) - key.addr) >> 12;
-                    let hi = (end.min(region_end) - key.addr).div_ceil(4096);
-                    bits.clear_range(lo as usize, hi as usize);
-                    self.set_region(&key, &bits)?;
-                }
-            }
+            let Some(mut bits) = self.region(&key)? else {
+                continue;
+            };
+            let lo = (start.max(key.addr) - key.addr) / PAGE_SIZE;
+            let hi = (end.min(key.addr + PMD_SIZE) - key.addr).div_ceil(PAGE_SIZE);
+            bits.clear_range(lo as usize, hi as usize);
+            self.set_region(&key, &bits)?;
         }
         Ok(())
     }

@@ -133,6 +133,8 @@ pub struct Session {
     pub started: Instant,
     /// Processes whose pagemap could not be read (warned once).
     unseeded: BTreeSet<u32>,
+    /// Processes that ended and whose regions are still in the map.
+    dead: BTreeSet<u32>,
     /// What the THP settings allow, as of the last tick.
     large_folios: LargeFolios,
     /// Why the large-folio hook was attached, not yet reported.
@@ -203,6 +205,7 @@ impl Session {
             started: Instant::now(),
             target: Target::default(),
             unseeded: BTreeSet::new(),
+            dead: BTreeSet::new(),
             large_folios: LargeFolios::from_kernel(),
             hook_news: Vec::new(),
             at_hugepage_advice: None,
@@ -285,7 +288,8 @@ impl Session {
     }
 
     fn end(&mut self, tgid: u32) -> anyhow::Result<Option<String>> {
-        self.bpf.remove_regions(tgid, None)?;
+        // Its regions go at the next sweep: one walk of the map per tick, not one per exit.
+        self.dead.insert(tgid);
         // The program clears the bit at exit and at a comm change already.
         if !self.target.all && self.bpf.is_tracked(tgid).unwrap_or(false) {
             let _ = self.bpf.set_tracked(tgid, false);
@@ -388,7 +392,7 @@ impl Session {
             }
             EventKind::ClearRange => {
                 self.bpf
-                    .remove_regions(tgid, Some((ev.addr, ev.addr.saturating_add(ev.len))))?;
+                    .clear_range(tgid, ev.addr, ev.addr.saturating_add(ev.len))?;
                 None
             }
             EventKind::Resync => {
@@ -467,6 +471,7 @@ impl Session {
                 p.resync_whole = true;
             }
         }
+        self.sweep_dead()?;
         let gone: Vec<u32> = self
             .procs
             .keys()
@@ -500,11 +505,19 @@ impl Session {
                 )
             })
             .collect();
+        if todo.is_empty() {
+            return Ok(());
+        }
+        // One walk of the map for all of them.
+        let mut before = self.regions_by_tgid()?;
         for (tgid, whole, ranges) in todo {
+            let before = before.remove(&tgid).unwrap_or_default();
             let result = if whole {
-                self.resync(tgid, None)
+                self.resync(tgid, None, &before)
             } else {
-                ranges.iter().try_for_each(|r| self.resync(tgid, Some(r)))
+                ranges
+                    .iter()
+                    .try_for_each(|r| self.resync(tgid, Some(r), &before))
             };
             if let Err(err) = result {
                 // The process may have exited meanwhile; its exit event will clean up. A
@@ -530,14 +543,17 @@ impl Session {
 
     /// Makes `tgid`'s bitmaps (within `range`, or all of them) equal to pagemap's present bits,
     /// keeping what the programs changed while pagemap was being read.
-    fn resync(&mut self, tgid: u32, range: Option<&Range<u64>>) -> anyhow::Result<()> {
+    fn resync(
+        &mut self,
+        tgid: u32,
+        range: Option<&Range<u64>>,
+        all_before: &BTreeMap<u64, OccupancyBitmap>,
+    ) -> anyhow::Result<()> {
         let in_range = |addr: u64| range.is_none_or(|r| addr < r.end && addr + PMD_SIZE > r.start);
-        let before: BTreeMap<u64, OccupancyBitmap> = self
-            .bpf
-            .regions()?
-            .into_iter()
-            .filter(|(k, _)| k.tgid == tgid && in_range(k.addr))
-            .map(|(k, v)| (k.addr, v))
+        let before: BTreeMap<u64, OccupancyBitmap> = all_before
+            .iter()
+            .filter(|(addr, _)| in_range(**addr))
+            .map(|(a, b)| (*a, *b))
             .collect();
         let truth: BTreeMap<u64, OccupancyBitmap> = match range {
             None => pagemap::read_regions(tgid as i32)?,
@@ -570,12 +586,8 @@ impl Session {
     /// Every traced process's regions as they are now: present bits from the programs, masked
     /// to anonymous VMAs; swap, shared and whether a PMD maps it from pagemap. By tgid.
     pub fn traced_regions(&self) -> anyhow::Result<BTreeMap<u32, Vec<TracedRegion>>> {
-        let mut by_tgid: BTreeMap<u32, BTreeMap<u64, OccupancyBitmap>> = BTreeMap::new();
-        for (key, bits) in self.bpf.regions()? {
-            if self.procs.contains_key(&key.tgid) {
-                by_tgid.entry(key.tgid).or_default().insert(key.addr, bits);
-            }
-        }
+        let mut by_tgid = self.regions_by_tgid()?;
+        by_tgid.retain(|tgid, _| self.procs.contains_key(tgid));
         let mut out = BTreeMap::new();
         for (tgid, regions) in by_tgid {
             // A process may exit at any point here: skip it rather than fail.
@@ -619,6 +631,31 @@ impl Session {
         }
         self.resync_pending()?;
         Ok(seen)
+    }
+
+    /// The region map (pending bits included), grouped by process: one walk.
+    fn regions_by_tgid(&self) -> anyhow::Result<BTreeMap<u32, BTreeMap<u64, OccupancyBitmap>>> {
+        let mut by_tgid: BTreeMap<u32, BTreeMap<u64, OccupancyBitmap>> = BTreeMap::new();
+        for (key, bits) in self.bpf.regions()? {
+            by_tgid.entry(key.tgid).or_default().insert(key.addr, bits);
+        }
+        Ok(by_tgid)
+    }
+
+    /// Deletes the regions of processes that ended (and were not traced again since).
+    fn sweep_dead(&mut self) -> anyhow::Result<()> {
+        let dead: BTreeSet<u32> = std::mem::take(&mut self.dead)
+            .into_iter()
+            .filter(|t| !self.procs.contains_key(t))
+            .collect();
+        if dead.is_empty() {
+            return Ok(());
+        }
+        let keys = self.bpf.region_keys()?;
+        for key in keys.iter().filter(|k| dead.contains(&k.tgid)) {
+            self.bpf.set_region(key, &OccupancyBitmap::EMPTY)?;
+        }
+        Ok(())
     }
 
     /// Re-reads every traced process's regions into [`Session::current`].
