@@ -512,6 +512,9 @@ impl Session {
         let mut before = self.regions_by_tgid()?;
         for (tgid, whole, ranges) in todo {
             let before = before.remove(&tgid).unwrap_or_default();
+            // Many ranges (a large folio on every fault with an mTHP size `always`): one read of
+            // the whole process is cheaper than one per range.
+            let whole = whole || ranges.len() > 64;
             let result = if whole {
                 self.resync(tgid, None, &before)
             } else {
