@@ -294,7 +294,7 @@ fn storm(size: u64, runs: u32, wait: bool) -> anyhow::Result<ExitCode> {
 /// A process driven over stdin, one command per line, one reply line per command:
 ///
 /// ```text
-/// map NAME MIB [huge|nohuge]   -> mapped NAME 0xADDR PAGES
+/// map NAME MIB [huge|nohuge|plain] -> mapped NAME 0xADDR PAGES
 /// touch NAME START END         -> ok      (write one byte per page, pages [START, END))
 /// threads NAME START END       -> ok      (the same, page i by thread i % CPUs, each pinned to
 ///                                          its CPU: faults of one region on every CPU)
@@ -351,11 +351,13 @@ impl Script {
         };
         if verb == "map" {
             let advice = match words.get(3).copied() {
-                Some("huge") => MmapAdvise::MADV_HUGEPAGE,
-                Some("nohuge") | None => MmapAdvise::MADV_NOHUGEPAGE,
+                Some("huge") => Some(MmapAdvise::MADV_HUGEPAGE),
+                Some("nohuge") | None => Some(MmapAdvise::MADV_NOHUGEPAGE),
+                // Whatever the THP settings give a VMA without advice.
+                Some("plain") => None,
                 Some(other) => bail!("unknown advice {other}"),
             };
-            let a = Area::map(num(2)? << 20, Some(advice))?;
+            let a = Area::map(num(2)? << 20, advice)?;
             let reply = format!("mapped {name} {:#x} {}", a.addr(), a.pages());
             self.areas.insert(name.to_owned(), a);
             return Ok(reply);

@@ -273,3 +273,46 @@ fn a_command_traced_to_its_end_still_has_a_snapshot() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// mTHP at fault time: with 64 KiB folios `always`, each write fault maps 16 PTEs, and the
+/// large-folio hook (attached at start in that mode) sets all of them. The setting is
+/// restored when the guard drops.
+#[test]
+fn mthp_faults_set_the_whole_folio() {
+    if !root_or_skip("mthp_faults_set_the_whole_folio") {
+        return;
+    }
+    let knob = "/sys/kernel/mm/transparent_hugepage/hugepages-64kB/enabled";
+    if !std::path::Path::new(knob).exists() {
+        eprintln!("SKIPPED mthp_faults_set_the_whole_folio: no {knob} (kernel without mTHP)");
+        return;
+    }
+    let _mthp = collapse::kernel::thp::SysfsGuard::set(knob, "always").expect("enable 64K mTHP");
+    let mut w = Workload::spawn();
+    let traced_run = TracedWorkload::start("mthp", &w, &["--events"]);
+    let hooked = traced_run.tracer.seen[0]["large_folio_hook"].is_string();
+    assert!(
+        hooked,
+        "the hook is attached at start when a size is `always`: {:?}",
+        traced_run.tracer.seen[0]
+    );
+    let addr = w.map_advised("m", 4, "plain");
+    // One byte in every other 64 KiB block of the first region.
+    for block in (0..32).step_by(2) {
+        w.cmd(&format!("touch m {} {}", block * 16 + 3, block * 16 + 4));
+    }
+    let (traced, truth, seen) = traced_run.finish();
+    let mapping = within(&truth, addr, 4 << 20);
+    let pages: u32 = mapping.values().map(|b| b.count()).sum();
+    assert_eq!(
+        pages,
+        16 * 16,
+        "the kernel did not fault 64 KiB folios here: {mapping:?}"
+    );
+    assert_same("64 KiB folios", &within(&traced, addr, 4 << 20), &mapping);
+    let order4 = seen
+        .iter()
+        .filter(|v| v["event"] == "large_folio_fault" && v["pid"] == w.pid && v["order"] == 4)
+        .count();
+    assert_eq!(order4, 16, "expected 16 order-4 large-folio events");
+}

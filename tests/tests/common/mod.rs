@@ -118,10 +118,12 @@ impl Workload {
 
     /// Maps `mib` MiB (2 MiB aligned) and returns its address.
     pub fn map(&mut self, name: &str, mib: u64, huge: bool) -> u64 {
-        let reply = self.cmd(&format!(
-            "map {name} {mib} {}",
-            if huge { "huge" } else { "nohuge" }
-        ));
+        self.map_advised(name, mib, if huge { "huge" } else { "nohuge" })
+    }
+
+    /// Maps `mib` MiB with `advice`: `huge`, `nohuge` or `plain` (no madvise).
+    pub fn map_advised(&mut self, name: &str, mib: u64, advice: &str) -> u64 {
+        let reply = self.cmd(&format!("map {name} {mib} {advice}"));
         let addr = reply
             .split_whitespace()
             .nth(2)
