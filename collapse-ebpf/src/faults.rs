@@ -118,11 +118,16 @@ fn try_page_alloc(ctx: &TracePointContext) -> Result<u32, i64> {
 /// (`include/trace/events/kmem.h`), checked in BTF by userspace.
 #[btf_tracepoint(function = "mm_page_alloc")]
 pub fn mm_page_alloc_btf(ctx: BtfTracePointContext) -> i32 {
+    // The order is a plain context load here: order-0 allocations, nearly all of them, leave
+    // before anything else.
+    let order: u64 = ctx.arg(1);
+    if order == 0 {
+        return 0;
+    }
     let Some((slot, pid_tgid)) = traced_fault_here() else {
         return 0;
     };
     let page: u64 = ctx.arg(0);
-    let order: u64 = ctx.arg(1);
     let migratetype: i64 = ctx.arg(3);
     large_folio(slot, pid_tgid, order as u32, page != 0, migratetype as i32).unwrap_or(0) as i32
 }
