@@ -47,20 +47,29 @@ pub(crate) struct Settings {
     pub(crate) rounds: u32,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Arm {
     Untraced,
     TracePid,
+    /// `trace --pid` with the large-folio hook attached from the start, as it is when THP is
+    /// `always` or a traced process has MADV_HUGEPAGE memory.
+    TracePidHook,
     TraceAll,
 }
 
 impl Arm {
-    const ALL: [Arm; 3] = [Arm::Untraced, Arm::TracePid, Arm::TraceAll];
+    const ALL: [Arm; 4] = [
+        Arm::Untraced,
+        Arm::TracePid,
+        Arm::TracePidHook,
+        Arm::TraceAll,
+    ];
 
     fn label(self) -> &'static str {
         match self {
             Arm::Untraced => "untraced",
             Arm::TracePid => "trace --pid",
+            Arm::TracePidHook => "trace --pid +hook",
             Arm::TraceAll => "trace --all",
         }
     }
@@ -69,6 +78,7 @@ impl Arm {
         match self {
             Arm::Untraced => "untraced",
             Arm::TracePid => "trace_pid",
+            Arm::TracePidHook => "trace_pid_large_folio_hook",
             Arm::TraceAll => "trace_all",
         }
     }
@@ -177,7 +187,7 @@ pub(crate) fn run(ws: &Workspace, settings: &Settings) -> Result<()> {
 fn measure(bin: &Path, size: &str, runs: u32, arm: Arm) -> Result<StormResult> {
     let trace_target = match arm {
         Arm::Untraced => return Storm::spawn(bin, size, runs, false)?.finish(runs),
-        Arm::TracePid => None,
+        Arm::TracePid | Arm::TracePidHook => None,
         Arm::TraceAll => Some("--all"),
     };
     let mut storm = Storm::spawn(bin, size, runs, true)?;
@@ -192,6 +202,10 @@ fn measure(bin: &Path, size: &str, runs: u32, arm: Arm) -> Result<StormResult> {
         .arg("trace")
         .args(&target)
         .args(["--json", "--interval", "3600"])
+        .env(
+            "COLLAPSE_LARGE_FOLIO_HOOK",
+            if arm == Arm::TracePidHook { "1" } else { "0" },
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
     let what = format!("collapse trace {}", target.join(" "));

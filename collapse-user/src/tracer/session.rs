@@ -258,13 +258,17 @@ impl Session {
         if self.bpf.large_folio_hook.is_some() {
             return Ok(false);
         }
-        let needed = match self.large_folios {
-            LargeFolios::Never => false,
-            LargeFolios::Always => true,
-            LargeFolios::Advised => tgids
-                .iter()
-                .any(|&t| procs::has_hugepage_advice(t as i32).unwrap_or(false)),
-        };
+        // COLLAPSE_LARGE_FOLIO_HOOK=1 attaches it whatever the settings (`bench tracer` measures
+        // its cost that way).
+        let forced = std::env::var_os("COLLAPSE_LARGE_FOLIO_HOOK").is_some_and(|v| v == "1");
+        let needed = forced
+            || match self.large_folios {
+                LargeFolios::Never => false,
+                LargeFolios::Always => true,
+                LargeFolios::Advised => tgids
+                    .iter()
+                    .any(|&t| procs::has_hugepage_advice(t as i32).unwrap_or(false)),
+            };
         if !needed {
             return Ok(false);
         }
