@@ -1,9 +1,10 @@
 //! `cargo xtask bench tracer`: what tracing costs per page fault.
 //!
 //! `collapse workload storm` touches SIZE of memory in 4 KiB pages under MADV_NOHUGEPAGE and
-//! reports ns per fault. Three arms: untraced, traced by `collapse trace --pid`, traced by
-//! `collapse trace --all`; they are interleaved round by round so drift on a shared machine
-//! hits them alike, and each arm keeps its best run across all rounds.
+//! reports ns per fault. Four arms: untraced, traced by `collapse trace --pid`, the same with
+//! the large-folio hook attached (as with THP `always`), traced by `collapse trace --all`; they
+//! are interleaved round by round so drift on a shared machine hits them alike, and each arm
+//! keeps its best run across all rounds.
 //!
 //! The storm's protocol: with `--wait` it prints `ready <pid>`, then for each run reads one
 //! line from stdin and prints `run <i> ns_per_fault <x>`; at the end `best ns_per_fault <x>`.
@@ -114,14 +115,14 @@ pub(crate) fn run(ws: &Workspace, settings: &Settings) -> Result<()> {
     let bin = ws.collapse_bin(true);
 
     // results[arm][round]
-    let mut results: [Vec<StormResult>; 3] = Default::default();
+    let mut results: Vec<Vec<StormResult>> = Arm::ALL.iter().map(|_| Vec::new()).collect();
     for round in 1..=*rounds {
         for (arm, arm_results) in Arm::ALL.into_iter().zip(&mut results) {
             let label = arm.label();
             let result = measure(&bin, size, *runs, arm)
                 .with_context(|| format!("round {round}, arm {label}"))?;
             say!(
-                "bench tracer: round {round}/{rounds}: {label:<11}: runs {} ns/fault, best {:.1}",
+                "bench tracer: round {round}/{rounds}: {label:<17}: runs {} ns/fault, best {:.1}",
                 result
                     .runs
                     .iter()
@@ -143,7 +144,7 @@ pub(crate) fn run(ws: &Workspace, settings: &Settings) -> Result<()> {
 
     println!("fault storm: {size} in 4 KiB pages, best of {runs} runs x {rounds} rounds");
     println!(
-        "{:<12} {:>15} {:>12}",
+        "{:<18} {:>15} {:>12}",
         "arm", "best ns/fault", "vs untraced"
     );
     for (arm, &ns) in Arm::ALL.iter().zip(&best) {
@@ -154,7 +155,7 @@ pub(crate) fn run(ws: &Workspace, settings: &Settings) -> Result<()> {
             }
             _ => (format!("{:+.1} %", overhead_pct(ns)), "  over target"),
         };
-        println!("{:<12} {:>15.1} {:>12}{note}", arm.label(), ns, vs);
+        println!("{:<18} {:>15.1} {:>12}{note}", arm.label(), ns, vs);
     }
     println!("target: tracing adds at most {TARGET_OVERHEAD_PCT} % per fault");
 
