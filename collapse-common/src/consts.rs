@@ -28,16 +28,10 @@ pub const MADV_POPULATE_WRITE: u64 = 23;
 /// `MADV_COLLAPSE`: synchronous collapse to PMD size (since 6.1).
 pub const MADV_COLLAPSE: u64 = 25;
 
-/// `mremap` flags (`include/uapi/linux/mman.h`).
-pub const MREMAP_MAYMOVE: u64 = 1;
-pub const MREMAP_FIXED: u64 = 2;
-pub const MREMAP_DONTUNMAP: u64 = 4;
-
 /// `CLONE_THREAD` (`include/uapi/linux/sched.h`): a new thread, not a new process.
 pub const CLONE_THREAD: u64 = 0x0001_0000;
 
-/// `page_fault_user` error code bits (`arch/x86/include/asm/trap_pf.h`).
-pub const PF_PROT: u64 = 1 << 0;
+/// `page_fault_user` error code: the fault was a write (`arch/x86/include/asm/trap_pf.h`).
 pub const PF_WRITE: u64 = 1 << 1;
 
 /// `MIGRATE_MOVABLE` (`include/linux/mmzone.h`): user folios are allocated movable, slab and
