@@ -257,11 +257,10 @@ pub struct Config {
     pub madvise_start: u32,
     pub madvise_len: u32,
     pub madvise_behavior: u32,
-    /// `sys_enter_mremap`: `addr`, `old_len`, `new_len`, `flags`, `new_addr`.
+    /// `sys_enter_mremap`: `addr`, `old_len`, `new_len`.
     pub mremap_addr: u32,
     pub mremap_old_len: u32,
     pub mremap_new_len: u32,
-    pub mremap_flags: u32,
     /// `sys_enter_mmap`: `addr`, `len`, `flags`.
     pub mmap_addr: u32,
     pub mmap_len: u32,
@@ -274,13 +273,10 @@ pub struct Config {
     /// `task_newtask`: `pid`, `clone_flags`.
     pub newtask_pid: u32,
     pub newtask_clone_flags: u32,
-    /// `sched_process_exit`: `pid`, `group_dead`.
-    pub exit_pid: u32,
+    /// `sched_process_exit`: `group_dead`.
     pub exit_group_dead: u32,
     /// Offset of `mm` in `struct task_struct` (from BTF).
     pub task_mm: u32,
-    /// Number of pids the `TRACKED` / `MM_KNOWN` bitsets cover.
-    pub pid_limit: u32,
     /// Possible CPUs: how many `PENDING_REGION` slots a clear visits; 0 turns the pending
     /// regions off (more than [`MAX_PENDING_CPUS`] CPUs).
     pub nr_cpus: u32,
@@ -296,12 +292,11 @@ pub struct Config {
     pub match_comm: u8,
     /// Non-zero: new tasks in cgroup `cgroup_id` are traced.
     pub match_cgroup: u8,
-    pub _pad: u32,
     pub cgroup_id: u64,
     pub comm: [u8; crate::consts::TASK_COMM_LEN],
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 216);
+const _: () = assert!(core::mem::size_of::<Config>() == 200);
 
 impl Config {
     /// All offsets zero and every switch off: the placeholder compiled into the object.

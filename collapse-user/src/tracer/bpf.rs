@@ -186,7 +186,7 @@ fn pid_limit() -> u32 {
 }
 
 /// Builds the program configuration from the tracefs formats and BTF.
-fn config(root: &Path, sel: &Selection, pid_limit: u32) -> anyhow::Result<(Config, StatusNames)> {
+fn config(root: &Path, sel: &Selection) -> anyhow::Result<(Config, StatusNames)> {
     let fmt = |cat: &str, name: &str| -> anyhow::Result<TracepointFormat> {
         Ok(TracepointFormat::read(root, cat, name)?)
     };
@@ -255,7 +255,6 @@ fn config(root: &Path, sel: &Selection, pid_limit: u32) -> anyhow::Result<(Confi
         c.mremap_addr = mremap.offset("addr")?;
         c.mremap_old_len = mremap.offset("old_len")?;
         c.mremap_new_len = mremap.offset("new_len")?;
-        c.mremap_flags = mremap.offset("flags")?;
     }
     if let Ok(mmap) = fmt("syscalls", "sys_enter_mmap") {
         c.mmap_addr = mmap.offset("addr")?;
@@ -284,7 +283,6 @@ fn config(root: &Path, sel: &Selection, pid_limit: u32) -> anyhow::Result<(Confi
         c.newtask_clone_flags = newtask.offset("clone_flags")?;
     }
     let exit = fmt("sched", "sched_process_exit")?;
-    c.exit_pid = exit.offset("pid")?;
     c.exit_group_dead = exit.offset("group_dead")?;
     c.task_mm =
         btf::task_struct_mm_offset().context("khugepaged attribution needs task_struct::mm")?;
@@ -293,7 +291,6 @@ fn config(root: &Path, sel: &Selection, pid_limit: u32) -> anyhow::Result<(Confi
         .and_then(|b| b.member_offset("mm_struct", "brk"))
         .unwrap_or(0);
     c.self_tgid = std::process::id();
-    c.pid_limit = pid_limit;
     let cpus = aya::util::nr_cpus().map_err(|(path, e)| anyhow!("reading {path}: {e}"))? as u32;
     // Beyond MAX_PENDING_CPUS faults skip the per-CPU pending slots (see collapse-common).
     c.nr_cpus = if cpus <= MAX_PENDING_CPUS { cpus } else { 0 };
@@ -387,7 +384,7 @@ impl Bpf {
         }
         let root = tracefs_root()?;
         let pid_limit = pid_limit();
-        let (config, status_names) = config(&root, sel, pid_limit)?;
+        let (config, status_names) = config(&root, sel)?;
         let bitset_words = pid_limit.div_ceil(64);
         if cap.max_regions == 0 || cap.max_processes == 0 {
             bail!("--max-regions and --max-processes must be at least 1");
