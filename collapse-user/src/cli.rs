@@ -50,7 +50,7 @@ pub struct TargetArgs {
     /// Every process on the system.
     #[arg(long)]
     pub all: bool,
-    /// Spawn CMD ARGS and trace it and its children.
+    /// Spawn CMD ARGS and trace it and its children (its stdout goes to stderr).
     #[arg(last = true, value_name = "CMD")]
     pub cmd: Vec<String>,
 }

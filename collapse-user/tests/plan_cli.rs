@@ -599,6 +599,22 @@ fn snapshot_args(dir: &TempDir, text: &str) -> Vec<String> {
 
 #[test]
 fn demo_comparison() {
-    // What `collapse demo` prints after tracing; here over the test regions.
-    collapse::planner::print_demo_comparison(&regions()).unwrap();
+    // What `collapse demo` prints after tracing; here over the test regions: every policy at
+    // max_ptes_none 0 and 255 at least (and the kernel's value), every size enabled.
+    let mut out = Vec::new();
+    collapse::planner::write_demo_comparison(&mut out, &regions()).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("every collapse size enabled"), "{text}");
+    assert!(text.contains("16K,32K,64K,128K,256K,512K,1M,2M"), "{text}");
+    for policy in ["seed", "merged", "scaled", "pmd"] {
+        for n in ["0", "255"] {
+            assert!(
+                text.lines().any(|l| {
+                    let mut w = l.split_whitespace();
+                    w.next().map(|p| p.trim_end_matches('*')) == Some(policy) && w.next() == Some(n)
+                }),
+                "no {policy} row at max_ptes_none {n}: {text}"
+            );
+        }
+    }
 }

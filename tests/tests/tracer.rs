@@ -316,3 +316,37 @@ fn mthp_faults_set_the_whole_folio() {
         .count();
     assert_eq!(order4, 16, "expected 16 order-4 large-folio events");
 }
+
+/// A traced command's own output does not mix into collapse's stdout (JSON lines here).
+#[test]
+fn a_traced_command_writes_to_stderr() {
+    if !root_or_skip("a_traced_command_writes_to_stderr") {
+        return;
+    }
+    let out = std::process::Command::new(collapse_bin())
+        .args([
+            "trace",
+            "--json",
+            "--interval",
+            "0.2",
+            "--",
+            "sh",
+            "-c",
+            "echo not-json; sleep 0.5",
+        ])
+        .output()
+        .expect("run collapse trace");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for line in stdout.lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "not JSON on stdout: {line:?}"
+        );
+    }
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not-json"));
+}

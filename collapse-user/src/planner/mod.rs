@@ -55,14 +55,17 @@ pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
     let overrides = Overrides::parse(&args.policy)?;
     let mode = mode(&args, &overrides)?;
     let input = Input::from_args(&args)?;
-    let settings = settings::resolve(&overrides, ThpSettings::read)?;
+    let sweeping = matches!(mode, Mode::Sweep { .. });
+    let settings = settings::resolve(&overrides, sweeping, ThpSettings::read)?;
     let regions = input.load()?;
 
     let mut warnings = Vec::new();
+    // Said on stderr too (it changes every number, and JSON readers may not look for it), but
+    // only once nothing can fail any more: an error stays the one line on stderr.
+    let mut stderr_warning = None;
     if let Origin::Defaults { reason } = &settings.origin {
         let warning = format!("THP settings unreadable ({reason}); using the kernel defaults");
-        // Also on stderr: it changes every number, and JSON readers may not look for it.
-        eprintln!("collapse: warning: {warning}");
+        stderr_warning = Some(warning.clone());
         warnings.push(warning);
     }
     if settings.kernel_orders_empty {
@@ -86,20 +89,29 @@ pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
         json: args.json,
     };
 
-    let mut out = BufWriter::new(io::stdout().lock());
-    match mode {
-        Mode::Plan { passes } => report::write(&mut out, &job, passes),
+    // The sweep and its plot first: a plot that cannot be written is an error with no output.
+    let points = match &mode {
+        Mode::Plan { .. } => None,
         Mode::Sweep {
             policies,
             values,
             plot,
         } => {
-            let points = sweep::run(&regions, &policies, &values, &settings.settings)?;
-            // Before stdout: a plot that cannot be written is an error with no output.
-            if let Some(path) = &plot {
-                sweep::plot(&points, &policies, path)?;
+            let points = sweep::run(&regions, policies, values, &settings.settings)?;
+            if let Some(path) = plot {
+                sweep::plot(&points, policies, path)?;
             }
-            sweep::write(&mut out, &job, &points, plot.as_deref())
+            Some(points)
+        }
+    };
+    if let Some(warning) = stderr_warning {
+        eprintln!("collapse: warning: {warning}");
+    }
+    let mut out = BufWriter::new(io::stdout().lock());
+    match (mode, points) {
+        (Mode::Plan { passes }, _) => report::write(&mut out, &job, passes),
+        (Mode::Sweep { plot, .. }, points) => {
+            sweep::write(&mut out, &job, &points.unwrap_or_default(), plot.as_deref())
         }
     }
     .and_then(|()| out.flush())
@@ -111,11 +123,22 @@ pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
 /// kernel's value, with every collapse size 16K..2M enabled (the running kernel may enable
 /// only 2M, which would make the policies look alike), as the `--sweep` table on stdout.
 pub fn print_demo_comparison(regions: &[SnapshotRegion]) -> anyhow::Result<()> {
+    let mut out = BufWriter::new(io::stdout().lock());
+    write_demo_comparison(&mut out, regions)?;
+    out.flush().context("write to stdout")
+}
+
+/// [`print_demo_comparison`] into `out`.
+pub fn write_demo_comparison(
+    out: &mut impl Write,
+    regions: &[SnapshotRegion],
+) -> anyhow::Result<()> {
     let every_size = Overrides {
         orders: Some((MIN_ORDER..=MAX_ORDER).collect()),
         ..Overrides::default()
     };
-    let mut settings = settings::resolve(&every_size, ThpSettings::read)?;
+    // Not a sweep for `resolve`: the kernel's max_ptes_none is one of the values shown.
+    let mut settings = settings::resolve(&every_size, false, ThpSettings::read)?;
     // Said in the line above the table instead.
     settings.flags.clear();
     let mut warnings = Vec::new();
@@ -135,14 +158,12 @@ pub fn print_demo_comparison(regions: &[SnapshotRegion]) -> anyhow::Result<()> {
         warnings,
         json: false,
     };
-    let mut out = BufWriter::new(io::stdout().lock());
     writeln!(
         out,
         "what each policy would collapse, every collapse size enabled:"
     )
-    .and_then(|()| sweep::write(&mut out, &job, &points, None))
-    .and_then(|()| out.flush())
-    .context("write to stdout")
+    .and_then(|()| sweep::write(out, &job, &points, None))
+    .context("write the comparison")
 }
 
 /// The warning `merged` earns (policies.md): the kernel warns once and uses 0 below 2M.

@@ -89,9 +89,10 @@ impl Overrides {
         })
     }
 
-    /// Whether any value still has to come from the kernel.
-    fn needs_kernel(&self) -> bool {
-        self.max_ptes_none.is_none()
+    /// Whether any value still has to come from the kernel (`sweeping`: max_ptes_none is
+    /// the sweep's to set).
+    fn needs_kernel(&self, sweeping: bool) -> bool {
+        (self.max_ptes_none.is_none() && !sweeping)
             || self.max_ptes_swap.is_none()
             || self.max_ptes_shared.is_none()
             || self.orders.is_none()
@@ -124,9 +125,10 @@ impl Overrides {
 /// value is not given as a flag.
 pub(crate) fn resolve(
     overrides: &Overrides,
+    sweeping: bool,
     read_kernel: impl FnOnce() -> Result<ThpSettings, ThpError>,
 ) -> anyhow::Result<PlanSettings> {
-    let (origin, kernel) = if overrides.needs_kernel() {
+    let (origin, kernel) = if overrides.needs_kernel(sweeping) {
         match read_kernel() {
             Ok(thp) => (Origin::Kernel, Some(thp)),
             Err(err) => (
@@ -158,7 +160,12 @@ pub(crate) fn resolve(
     };
     let kernel_orders_empty = overrides.orders.is_none() && base_orders.is_empty();
     let orders = overrides.orders.clone().unwrap_or(base_orders);
-    let max_ptes_none = overrides.max_ptes_none.unwrap_or(base_none);
+    // A sweep sets max_ptes_none itself: the kernel's is neither used nor checked.
+    let max_ptes_none = match (overrides.max_ptes_none, sweeping) {
+        (Some(n), _) => n,
+        (None, true) => DEFAULT_MAX_PTES_NONE,
+        (None, false) => base_none,
+    };
     let max_ptes_swap = overrides.max_ptes_swap.unwrap_or(base_swap);
     let max_ptes_shared = overrides.max_ptes_shared.unwrap_or(base_shared);
     // Kernel values are bounded by the kernel itself; a fake or future sysfs might not be.
@@ -402,7 +409,7 @@ mod tests {
             &[(64, SizeEnabled::Always), (2048, SizeEnabled::Inherit)],
         );
         let o = Overrides::parse(&args(|a| a.max_ptes_none = Some(300))).unwrap();
-        let p = resolve(&o, || Ok(t.clone())).unwrap();
+        let p = resolve(&o, false, || Ok(t.clone())).unwrap();
         assert_eq!(p.origin, Origin::Kernel);
         assert_eq!(p.policy, Policy::Seed);
         assert_eq!(p.settings.max_ptes_none(), 300);
@@ -422,14 +429,17 @@ mod tests {
             a.orders = Some("16K".into());
         }))
         .unwrap();
-        let p = resolve(&o, || panic!("sysfs read although every value was given")).unwrap();
+        let p = resolve(&o, false, || {
+            panic!("sysfs read although every value was given")
+        })
+        .unwrap();
         assert_eq!(p.origin, Origin::Flags);
         assert_eq!(p.settings.orders().iter().collect::<Vec<_>>(), [2]);
     }
 
     #[test]
     fn defaults_without_sysfs_and_empty_kernel_set() {
-        let p = resolve(&Overrides::default(), || {
+        let p = resolve(&Overrides::default(), false, || {
             Err(ThpError::Missing {
                 path: PathBuf::from("/nope"),
             })
@@ -447,7 +457,7 @@ mod tests {
         assert_eq!(p.settings.orders().iter().collect::<Vec<_>>(), [9]);
 
         let t = thp(ThpEnabled::Never, &[(2048, SizeEnabled::Inherit)]);
-        let p = resolve(&Overrides::default(), || Ok(t)).unwrap();
+        let p = resolve(&Overrides::default(), false, || Ok(t)).unwrap();
         assert!(p.kernel_orders_empty);
         assert!(p.settings.orders().is_empty());
     }

@@ -46,6 +46,10 @@ struct SweepLine {
     populated_pages: u64,
     bloat_pages: u64,
     bloat_bytes: u64,
+    /// `merged` at this max_ptes_none gets the kernel's warning (no empty PTEs below 2M).
+    merged_warns: bool,
+    /// What the report says above the table (settings unreadable, no size enabled).
+    warnings: Vec<String>,
 }
 
 /// Policies in the given order, each over `values` ascending.
@@ -102,6 +106,8 @@ pub(crate) fn write(
                 populated_pages: t.populated,
                 bloat_pages: t.bloat,
                 bloat_bytes: bytes(t.bloat),
+                merged_warns: point.merged_warns,
+                warnings: job.warnings.clone(),
             };
             json_line(out, &line)?;
         }

@@ -185,6 +185,9 @@ impl Spawned {
             ForkResult::Child => unsafe {
                 libc::close(write.as_raw_fd());
                 libc::close(err_read.as_raw_fd());
+                // Our stdout carries collapse's own output (the view, JSON lines, the plan):
+                // the command's goes to stderr.
+                libc::dup2(libc::STDERR_FILENO, libc::STDOUT_FILENO);
                 let mut byte = 0u8;
                 if libc::read(read.as_raw_fd(), (&raw mut byte).cast(), 1) == 1 {
                     libc::execv(path.as_ptr(), argv.as_ptr());
