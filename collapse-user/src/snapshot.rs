@@ -62,6 +62,8 @@ pub enum LineError {
         first: Run,
         second: Run,
     },
+    #[error("PTE {0} is both present and swap (a PTE maps a page or holds a swap entry)")]
+    PresentAndSwap(u16),
     #[error("runs are not sorted: {first} comes before {second} in {field}")]
     RunsUnsorted {
         field: RunField,
@@ -144,6 +146,9 @@ impl SnapshotRegion {
             swap: bitmap_from_runs(RunField::Swap, &raw.swap)?,
             shared: bitmap_from_runs(RunField::Shared, &raw.shared)?,
         };
+        if let Some((pte, _)) = state.present.intersection(&state.swap).runs().next() {
+            return Err(LineError::PresentAndSwap(pte));
+        }
         Ok(Self { pid, addr, state })
     }
 

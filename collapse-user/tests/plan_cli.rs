@@ -496,6 +496,13 @@ fn bad_input_is_one_line_and_no_output() {
             "line 1: run [500, 600) is outside 0..512 in present",
         ),
         (
+            snapshot_args(
+                &dir,
+                r#"{"pid": 1, "addr": "0x0", "present": [[0, 8]], "swap": [[7, 9]]}"#,
+            ),
+            "line 1: PTE 7 is both present and swap",
+        ),
+        (
             snapshot_args(&dir, r#"{"pid": 1, "addr": "0x1000", "present": []}"#),
             "line 1: addr 0x1000 is not 2 MiB aligned",
         ),

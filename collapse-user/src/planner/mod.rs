@@ -81,6 +81,17 @@ pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
     {
         warnings.push(merged_warning(settings.settings.max_ptes_none()));
     }
+    // policies.md: `seed` never chooses an order below its chunk order.
+    let chunk = settings.settings.chunk_order();
+    if settings.policy == Policy::Seed
+        && !settings.settings.orders().is_empty()
+        && settings.settings.orders().iter().all(|k| k < chunk)
+    {
+        warnings.push(format!(
+            "seed chooses no size below its chunk ({} KiB, --min-order): none of the enabled sizes can be chosen",
+            4u32 << chunk
+        ));
+    }
     let job = Job {
         settings: &settings,
         input: input.describe(),
