@@ -7,11 +7,12 @@ use aya_ebpf::{
 };
 use collapse_common::{
     event::{Event, EventKind},
-    maps::{KhugepagedEvent, KhugepagedKey, PendingIsolate},
+    maps::{DropReason, KhugepagedEvent, KhugepagedKey, PendingIsolate},
 };
 
 use crate::state::{
-    NOEXIST, PENDING_ISOLATE, UNKNOWN_MMS, conf, count_khugepaged, emit, field, mm_owner, now,
+    NOEXIST, PENDING_ISOLATE, UNKNOWN_MMS, conf, count_drop, count_khugepaged, emit, field,
+    mm_owner, now,
 };
 
 #[inline(always)]
@@ -118,7 +119,9 @@ pub fn mm_collapse_huge_page_isolate(ctx: TracePointContext) -> u32 {
         status: field(&ctx, conf!(isolate_status)),
         _pad: 0,
     };
-    let _ = PENDING_ISOLATE.insert(pid, pending, 0);
+    if PENDING_ISOLATE.insert(pid, pending, 0).is_err() {
+        count_drop(DropReason::PendingMapFull);
+    }
     0
 }
 
