@@ -14,13 +14,7 @@ const KHUGEPAGED: &str = "/sys/kernel/mm/transparent_hugepage/khugepaged";
 /// restore both when they drop, also if an assertion fails (unwinding runs Drop). `None`, with
 /// the reason printed, when the test cannot run here.
 fn fast_khugepaged(test: &str) -> Option<(SysfsGuard, SysfsGuard)> {
-    if !root_or_skip(test) {
-        return None;
-    }
-    let enabled =
-        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
-    if enabled.contains("[never]") {
-        eprintln!("SKIPPED {test}: transparent_hugepage/enabled is never");
+    if !root_or_skip(test) || thp_never(test) {
         return None;
     }
     let sleep = SysfsGuard::set(format!("{KHUGEPAGED}/scan_sleep_millisecs"), "100")

@@ -112,13 +112,7 @@ fn attaching_seeds_from_pagemap() {
 
 #[test]
 fn thp_fault_sets_all_512_bits() {
-    if !root_or_skip("thp_fault_sets_all_512_bits") {
-        return;
-    }
-    let enabled =
-        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
-    if enabled.contains("[never]") {
-        eprintln!("SKIPPED thp_fault_sets_all_512_bits: transparent_hugepage/enabled is never");
+    if !root_or_skip("thp_fault_sets_all_512_bits") || thp_never("thp_fault_sets_all_512_bits") {
         return;
     }
     let mut w = Workload::spawn();
@@ -146,12 +140,9 @@ fn thp_fault_sets_all_512_bits() {
         "the kernel did not fault THPs here (pagemap: {mapping:?}); is memory fragmented?"
     );
     assert_same("THP regions", &within(&traced, addr, 4 << 20), &mapping);
-    let folio_events = seen
-        .iter()
-        .filter(|v| v["event"] == "large_folio_fault" && v["pid"] == w.pid && v["order"] == 9)
-        .count();
     assert_eq!(
-        folio_events, 2,
+        large_folio_events(&seen, w.pid, 9),
+        2,
         "expected two order-9 large-folio events, saw {seen:?}"
     );
 }
@@ -310,11 +301,11 @@ fn mthp_faults_set_the_whole_folio() {
         "the kernel did not fault 64 KiB folios here: {mapping:?}"
     );
     assert_same("64 KiB folios", &within(&traced, addr, 4 << 20), &mapping);
-    let order4 = seen
-        .iter()
-        .filter(|v| v["event"] == "large_folio_fault" && v["pid"] == w.pid && v["order"] == 4)
-        .count();
-    assert_eq!(order4, 16, "expected 16 order-4 large-folio events");
+    assert_eq!(
+        large_folio_events(&seen, w.pid, 4),
+        16,
+        "expected 16 order-4 large-folio events"
+    );
 }
 
 /// A traced command's own output does not mix into collapse's stdout (JSON lines here).

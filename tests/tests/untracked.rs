@@ -9,18 +9,13 @@ use collapse::{
 };
 use common::*;
 
-#[test]
-fn untracked_processes_never_appear_in_the_maps() {
-    if !root_or_skip("untracked_processes_never_appear_in_the_maps") {
-        return;
-    }
-    let mut traced = Workload::spawn();
-    let mut other = Workload::spawn();
+/// A tracing session in this process on `pid` alone, with small maps.
+fn session_for(pid: i32) -> Session {
     let args = TargetArgs {
-        pids: vec![traced.pid],
+        pids: vec![pid],
         ..TargetArgs::default()
     };
-    let session = Session::start(
+    Session::start(
         Target::resolve(&args).expect("target"),
         Capacity {
             max_regions: 4096,
@@ -28,7 +23,17 @@ fn untracked_processes_never_appear_in_the_maps() {
             max_processes: 64,
         },
     )
-    .expect("start session");
+    .expect("start session")
+}
+
+#[test]
+fn untracked_processes_never_appear_in_the_maps() {
+    if !root_or_skip("untracked_processes_never_appear_in_the_maps") {
+        return;
+    }
+    let mut traced = Workload::spawn();
+    let mut other = Workload::spawn();
+    let session = session_for(traced.pid);
     for w in [&mut traced, &mut other] {
         w.map("a", 8, false);
         w.cmd("touch a 0 1024");
@@ -70,19 +75,7 @@ fn cleared_ranges_leave_the_map() {
         return;
     }
     let mut w = Workload::spawn();
-    let args = TargetArgs {
-        pids: vec![w.pid],
-        ..TargetArgs::default()
-    };
-    let mut session = Session::start(
-        Target::resolve(&args).expect("target"),
-        Capacity {
-            max_regions: 4096,
-            ringbuf_bytes: 1 << 16,
-            max_processes: 64,
-        },
-    )
-    .expect("start session");
+    let mut session = session_for(w.pid);
     let small = w.map("s", 8, false);
     w.cmd("threads s 0 2048");
     w.cmd("dontneed s 100 700");
@@ -138,19 +131,7 @@ fn an_exited_process_leaves_the_map() {
     }
     let mut w = Workload::spawn();
     let tgid = w.pid as u32;
-    let args = TargetArgs {
-        pids: vec![w.pid],
-        ..TargetArgs::default()
-    };
-    let mut session = Session::start(
-        Target::resolve(&args).expect("target"),
-        Capacity {
-            max_regions: 4096,
-            ringbuf_bytes: 1 << 16,
-            max_processes: 64,
-        },
-    )
-    .expect("start session");
+    let mut session = session_for(w.pid);
     w.map("a", 8, false);
     w.cmd("threads a 0 2048");
     let mine = |s: &Session| {

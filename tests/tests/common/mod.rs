@@ -371,3 +371,21 @@ impl TracedWorkload {
         (traced, truth, seen)
     }
 }
+
+/// Whether THP is `never` here (then the test says it skips, and why).
+pub fn thp_never(test: &str) -> bool {
+    let enabled =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    let never = enabled.contains("[never]");
+    if never {
+        eprintln!("SKIPPED {test}: transparent_hugepage/enabled is never");
+    }
+    never
+}
+
+/// The large-folio events of `pid` of `order` among the tracer's lines.
+pub fn large_folio_events(seen: &[Value], pid: i32, order: u16) -> usize {
+    seen.iter()
+        .filter(|v| v["event"] == "large_folio_fault" && v["pid"] == pid && v["order"] == order)
+        .count()
+}
