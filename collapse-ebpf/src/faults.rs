@@ -1,6 +1,7 @@
 //! The hot path: every user page fault of every process runs `page_fault_user`, so untracked
-//! processes leave after one inlined array load, and a tracked fault costs one hash lookup
-//! and one atomic OR in the common case.
+//! processes leave after one inlined array load, and a traced fault costs an OR into this
+//! CPU's pending-region slot in the common case (a hash update only when the fault is in
+//! another region than the last one on this CPU).
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
