@@ -534,49 +534,31 @@ fn probe_pagemap() -> Result<bool, String> {
 /// Collapses 2 MiB of our own memory with MADV_COLLAPSE (include/uapi/asm-generic/mman-common.h,
 /// mm/khugepaged.c madvise_collapse): the real test of whether the executor can work.
 fn probe_madv_collapse() -> Result<(), String> {
-    const PMD: usize = collapse_common::consts::PMD_SIZE as usize;
-    let len = 2 * PMD;
-    // SAFETY: a fresh private anonymous mapping, unmapped below; nothing else refers to it.
-    let raw = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if raw == libc::MAP_FAILED {
-        return Err(format!("mmap: {}", std::io::Error::last_os_error()));
-    }
-    let aligned = (raw as usize).next_multiple_of(PMD);
-    // SAFETY: `aligned..aligned + PMD` lies inside the mapping.
+    use collapse_common::consts::{MADV_COLLAPSE, PTES_PER_PMD};
+    let area = crate::workload::Area::map(collapse_common::consts::PMD_SIZE, None)
+        .map_err(|e| format!("{e:#}"))?;
+    area.touch(0, 1).map_err(|e| format!("{e:#}"))?;
+    // SAFETY: one 2 MiB-aligned PMD of our own mapping, unmapped when `area` drops.
     let rc = unsafe {
-        std::ptr::write_volatile(aligned as *mut u8, 1);
         libc::madvise(
-            aligned as *mut libc::c_void,
-            PMD,
-            collapse_common::consts::MADV_COLLAPSE as i32,
+            area.addr() as *mut libc::c_void,
+            PTES_PER_PMD * collapse_common::consts::PAGE_SIZE as usize,
+            MADV_COLLAPSE as i32,
         )
     };
-    let result = if rc == 0 {
-        Ok(())
-    } else {
-        let e = std::io::Error::last_os_error();
-        Err(match e.raw_os_error() {
-            Some(libc::EINVAL) => {
-                format!("{e} (MADV_COLLAPSE unknown, or THP disabled for this process)")
-            }
-            Some(libc::EAGAIN | libc::ENOMEM | libc::EBUSY) => {
-                format!("{e} (no huge page available right now)")
-            }
-            _ => e.to_string(),
-        })
-    };
-    // SAFETY: our mapping.
-    unsafe { libc::munmap(raw, len) };
-    result
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    Err(match e.raw_os_error() {
+        Some(libc::EINVAL) => {
+            format!("{e} (MADV_COLLAPSE unknown, or THP disabled for this process)")
+        }
+        Some(libc::EAGAIN | libc::ENOMEM | libc::EBUSY) => {
+            format!("{e} (no huge page available right now)")
+        }
+        _ => e.to_string(),
+    })
 }
 
 #[cfg(test)]

@@ -4,17 +4,16 @@
 //! file run one at a time: each maps, unmaps or forks (a forked child shares every page of
 //! ours copy-on-write until it execs), which would show in the others' pagemap reads.
 
-use std::{
-    os::unix::process::CommandExt,
-    process::Command,
-    sync::{Mutex, MutexGuard},
-};
+use std::sync::{Mutex, MutexGuard};
+
+mod common;
 
 use collapse::kernel::pagemap::{self, PagemapError, PagemapReader, RegionTruth};
 use collapse_common::{
     OccupancyBitmap,
     consts::{PAGE_SIZE, PMD_SIZE},
 };
+use common::{as_nobody, require_root, run_test_in_child};
 
 const P: u64 = PAGE_SIZE;
 const M: u64 = PMD_SIZE;
@@ -23,15 +22,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-macro_rules! require_root {
-    () => {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
-    };
 }
 
 /// Anonymous private memory this test owns; what is still mapped is unmapped on drop.
@@ -521,35 +511,7 @@ fn unprivileged_reads_say_root_is_needed() {
     require_root!();
     // Until it execs, the forked child shares all our memory copy-on-write.
     let _serial = serial();
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--exact",
-        "unprivileged_child",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(UNPRIVILEGED_CHILD, "1");
-    // SAFETY: only async-signal-safe syscalls between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            // nobody / nogroup.
-            if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setgid(65534) != 0
-                || libc::setuid(65534) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let out = cmd.output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "child failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("1 passed"), "child did not run:\n{stdout}");
+    run_test_in_child("unprivileged_child", UNPRIVILEGED_CHILD, as_nobody);
 }
 
 #[test]

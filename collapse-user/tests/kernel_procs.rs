@@ -7,16 +7,10 @@ use std::{
     process::{Child, Command},
 };
 
-use collapse::kernel::procs::{self, ProcsError};
+mod common;
 
-macro_rules! require_root {
-    () => {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
-    };
-}
+use collapse::kernel::procs::{self, ProcsError};
+use common::require_root;
 
 /// Where cgroup v2 is mounted, from our mountinfo.
 fn cgroup2_root() -> Option<PathBuf> {

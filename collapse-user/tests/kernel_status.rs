@@ -5,14 +5,9 @@ use std::{os::unix::process::CommandExt, process::Command};
 
 use serde_json::Value;
 
-macro_rules! require_root {
-    () => {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
-    };
-}
+mod common;
+
+use common::{as_nobody, require_root, without_tracefs};
 
 /// Runs `collapse status --json` with `setup` run in the child before exec.
 fn status_json(setup: Option<fn() -> std::io::Result<()>>) -> Value {
@@ -71,30 +66,7 @@ fn as_root_everything_but_mthp_collapse_works() {
 #[test]
 fn mounts_tracefs_and_says_so() {
     require_root!();
-    let s = status_json(Some(|| {
-        // SAFETY: plain syscalls on constant strings.
-        unsafe {
-            if libc::unshare(libc::CLONE_NEWNS) != 0
-                || libc::mount(
-                    c"none".as_ptr(),
-                    c"/".as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_REC | libc::MS_PRIVATE,
-                    std::ptr::null(),
-                ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            for path in [
-                c"/sys/kernel/tracing",
-                c"/sys/kernel/debug/tracing",
-                c"/sys/kernel/debug",
-            ] {
-                libc::umount2(path.as_ptr(), libc::MNT_DETACH);
-            }
-        }
-        Ok(())
-    }));
+    let s = status_json(Some(without_tracefs));
     assert_eq!(s["tracefs"]["mounted_now"], true, "{}", s["tracefs"]);
     assert_eq!(s["tracefs"]["path"], "/sys/kernel/tracing");
     assert_eq!(s["works"]["trace"]["ok"], true);
@@ -105,18 +77,7 @@ fn mounts_tracefs_and_says_so() {
 #[test]
 fn without_root_it_reports_and_exits_0() {
     require_root!();
-    let s = status_json(Some(|| {
-        // SAFETY: plain syscalls. nobody / nogroup.
-        unsafe {
-            if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setgid(65534) != 0
-                || libc::setuid(65534) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
-        Ok(())
-    }));
+    let s = status_json(Some(as_nobody));
     assert_eq!(s["root"], false);
     let trace = &s["works"]["trace"];
     assert_eq!(trace["ok"], false);

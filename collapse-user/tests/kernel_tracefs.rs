@@ -2,22 +2,12 @@
 //! there with the fields it reads, and tracefs gets mounted when it is missing (checked in a
 //! private mount namespace, so the machine's own mount is never touched).
 
-use std::{os::unix::process::CommandExt, path::Path, process::Command};
+mod common;
+
+use std::path::Path;
 
 use collapse::kernel::tracefs::{self, TracepointFormat};
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
-    };
-}
+use common::{require_root, run_test_in_child, without_tracefs};
 
 #[test]
 fn every_format_file_parses() {
@@ -140,45 +130,7 @@ const MOUNT_CHILD: &str = "COLLAPSE_TEST_TRACEFS_MOUNT_CHILD";
 #[test]
 fn mounts_tracefs_when_missing() {
     require_root!();
-    let exe = std::env::current_exe().unwrap();
-    let mut cmd = Command::new(exe);
-    cmd.args(["--exact", "mount_child", "--nocapture", "--test-threads=1"])
-        .env(MOUNT_CHILD, "1");
-    // SAFETY: only async-signal-safe syscalls between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::unshare(libc::CLONE_NEWNS) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // Keep the unmount below from propagating to the machine's namespace.
-            if libc::mount(
-                c"none".as_ptr(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            for path in [
-                c"/sys/kernel/tracing",
-                c"/sys/kernel/debug/tracing",
-                c"/sys/kernel/debug",
-            ] {
-                libc::umount2(path.as_ptr(), libc::MNT_DETACH);
-            }
-            Ok(())
-        });
-    }
-    let out = cmd.output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "child failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("1 passed"), "child did not run:\n{stdout}");
+    run_test_in_child("mount_child", MOUNT_CHILD, without_tracefs);
     // And the machine's tracefs is still where it was.
     assert!(Path::new("/sys/kernel/tracing/events").is_dir());
 }

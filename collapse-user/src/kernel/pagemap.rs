@@ -26,18 +26,14 @@ use procfs::{
     process::{MMPermissions, MMapPath, MemoryPageFlags, Process},
 };
 
+use super::AccessDenied;
+
 #[derive(Debug, thiserror::Error)]
 pub enum PagemapError {
     #[error("no process with pid {pid}")]
     NoProcess { pid: i32 },
-    #[error("reading {} needs root: run collapse as root", path.display())]
-    Permission { path: PathBuf },
-    #[error(
-        "reading {} was refused although collapse runs as root: the process is protected \
-         (another user namespace, a security module, or capabilities we lack)",
-        path.display()
-    )]
-    Refused { path: PathBuf },
+    #[error(transparent)]
+    Denied(#[from] AccessDenied),
     #[error(
         "/proc/{pid}/pagemap hides page frame numbers (they read as 0): joining it with \
          /proc/kpageflags needs CAP_SYS_ADMIN; run collapse as root"
@@ -710,7 +706,7 @@ fn spans(vmas: &[Range<u64>], regions: &[u64]) -> Vec<Range<u64>> {
 fn proc_error(pid: i32, path: PathBuf, e: ProcError) -> PagemapError {
     match e {
         ProcError::NotFound(_) => PagemapError::NoProcess { pid },
-        ProcError::PermissionDenied(p) => permission_error(p.unwrap_or(path)),
+        ProcError::PermissionDenied(p) => AccessDenied::of(p.unwrap_or(path)).into(),
         ProcError::Io(source, p) => PagemapError::Io {
             path: p.unwrap_or(path),
             source,
@@ -722,20 +718,12 @@ fn proc_error(pid: i32, path: PathBuf, e: ProcError) -> PagemapError {
     }
 }
 
-fn permission_error(path: PathBuf) -> PagemapError {
-    if nix::unistd::geteuid().is_root() {
-        PagemapError::Refused { path }
-    } else {
-        PagemapError::Permission { path }
-    }
-}
-
 fn open_error(pid: i32, path: &Path, e: io::Error) -> PagemapError {
     match e.kind() {
         io::ErrorKind::NotFound if path.starts_with("/proc") && path != Path::new(KPAGEFLAGS) => {
             PagemapError::NoProcess { pid }
         }
-        io::ErrorKind::PermissionDenied => permission_error(path.to_path_buf()),
+        io::ErrorKind::PermissionDenied => AccessDenied::of(path.to_path_buf()).into(),
         _ if e.raw_os_error() == Some(libc::ESRCH) => PagemapError::NoProcess { pid },
         _ => PagemapError::Io {
             path: path.to_path_buf(),

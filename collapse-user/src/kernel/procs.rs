@@ -9,6 +9,8 @@ use std::{
 
 use procfs::{ProcError, process::Process};
 
+use super::AccessDenied;
+
 /// Where cgroup v2 is mounted on a unified system, and on a hybrid one (like ours: v1
 /// controllers, v2 at `unified`).
 pub const CGROUP_ROOTS: [&str; 2] = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"];
@@ -19,14 +21,8 @@ pub enum ProcsError {
     NoProcess { pid: i32 },
     #[error("reading {}: {source}", path.display())]
     Read { path: PathBuf, source: io::Error },
-    #[error("reading {} needs root: run collapse as root", path.display())]
-    Permission { path: PathBuf },
-    #[error(
-        "reading {} was refused although collapse runs as root: the process is protected \
-         (another user namespace, a security module, or capabilities we lack)",
-        path.display()
-    )]
-    Refused { path: PathBuf },
+    #[error(transparent)]
+    Denied(#[from] AccessDenied),
     #[error("{}: malformed: {what}", path.display())]
     Parse { path: PathBuf, what: String },
     #[error(
@@ -230,7 +226,7 @@ fn proc_error(pid: i32, path: PathBuf, e: ProcError) -> ProcsError {
             path: p.unwrap_or(path),
             source: io::Error::from(io::ErrorKind::NotFound),
         },
-        ProcError::PermissionDenied(p) => permission_error(p.unwrap_or(path)),
+        ProcError::PermissionDenied(p) => AccessDenied::of(p.unwrap_or(path)).into(),
         ProcError::Io(source, p) => io_error(pid, p.unwrap_or(path), source),
         other => ProcsError::Parse {
             path,
@@ -239,19 +235,11 @@ fn proc_error(pid: i32, path: PathBuf, e: ProcError) -> ProcsError {
     }
 }
 
-fn permission_error(path: PathBuf) -> ProcsError {
-    if nix::unistd::geteuid().is_root() {
-        ProcsError::Refused { path }
-    } else {
-        ProcsError::Permission { path }
-    }
-}
-
 fn io_error(pid: i32, path: PathBuf, e: io::Error) -> ProcsError {
     match e.kind() {
         io::ErrorKind::NotFound if pid > 0 => ProcsError::NoProcess { pid },
         _ if e.raw_os_error() == Some(libc::ESRCH) && pid > 0 => ProcsError::NoProcess { pid },
-        io::ErrorKind::PermissionDenied => permission_error(path),
+        io::ErrorKind::PermissionDenied => AccessDenied::of(path).into(),
         _ => ProcsError::Read { path, source: e },
     }
 }
