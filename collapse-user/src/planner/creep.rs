@@ -13,7 +13,7 @@ use super::{
     report::{count, json_line},
     settings::size_name,
     table::Table,
-    tally::{Tally, bytes, mib, occupied},
+    tally::{Tally, bytes, mib},
 };
 use crate::snapshot::SnapshotRegion;
 
@@ -59,7 +59,7 @@ pub(crate) fn run(
     let mut carry_fixed: Vec<usize> = Vec::new();
     let mut fixed_here: Vec<usize> = Vec::new();
     for region in regions {
-        let occ = occupied(&region.state);
+        let occ = region.state.occupied();
         let mut creep = Creep::new(&region.state);
         for i in 0..max_passes as usize {
             let pass = creep.pass(policy, settings);

@@ -13,7 +13,7 @@ use super::{
     Job, creep,
     settings::{Origin, size_name},
     table::Table,
-    tally::{Tally, bytes, mib},
+    tally::{Tally, TotalsJson, mib},
 };
 
 #[derive(Serialize)]
@@ -55,14 +55,8 @@ struct SummaryLine<'a> {
     processes: usize,
     regions: u64,
     decisions: u64,
-    decisions_per_order: BTreeMap<u8, u64>,
-    pages_per_order: BTreeMap<u8, u64>,
-    covered_pages: u64,
-    populated_pages: u64,
-    bloat_pages: u64,
-    bloat_bytes: u64,
-    /// Populated (present or swap) PTEs inside a decision, as a fraction of all populated ones.
-    coverage: f64,
+    #[serde(flatten)]
+    totals: TotalsJson,
     /// With `--passes`: how many pass lines came before.
     #[serde(skip_serializing_if = "Option::is_none")]
     passes: Option<usize>,
@@ -137,13 +131,7 @@ pub(crate) fn write(out: &mut impl Write, job: &Job<'_>, passes: Option<u32>) ->
             processes: per_pid.len(),
             regions: total.regions,
             decisions: total.decisions(),
-            decisions_per_order: total.decisions_per_order(orders),
-            pages_per_order: total.pages_per_order(orders),
-            covered_pages: total.covered_pages(),
-            populated_pages: total.populated,
-            bloat_pages: total.bloat,
-            bloat_bytes: bytes(total.bloat),
-            coverage: total.coverage(),
+            totals: total.json(orders),
             passes: creep_rows.as_ref().map(Vec::len),
             warnings: &job.warnings,
         };

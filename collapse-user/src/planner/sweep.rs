@@ -2,7 +2,6 @@
 //! an SVG chart of coverage against bloat.
 
 use std::{
-    collections::BTreeMap,
     fmt::Write as _,
     fs,
     io::{self, Write},
@@ -19,7 +18,7 @@ use super::{
     report::{count, header, json_line},
     settings::size_name,
     table::Table,
-    tally::{Tally, bytes, mib},
+    tally::{Tally, TotalsJson, mib},
 };
 use crate::snapshot::SnapshotRegion;
 
@@ -39,13 +38,8 @@ struct SweepLine {
     kind: &'static str,
     policy: &'static str,
     max_ptes_none: u16,
-    coverage: f64,
-    decisions_per_order: BTreeMap<u8, u64>,
-    pages_per_order: BTreeMap<u8, u64>,
-    covered_pages: u64,
-    populated_pages: u64,
-    bloat_pages: u64,
-    bloat_bytes: u64,
+    #[serde(flatten)]
+    totals: TotalsJson,
     /// `merged` at this max_ptes_none gets the kernel's warning (no empty PTEs below 2M).
     merged_warns: bool,
     /// What the report says above the table (settings unreadable, no size enabled).
@@ -99,13 +93,7 @@ pub(crate) fn write(
                 kind: "sweep",
                 policy: point.policy.name(),
                 max_ptes_none: point.max_ptes_none,
-                coverage: t.coverage(),
-                decisions_per_order: t.decisions_per_order(orders),
-                pages_per_order: t.pages_per_order(orders),
-                covered_pages: t.covered_pages(),
-                populated_pages: t.populated,
-                bloat_pages: t.bloat,
-                bloat_bytes: bytes(t.bloat),
+                totals: t.json(orders),
                 merged_warns: point.merged_warns,
                 warnings: job.warnings.clone(),
             };

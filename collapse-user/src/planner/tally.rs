@@ -32,12 +32,32 @@ pub(crate) struct Tally {
     orders: [OrderTally; ORDERS],
 }
 
-/// Present or swap: what a collapse keeps (policies.md "occupied").
-pub(crate) fn occupied(state: &RegionState) -> OccupancyBitmap {
-    state.present.union(&state.swap)
+/// The totals every JSON line of `collapse plan` carries (summary, sweep).
+#[derive(serde::Serialize)]
+pub(crate) struct TotalsJson {
+    decisions_per_order: BTreeMap<u8, u64>,
+    pages_per_order: BTreeMap<u8, u64>,
+    covered_pages: u64,
+    populated_pages: u64,
+    bloat_pages: u64,
+    bloat_bytes: u64,
+    /// Populated (present or swap) PTEs inside a decision, as a fraction of all populated ones.
+    coverage: f64,
 }
 
 impl Tally {
+    pub(crate) fn json(&self, orders: OrderSet) -> TotalsJson {
+        TotalsJson {
+            decisions_per_order: self.decisions_per_order(orders),
+            pages_per_order: self.pages_per_order(orders),
+            covered_pages: self.covered_pages(),
+            populated_pages: self.populated,
+            bloat_pages: self.bloat,
+            bloat_bytes: bytes(self.bloat),
+            coverage: self.coverage(),
+        }
+    }
+
     /// Adds one region, its decisions, and their bloat as the engine counts it.
     pub(crate) fn add_region(
         &mut self,
@@ -45,7 +65,7 @@ impl Tally {
         decisions: &[Decision],
         bloat_pages: u32,
     ) {
-        let occ = occupied(state);
+        let occ = state.occupied();
         self.regions += 1;
         self.populated += u64::from(occ.count());
         self.add_decisions(&occ, decisions);
