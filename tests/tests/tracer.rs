@@ -74,12 +74,7 @@ fn follow_faults_unmaps_and_dontneed(test: &str, env: &[(&str, &str)]) -> Vec<se
         &within(&truth, addr, 8 << 20),
         &expected_shape(addr),
     );
-    assert_same(
-        "the traced mapping",
-        &within(&traced, addr, 8 << 20),
-        &within(&truth, addr, 8 << 20),
-    );
-    assert_same("every region of the child", &traced, &truth);
+    assert_same_mapping_and_process("the traced mapping", &traced, &truth, addr, 8 << 20);
     seen
 }
 
@@ -102,12 +97,7 @@ fn attaching_seeds_from_pagemap() {
         !within(&truth, addr, 8 << 20).is_empty(),
         "the workload populated nothing"
     );
-    assert_same(
-        "the seeded mapping",
-        &within(&traced, addr, 8 << 20),
-        &within(&truth, addr, 8 << 20),
-    );
-    assert_same("every region of the child", &traced, &truth);
+    assert_same_mapping_and_process("the seeded mapping", &traced, &truth, addr, 8 << 20);
 }
 
 #[test]
@@ -164,12 +154,13 @@ fn faults_on_every_cpu_and_clears_from_another() {
     w.cmd("dontneed m 1600 1700");
     w.cmd("threads m 20 40");
     let (traced, truth, _) = traced_run.finish();
-    assert_same(
+    assert_same_mapping_and_process(
         "regions faulted on every CPU",
-        &within(&traced, addr, 8 << 20),
-        &within(&truth, addr, 8 << 20),
+        &traced,
+        &truth,
+        addr,
+        8 << 20,
     );
-    assert_same("every region of the child", &traced, &truth);
 }
 
 #[test]

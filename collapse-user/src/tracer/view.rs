@@ -14,7 +14,10 @@ use collapse_common::{
 use serde_json::{Value, json};
 
 use super::session::{Observed, SCAN_SUCCEED, Session};
-use crate::kernel::{procs, thp::ThpSettings};
+use crate::kernel::{
+    procs::{self, MemoryCoverage},
+    thp::ThpSettings,
+};
 
 /// Occupancy buckets: eighths of a region, then completely full.
 pub const BUCKETS: usize = 9;
@@ -34,21 +37,13 @@ pub struct ProcessStats {
     /// Regions not yet PMD-mapped that the `pmd` rule would collapse with the kernel's
     /// max_ptes_* settings.
     pub pmd_collapsible: u32,
-    pub anon_rss_kb: u64,
-    pub anon_huge_kb: u64,
+    /// Anonymous RSS and how much of it THPs map.
+    pub memory: MemoryCoverage,
     /// khugepaged events per tracepoint, by status name.
     pub khugepaged: BTreeMap<&'static str, BTreeMap<String, u64>>,
 }
 
 impl ProcessStats {
-    pub fn coverage(&self) -> f64 {
-        if self.anon_rss_kb == 0 {
-            0.0
-        } else {
-            self.anon_huge_kb as f64 / self.anon_rss_kb as f64
-        }
-    }
-
     fn collapses(&self) -> (u64, u64) {
         let Some(c) = self.khugepaged.get(KhugepagedEvent::Collapse.name()) else {
             return (0, 0);
@@ -129,8 +124,7 @@ pub fn sample(session: &Session) -> anyhow::Result<Sample> {
             }
         }
         if let Ok(m) = procs::memory_coverage(p.tgid as i32) {
-            s.anon_rss_kb = m.anon_rss_kb;
-            s.anon_huge_kb = m.anon_huge_kb;
+            s.memory = m;
         }
         s.khugepaged = counts.remove(&p.tgid).unwrap_or_default();
         processes.push(s);
@@ -188,7 +182,7 @@ pub fn render(s: &Sample) -> String {
             mib(p.populated_pages),
             p.pmd_mapped,
             p.pmd_collapsible,
-            p.coverage() * 100.0
+            p.memory.coverage() * 100.0
         );
         for n in p.histogram {
             let _ = write!(out, "{n:>5}");
@@ -253,9 +247,9 @@ pub fn sample_json(s: &Sample) -> Value {
                 "histogram": p.histogram,
                 "pmd_mapped": p.pmd_mapped,
                 "pmd_collapsible": p.pmd_collapsible,
-                "anon_rss_bytes": p.anon_rss_kb * 1024,
-                "anon_huge_bytes": p.anon_huge_kb * 1024,
-                "coverage": p.coverage(),
+                "anon_rss_bytes": p.memory.anon_rss_kb * 1024,
+                "anon_huge_bytes": p.memory.anon_huge_kb * 1024,
+                "coverage": p.memory.coverage(),
                 "khugepaged": p.khugepaged,
                 "collapses_ok": ok,
                 "collapses_failed": failed,

@@ -294,6 +294,19 @@ pub fn assert_same(what: &str, traced: &Regions, truth: &Regions) {
     );
 }
 
+/// Asserts the tracer and pagemap agree on the mapping at `[addr, addr + len)` (named `what`),
+/// and then on every region of the process.
+pub fn assert_same_mapping_and_process(
+    what: &str,
+    traced: &Regions,
+    truth: &Regions,
+    addr: u64,
+    len: u64,
+) {
+    assert_same(what, &within(traced, addr, len), &within(truth, addr, len));
+    assert_same("every region of the child", traced, truth);
+}
+
 /// A fresh temp directory for one test.
 pub fn temp_dir(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("collapse-test-{test}-{}", std::process::id()));
