@@ -5,6 +5,7 @@
 
 mod creep;
 mod input;
+mod region_plan;
 mod report;
 mod settings;
 mod sweep;
@@ -20,6 +21,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use collapse_common::policy::{MAX_ORDER, MIN_ORDER, Policy, merged_warns};
 
+pub use self::region_plan::{RegionPlan, plan_regions};
 use self::{
     input::Input,
     settings::{MAX_PTES, Origin, Overrides, PlanSettings},
