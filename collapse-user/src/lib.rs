@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod kernel;
 pub mod planner;
+pub mod render;
 pub mod snapshot;
 pub mod status;
 pub mod tracer;

@@ -13,13 +13,15 @@ use std::{
 use anyhow::bail;
 use serde_json::{Value, json};
 
-use crate::kernel::{
+use crate::{
+    render::{size_name_kib, yes_no},
+    kernel::{
     btf,
     pagemap::PagemapReader,
     thp::{SizeEnabled, ThpSettings},
     tracefs,
     tracefs::TracepointFormat,
-};
+}};
 
 /// Tracepoints `collapse trace` needs to keep bitmaps exact: faults populate, syscalls and
 /// exits depopulate, task events follow processes.
@@ -283,7 +285,7 @@ impl Status {
             }
             s.push('\n');
         };
-        let yes_no = |b: bool| if b { "yes" } else { "no" }.to_owned();
+        let yes_no = |b: bool| yes_no(b).to_owned();
 
         let mut rows = vec![
             (
@@ -358,7 +360,7 @@ impl Status {
                         other => other.to_string(),
                     };
                     rows.push((
-                        format!("{} (order {})", size_name(size.size_kib), size.order),
+                        format!("{} (order {})", size_name_kib(size.size_kib), size.order),
                         setting,
                     ));
                 }
@@ -512,14 +514,6 @@ fn parse_version(release: &str) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
-fn size_name(kib: u64) -> String {
-    if kib >= 1024 && kib.is_multiple_of(1024) {
-        format!("{}M", kib / 1024)
-    } else {
-        format!("{kib}K")
-    }
-}
-
 /// Whether pagemap of our own process reads with PFNs and kpageflags; Ok(PAGEMAP_SCAN works).
 fn probe_pagemap() -> Result<bool, String> {
     let me = std::process::id() as i32;
@@ -570,9 +564,6 @@ mod tests {
         assert_eq!(parse_version("6.18.44-fc-v657"), Some((6, 18)));
         assert_eq!(parse_version("7.2.0-rc1"), Some((7, 2)));
         assert_eq!(parse_version("junk"), None);
-        assert_eq!(size_name(16), "16K");
-        assert_eq!(size_name(2048), "2M");
-        assert_eq!(size_name(1024), "1M");
     }
 
     #[test]

@@ -8,14 +8,11 @@ use std::{
 use collapse_common::policy::{Creep, OrderSet, Policy, Settings};
 use serde::Serialize;
 
-use super::{
-    Job,
-    report::{count, json_line},
-    settings::size_name,
-    table::Table,
-    tally::{Tally, bytes, mib},
+use super::{Job, report::json_line, tally::Tally};
+use crate::{
+    render::{Table, bytes, count, mib, size_name, yes_no},
+    snapshot::SnapshotRegion,
 };
-use crate::snapshot::SnapshotRegion;
 
 /// One pass over every region.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -150,7 +147,7 @@ pub(crate) fn render(rows: &[PassRow], job: &Job<'_>) -> String {
             format!("{:.2}", mib(row.tally.covered_pages())),
             row.bloat_total.to_string(),
             format!("{:.2}", mib(row.bloat_total)),
-            if row.fixed_point { "yes" } else { "no" }.to_owned(),
+            yes_no(row.fixed_point).to_owned(),
         ]);
         table.row(cells);
     }

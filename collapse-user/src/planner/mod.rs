@@ -9,7 +9,6 @@ mod region_plan;
 mod report;
 mod settings;
 mod sweep;
-mod table;
 mod tally;
 
 use std::{

@@ -11,10 +11,10 @@ use serde::Serialize;
 
 use super::{
     Job, creep,
-    settings::{Origin, size_name},
-    table::Table,
-    tally::{Tally, TotalsJson, mib},
+    settings::Origin,
+    tally::{Tally, TotalsJson},
 };
+use crate::render::{Table, count, mib, size_name};
 
 #[derive(Serialize)]
 struct RegionLine<'a> {
@@ -249,15 +249,6 @@ fn order_table(tally: &Tally, job: &Job<'_>) -> Table {
         format!("{:.2}", mib(tally.bloat)),
     ]);
     table
-}
-
-/// `1 region`, `3 regions`, `2 processes`.
-pub(crate) fn count(n: u64, noun: &str) -> String {
-    match n {
-        1 => format!("1 {noun}"),
-        _ if noun.ends_with('s') => format!("{n} {noun}es"),
-        _ => format!("{n} {noun}s"),
-    }
 }
 
 /// One object and a newline.

@@ -269,16 +269,6 @@ pub(crate) fn parse_size(text: &str) -> anyhow::Result<u8> {
     u8::try_from((kib / 4).trailing_zeros()).map_err(|_| bad())
 }
 
-/// `64K`, `2M`: the name of an order's size.
-pub(crate) fn size_name(order: u8) -> String {
-    let kib = 4u64 << order;
-    if kib >= 1024 {
-        format!("{}M", kib / 1024)
-    } else {
-        format!("{kib}K")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
@@ -343,10 +333,6 @@ mod tests {
         assert_eq!(err, "--orders 64K,8K: 8K is not a collapse size (16K..2M)");
         assert!(parse_orders("64K,,2M").is_err());
         assert!(parse_orders("4M").is_err());
-        assert_eq!(
-            (2..=9).map(size_name).collect::<Vec<_>>(),
-            ["16K", "32K", "64K", "128K", "256K", "512K", "1M", "2M"]
-        );
     }
 
     #[test]

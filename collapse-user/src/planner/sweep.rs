@@ -10,17 +10,17 @@ use std::{
 
 use anyhow::Context as _;
 use collapse_common::policy::{Plan, Planner, Policy, Settings, merged_warns};
-use plotters::prelude::*;
 use serde::Serialize;
 
 use super::{
     Job,
-    report::{count, header, json_line},
-    settings::size_name,
-    table::Table,
-    tally::{Tally, TotalsJson, mib},
+    report::{header, json_line},
+    tally::{Tally, TotalsJson},
 };
-use crate::snapshot::SnapshotRegion;
+use crate::{
+    render::{ChartError, LineChart, Series, Table, count, line_chart_svg, mib, size_name},
+    snapshot::SnapshotRegion,
+};
 
 /// One policy at one max_ptes_none, over every region.
 #[derive(Clone, Debug)]
@@ -162,37 +162,16 @@ pub(crate) fn write(
 /// point labelled with its max_ptes_none (a run of values that land on the same point gets
 /// one label, `0-255`).
 pub(crate) fn plot(points: &[SweepPoint], policies: &[Policy], path: &Path) -> anyhow::Result<()> {
-    let svg = render_svg(points, policies).context("draw the chart")?;
+    let svg = render_svg(points, policies)?;
     fs::write(path, svg).with_context(|| format!("write {}", path.display()))
 }
 
-fn render_svg(points: &[SweepPoint], policies: &[Policy]) -> anyhow::Result<String> {
-    let x_max = points
+fn render_svg(points: &[SweepPoint], policies: &[Policy]) -> Result<String, ChartError> {
+    let series: Vec<Series> = policies
         .iter()
-        .map(|p| mib(p.tally.bloat))
-        .fold(0.0, f64::max);
-    let x_max = if x_max > 0.0 { x_max * 1.08 } else { 1.0 };
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (960, 640)).into_drawing_area();
-        root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(
-                "collapse plan --sweep: coverage against bloat",
-                ("sans-serif", 22),
-            )
-            .margin(20)
-            .x_label_area_size(48)
-            .y_label_area_size(64)
-            .build_cartesian_2d(0.0..x_max, 0.0..105.0)?;
-        chart
-            .configure_mesh()
-            .x_desc("bloat (MiB of zero-filled pages)")
-            .y_desc("coverage (% of populated memory)")
-            .draw()?;
-        for (i, &policy) in policies.iter().enumerate() {
-            let color = Palette99::pick(i).to_rgba();
-            let series: Vec<(f64, f64, u16)> = points
+        .enumerate()
+        .map(|(i, &policy)| {
+            let raw: Vec<(f64, f64, u16)> = points
                 .iter()
                 .filter(|p| p.policy == policy)
                 .map(|p| {
@@ -203,34 +182,26 @@ fn render_svg(points: &[SweepPoint], policies: &[Policy]) -> anyhow::Result<Stri
                     )
                 })
                 .collect();
-            chart
-                .draw_series(LineSeries::new(
-                    series.iter().map(|&(x, y, _)| (x, y)),
-                    color.stroke_width(2),
-                ))?
-                .label(policy.name())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(2))
-                });
-            chart.draw_series(labelled_points(&series).into_iter().map(|(x, y, label)| {
-                EmptyElement::at((x, y))
-                    + Circle::new((0, 0), 3, color.filled())
-                    + Text::new(
-                        label,
-                        (5, -14),
-                        ("sans-serif", 11).into_font().color(&color),
-                    )
-            }))?;
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()?;
-        root.present()?;
-    }
-    Ok(svg)
+            let (points, labels) = labelled_points(&raw)
+                .into_iter()
+                .map(|(x, y, label)| ((x, y), label))
+                .unzip();
+            Series {
+                name: policy.name().to_owned(),
+                color: i,
+                points,
+                labels,
+            }
+        })
+        .collect();
+    line_chart_svg(&LineChart {
+        title: "collapse plan --sweep: coverage against bloat",
+        x_desc: "bloat (MiB of zero-filled pages)",
+        y_desc: "coverage (% of populated memory)",
+        y_range: Some((0.0, 105.0)),
+        series: &series,
+        size: (960, 640),
+    })
 }
 
 /// Consecutive values on the same point merged into one labelled point.

@@ -4,9 +4,10 @@ use std::collections::BTreeMap;
 
 use collapse_common::{
     OccupancyBitmap,
-    consts::PAGE_SIZE,
     policy::{Decision, OrderSet, RegionState},
 };
+
+use crate::render::{bytes, fraction};
 
 /// Orders 0..=9 are indexable; only 2..=9 are ever used.
 const ORDERS: usize = 10;
@@ -128,22 +129,6 @@ impl Tally {
     }
 }
 
-pub(crate) fn fraction(part: u64, whole: u64) -> f64 {
-    if whole == 0 {
-        0.0
-    } else {
-        part as f64 / whole as f64
-    }
-}
-
-pub(crate) fn bytes(pages: u64) -> u64 {
-    pages * PAGE_SIZE
-}
-
-pub(crate) fn mib(pages: u64) -> f64 {
-    bytes(pages) as f64 / (1024.0 * 1024.0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,8 +162,5 @@ mod tests {
         assert_eq!(t.covered_pages(), 80);
         assert_eq!(t.bloat, 28);
         assert!((t.coverage() - 52.0 / 58.0).abs() < 1e-12);
-        assert_eq!(fraction(1, 0), 0.0);
-        assert_eq!(bytes(2), 8192);
-        assert_eq!(mib(256), 1.0);
     }
 }

@@ -325,9 +325,8 @@ async fn drive(
         }
         Output::Human { .. } => {
             eprintln!(
-                "collapse: tracing {} process{} ({}); Ctrl-C to stop",
-                session.procs.len(),
-                if session.procs.len() == 1 { "" } else { "es" },
+                "collapse: tracing {} ({}); Ctrl-C to stop",
+                crate::render::count(session.procs.len() as u64, "process"),
                 session
                     .procs
                     .values()

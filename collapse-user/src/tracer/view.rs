@@ -7,16 +7,18 @@ use std::{
 };
 
 use collapse_common::{
-    consts::PAGE_SIZE,
     maps::{DropReason, KhugepagedEvent},
     policy::{self, OrderSet, Policy, Settings},
 };
 use serde_json::{Value, json};
 
 use super::session::{Observed, SCAN_SUCCEED, Session};
-use crate::kernel::{
-    procs::{self, MemoryCoverage},
-    thp::ThpSettings,
+use crate::{
+    kernel::{
+        procs::{self, MemoryCoverage},
+        thp::ThpSettings,
+    },
+    render::{bytes, count, mib},
 };
 
 /// Occupancy buckets: eighths of a region, then completely full.
@@ -137,10 +139,6 @@ pub fn sample(session: &Session) -> anyhow::Result<Sample> {
     })
 }
 
-fn mib(pages: u64) -> f64 {
-    (pages * PAGE_SIZE) as f64 / f64::from(1 << 20)
-}
-
 /// The human view of one sample.
 pub fn render(s: &Sample) -> String {
     let mut out = String::new();
@@ -152,10 +150,9 @@ pub fn render(s: &Sample) -> String {
         .sum();
     let _ = writeln!(
         out,
-        "collapse trace  {:>7.1}s  {} process{}  pmd rule: max_ptes_none {}  drops: {}",
+        "collapse trace  {:>7.1}s  {}  pmd rule: max_ptes_none {}  drops: {}",
         s.elapsed_s,
-        s.processes.len(),
-        if s.processes.len() == 1 { "" } else { "es" },
+        count(s.processes.len() as u64, "process"),
         s.max_ptes_none,
         if losses == 0 {
             "none".to_string()
@@ -243,7 +240,7 @@ pub fn sample_json(s: &Sample) -> Value {
                 "pid": p.tgid,
                 "comm": p.comm,
                 "regions": p.regions,
-                "populated_bytes": p.populated_pages * PAGE_SIZE,
+                "populated_bytes": bytes(p.populated_pages),
                 "histogram": p.histogram,
                 "pmd_mapped": p.pmd_mapped,
                 "pmd_collapsible": p.pmd_collapsible,

@@ -2,25 +2,25 @@
 
 use std::fmt::Write as _;
 
-pub(crate) struct Table {
+pub struct Table {
     header: Vec<String>,
     rows: Vec<Vec<String>>,
 }
 
 impl Table {
-    pub(crate) fn new<S: Into<String>>(header: impl IntoIterator<Item = S>) -> Self {
+    pub fn new<S: Into<String>>(header: impl IntoIterator<Item = S>) -> Self {
         Self {
             header: header.into_iter().map(Into::into).collect(),
             rows: Vec::new(),
         }
     }
 
-    pub(crate) fn row<S: Into<String>>(&mut self, cells: impl IntoIterator<Item = S>) {
+    pub fn row<S: Into<String>>(&mut self, cells: impl IntoIterator<Item = S>) {
         self.rows.push(cells.into_iter().map(Into::into).collect());
     }
 
     /// The table, each line prefixed with `indent` and ending in a newline.
-    pub(crate) fn render(&self, indent: &str) -> String {
+    pub fn render(&self, indent: &str) -> String {
         let columns = self
             .rows
             .iter()
