@@ -1,11 +1,14 @@
 //! `collapse`: watch how processes populate memory, decide which ranges deserve a huge page
 //! and of which size, and compare with khugepaged. See shared/design/DESIGN.md.
 //!
-//! One module per stage of the data flow: `kernel` (interfaces to the running kernel),
-//! `tracer` (eBPF programs → region occupancy), `snapshot` (the region snapshot format),
-//! `planner` (policies over snapshots), plus `status` and the test/demo `workload`.
+//! One module per stage of the data flow, each with a typed input and output:
+//! `kernel` (interfaces to the running kernel) ← `tracer` (`TargetSpec` → `Session` →
+//! `Vec<SnapshotRegion>`) → `planner` (`&[SnapshotRegion]` → `RegionPlan`s and a `Tally`).
+//! `snapshot` is the region format between them, `render` what people read, `demo` the main
+//! job, `status` the machine report and `workload` the built-in test and bench workloads. The
+//! command line lives in the binary; nothing here knows it.
 
-pub mod cli;
+pub mod demo;
 pub mod kernel;
 pub mod planner;
 pub mod render;

@@ -1,3 +1,7 @@
+//! The `collapse` binary: all of it is the library's, except the command line (`cli`).
+
+mod cli;
+
 fn main() -> std::process::ExitCode {
-    collapse::cli::main()
+    cli::main()
 }

@@ -65,12 +65,12 @@ const VMSTAT_OF_INTEREST: [&str; 12] = [
     "thp_swpout",
 ];
 
-pub fn run(args: &crate::cli::StatusArgs) -> anyhow::Result<ExitCode> {
+pub fn run(json: bool) -> anyhow::Result<ExitCode> {
     if !Path::new("/proc/self/stat").exists() || !Path::new("/sys/kernel").is_dir() {
         bail!("cannot read /proc or /sys: collapse needs procfs and sysfs mounted");
     }
     let status = Status::gather();
-    if args.json {
+    if json {
         println!("{}", status.to_json());
     } else {
         print!("{}", status.render());

@@ -19,56 +19,24 @@ use anyhow::{Context as _, anyhow, bail};
 use collapse_common::consts::{PAGE_SIZE, PMD_SIZE};
 use nix::sys::mman::{MapFlags, MmapAdvise, ProtFlags, madvise, mmap_anonymous, munmap};
 
-#[derive(Debug, clap::Args)]
-pub struct WorkloadArgs {
-    #[command(subcommand)]
-    pub kind: WorkloadKind,
-}
-
-#[derive(Debug, clap::Subcommand)]
-pub enum WorkloadKind {
-    /// Touch SIZE of fresh anonymous memory in 4 KiB pages, RUNS times; print ns per fault.
-    Storm {
-        /// Bytes per run (K, M, G suffixes).
-        #[arg(long, default_value = "1G", value_parser = parse_bytes)]
-        size: u64,
-        #[arg(long, default_value_t = 5)]
-        runs: u32,
-        /// Print `ready <pid>` and wait for a line on stdin before each run.
-        #[arg(long)]
-        wait: bool,
-    },
+/// Which workload to run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// Touch `size` bytes of fresh anonymous memory in 4 KiB pages, `runs` times; print ns per
+    /// fault. With `wait`, print `ready <pid>` and wait for a line on stdin before each run.
+    Storm { size: u64, runs: u32, wait: bool },
     /// Read commands from stdin (see `Script::command`); print `ready <pid>` first.
     Script,
-    /// The demo's memory: dense, sparse and half-full regions populated over time.
-    Demo {
-        /// Seconds to keep running after populating.
-        #[arg(long, default_value_t = 3600)]
-        hold: u64,
-    },
+    /// The demo's memory: dense, sparse and half-full regions populated over time, then held
+    /// for `hold` seconds.
+    Demo { hold: u64 },
 }
 
-/// `1G`, `256M`, `64K` or plain bytes.
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().last() {
-        Some((i, 'K' | 'k')) => (&s[..i], 1 << 10),
-        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
-        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
-        _ => (s, 1),
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .filter(|&n| n > 0)
-        .ok_or_else(|| format!("{s:?} is not a size (e.g. 1G, 256M, 64K)"))
-}
-
-pub fn run(args: WorkloadArgs) -> anyhow::Result<ExitCode> {
-    match args.kind {
-        WorkloadKind::Storm { size, runs, wait } => storm(size, runs, wait),
-        WorkloadKind::Script => Script::default().run(),
-        WorkloadKind::Demo { hold } => demo(hold),
+pub fn run(workload: Workload) -> anyhow::Result<ExitCode> {
+    match workload {
+        Workload::Storm { size, runs, wait } => storm(size, runs, wait),
+        Workload::Script => Script::default().run(),
+        Workload::Demo { hold } => demo(hold),
     }
 }
 

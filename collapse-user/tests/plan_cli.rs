@@ -609,7 +609,7 @@ fn demo_comparison() {
     // What `collapse demo` prints after tracing; here over the test regions: every policy at
     // max_ptes_none 0 and 255 at least (and the kernel's value), every size enabled.
     let mut out = Vec::new();
-    collapse::planner::write_demo_comparison(&mut out, &regions()).unwrap();
+    collapse::demo::write_comparison(&mut out, &regions()).unwrap();
     let text = String::from_utf8(out).unwrap();
     assert!(text.contains("every collapse size enabled"), "{text}");
     assert!(text.contains("16K,32K,64K,128K,256K,512K,1M,2M"), "{text}");

@@ -3,20 +3,13 @@
 
 mod common;
 
-use collapse::{
-    cli::TargetArgs,
-    tracer::{Capacity, Session, Target},
-};
+use collapse::tracer::{Capacity, Session, Target, TargetSpec};
 use common::*;
 
 /// A tracing session in this process on `pid` alone, with small maps.
 fn session_for(pid: i32) -> Session {
-    let args = TargetArgs {
-        pids: vec![pid],
-        ..TargetArgs::default()
-    };
     Session::start(
-        Target::resolve(&args).expect("target"),
+        Target::resolve(&TargetSpec::Pids(vec![pid])).expect("target"),
         Capacity {
             max_regions: 4096,
             ringbuf_bytes: 1 << 16,
@@ -40,7 +33,7 @@ fn untracked_processes_never_appear_in_the_maps() {
         w.cmd("dontneed a 0 100");
         w.cmd("huge a 0 2048");
     }
-    let regions = session.bpf.regions().expect("regions");
+    let regions = session.bpf().regions().expect("regions");
     assert!(
         regions.iter().any(|(k, _)| k.tgid == traced.pid as u32),
         "the traced process has no regions"
@@ -54,14 +47,14 @@ fn untracked_processes_never_appear_in_the_maps() {
         strangers.is_empty(),
         "regions of untraced processes: {strangers:?}"
     );
-    let counts = session.bpf.khugepaged_counts().expect("counts");
+    let counts = session.bpf().khugepaged_counts().expect("counts");
     assert!(
         counts.iter().all(|(k, _)| k.tgid == traced.pid as u32),
         "{counts:?}"
     );
     assert!(
         !session
-            .bpf
+            .bpf()
             .is_tracked(other.pid as u32)
             .expect("tracked bit")
     );
@@ -87,7 +80,7 @@ fn cleared_ranges_leave_the_map() {
     session.poll().expect("poll");
     let tgid = w.pid as u32;
     let map: std::collections::BTreeMap<u64, collapse_common::OccupancyBitmap> = session
-        .bpf
+        .bpf()
         .regions()
         .expect("regions")
         .into_iter()
@@ -135,7 +128,7 @@ fn an_exited_process_leaves_the_map() {
     w.map("a", 8, false);
     w.cmd("threads a 0 2048");
     let mine = |s: &Session| {
-        s.bpf
+        s.bpf()
             .regions()
             .expect("regions")
             .iter()
@@ -149,12 +142,12 @@ fn an_exited_process_leaves_the_map() {
     drop(w);
     // Its exit record, then the sweep.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while session.procs.contains_key(&tgid) && std::time::Instant::now() < deadline {
+    while session.traces(tgid) && std::time::Instant::now() < deadline {
         session.poll().expect("poll");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert!(
-        !session.procs.contains_key(&tgid),
+        !session.traces(tgid),
         "no exit record for the workload"
     );
     session.rescan().expect("rescan");

@@ -1,14 +1,14 @@
 //! `--passes N`: the creep model of policies.md, summed over every region.
 
-use std::{
-    collections::BTreeMap,
-    io::{self, Write},
-};
+use std::io::{self, Write};
 
 use collapse_common::policy::{Creep, OrderSet, Policy, Settings};
-use serde::Serialize;
 
-use super::{Job, report::json_line, tally::Tally};
+use super::{
+    Job,
+    json::{PassLine, PlanLine, json_line},
+    tally::Tally,
+};
 use crate::{
     render::{Table, bytes, count, mib, size_name, yes_no},
     snapshot::SnapshotRegion,
@@ -25,19 +25,6 @@ pub(crate) struct PassRow {
     pub bloat_total: u64,
     /// Every region is at a fixed point: this pass changed nothing.
     pub fixed_point: bool,
-}
-
-#[derive(Serialize)]
-struct PassLine {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    pass: usize,
-    decisions: u64,
-    decisions_per_order: BTreeMap<u8, u64>,
-    pages_per_order: BTreeMap<u8, u64>,
-    bloat_pages: u64,
-    bloat_bytes: u64,
-    fixed_point: bool,
 }
 
 /// Up to `max_passes` passes of `policy` over each region's own output. Stops early after the
@@ -105,8 +92,7 @@ pub(crate) fn write_json(
     for row in rows {
         json_line(
             out,
-            &PassLine {
-                kind: "pass",
+            &PlanLine::Pass(PassLine {
                 pass: row.pass,
                 decisions: row.tally.decisions(),
                 decisions_per_order: row.tally.decisions_per_order(orders),
@@ -114,7 +100,7 @@ pub(crate) fn write_json(
                 bloat_pages: row.bloat_total,
                 bloat_bytes: bytes(row.bloat_total),
                 fixed_point: row.fixed_point,
-            },
+            }),
         )?;
     }
     Ok(())

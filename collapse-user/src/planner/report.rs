@@ -7,80 +7,14 @@ use std::{
 };
 
 use collapse_common::policy::{Decision, Plan, Planner, Policy};
-use serde::Serialize;
 
 use super::{
     Job, creep,
+    json::{DecisionJson, PlanLine, RegionLine, SettingsJson, SummaryLine, json_line},
     settings::Origin,
-    tally::{Tally, TotalsJson},
+    tally::Tally,
 };
 use crate::render::{Table, count, mib, size_name};
-
-#[derive(Serialize)]
-struct RegionLine<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    pid: i32,
-    addr: String,
-    decisions: &'a [DecisionJson],
-    bloat_pages: u32,
-}
-
-#[derive(Serialize)]
-struct DecisionJson {
-    offset: u16,
-    order: u8,
-}
-
-/// The settings a result was computed with, as JSON.
-#[derive(Serialize)]
-pub(crate) struct SettingsJson {
-    max_ptes_none: u16,
-    max_ptes_swap: u16,
-    max_ptes_shared: u16,
-    orders: Vec<u8>,
-    chunk_order: u8,
-    /// `kernel` (THP sysfs), `defaults` (sysfs unreadable) or `flags` (sysfs not needed).
-    source: &'static str,
-    /// The flags that overrode the kernel's values.
-    flags: Vec<&'static str>,
-}
-
-#[derive(Serialize)]
-struct SummaryLine<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    policy: &'static str,
-    settings: SettingsJson,
-    processes: usize,
-    regions: u64,
-    decisions: u64,
-    #[serde(flatten)]
-    totals: TotalsJson,
-    /// With `--passes`: how many pass lines came before.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    passes: Option<usize>,
-    warnings: &'a [String],
-}
-
-impl SettingsJson {
-    pub(crate) fn new(job: &Job<'_>) -> Self {
-        let s = &job.settings.settings;
-        Self {
-            max_ptes_none: s.max_ptes_none(),
-            max_ptes_swap: s.max_ptes_swap(),
-            max_ptes_shared: s.max_ptes_shared(),
-            orders: s.orders().iter().collect(),
-            chunk_order: s.chunk_order(),
-            source: match job.settings.origin {
-                Origin::Kernel => "kernel",
-                Origin::Defaults { .. } => "defaults",
-                Origin::Flags => "flags",
-            },
-            flags: job.settings.flags.clone(),
-        }
-    }
-}
 
 /// The plan of `job` (and, with `passes`, the creep model) to `out`, as JSON lines or as the
 /// report.
@@ -108,13 +42,12 @@ pub(crate) fn write(out: &mut impl Write, job: &Job<'_>, passes: Option<u32>) ->
                     .map(|&Decision { offset, order }| DecisionJson { offset, order }),
             );
             let line = RegionLine {
-                kind: "region",
                 pid: region.pid,
                 addr: format!("{:#x}", region.addr),
                 decisions: &decisions_json,
                 bloat_pages: p.bloat_pages(),
             };
-            json_line(out, &line)?;
+            json_line(out, &PlanLine::Region(line))?;
         }
     }
     let creep_rows = passes.map(|n| creep::run(job.regions, policy, settings, n));
@@ -125,7 +58,6 @@ pub(crate) fn write(out: &mut impl Write, job: &Job<'_>, passes: Option<u32>) ->
         }
         let orders = settings.orders();
         let summary = SummaryLine {
-            kind: "summary",
             policy: policy.name(),
             settings: SettingsJson::new(job),
             processes: per_pid.len(),
@@ -135,7 +67,7 @@ pub(crate) fn write(out: &mut impl Write, job: &Job<'_>, passes: Option<u32>) ->
             passes: creep_rows.as_ref().map(Vec::len),
             warnings: &job.warnings,
         };
-        return json_line(out, &summary);
+        return json_line(out, &PlanLine::Summary(summary));
     }
 
     let mut text = header(job, true);
@@ -249,10 +181,4 @@ fn order_table(tally: &Tally, job: &Job<'_>) -> Table {
         format!("{:.2}", mib(tally.bloat)),
     ]);
     table
-}
-
-/// One object and a newline.
-pub(crate) fn json_line(out: &mut impl Write, value: &impl Serialize) -> io::Result<()> {
-    serde_json::to_writer(&mut *out, value)?;
-    out.write_all(b"\n")
 }

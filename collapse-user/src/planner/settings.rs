@@ -1,16 +1,13 @@
 //! The settings a plan runs with: the running kernel's (THP sysfs), each overridden by its
 //! flag, validated before anything is read or printed.
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use collapse_common::{
     consts::PMD_ORDER,
     policy::{MAX_ORDER, MIN_ORDER, OrderSet, Policy, Settings},
 };
 
-use crate::{
-    cli::PolicyArgs,
-    kernel::thp::{ThpError, ThpSettings},
-};
+use crate::kernel::thp::{ThpError, ThpSettings};
 
 /// The kernel's defaults (`mm/khugepaged.c`: `khugepaged_max_ptes_none = HPAGE_PMD_NR - 1`,
 /// `max_ptes_swap = HPAGE_PMD_NR / 8`, `max_ptes_shared = HPAGE_PMD_NR / 2`), PMD size only.
@@ -20,11 +17,11 @@ const DEFAULT_MAX_PTES_SHARED: u16 = 256;
 /// The `seed` design's `MTHP_MIN_ORDER`: chunks of 8 PTEs, one `u64` per PMD.
 const DEFAULT_CHUNK_ORDER: u8 = 3;
 /// Largest value of every `max_ptes_*` (`HPAGE_PMD_NR - 1`).
-pub(crate) const MAX_PTES: u16 = 511;
+pub const MAX_PTES: u16 = 511;
 
 /// The policy flags, parsed and range-checked; `None` means "the kernel's value".
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Overrides {
+pub struct Overrides {
     pub policy: Option<Policy>,
     pub max_ptes_none: Option<u16>,
     pub max_ptes_swap: Option<u16>,
@@ -36,7 +33,7 @@ pub(crate) struct Overrides {
 
 /// Where the values not given as flags came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Origin {
+pub enum Origin {
     /// THP sysfs of the running kernel.
     Kernel,
     /// sysfs could not be read; the kernel's compiled-in defaults.
@@ -47,7 +44,7 @@ pub(crate) enum Origin {
 
 /// Everything a plan needs to know about its settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct PlanSettings {
+pub struct PlanSettings {
     pub policy: Policy,
     pub settings: Settings,
     pub origin: Origin,
@@ -58,37 +55,6 @@ pub(crate) struct PlanSettings {
 }
 
 impl Overrides {
-    pub(crate) fn parse(args: &PolicyArgs) -> anyhow::Result<Self> {
-        let PolicyArgs {
-            policy,
-            max_ptes_none,
-            orders,
-            min_order,
-            max_ptes_swap,
-            max_ptes_shared,
-        } = args;
-        let policy = policy.as_deref().map(parse_policy).transpose()?;
-        let orders = orders.as_deref().map(parse_orders).transpose()?;
-        let chunk_order = min_order
-            .as_deref()
-            .map(|text| {
-                let order = parse_size(text).with_context(|| format!("--min-order {text}"))?;
-                if !(MIN_ORDER..PMD_ORDER).contains(&order) {
-                    bail!("--min-order {text}: the seed chunk must be 16K..1M (orders 2..8)");
-                }
-                Ok(order)
-            })
-            .transpose()?;
-        Ok(Self {
-            policy,
-            max_ptes_none: check_ptes("--max-ptes-none", *max_ptes_none)?,
-            max_ptes_swap: check_ptes("--max-ptes-swap", *max_ptes_swap)?,
-            max_ptes_shared: check_ptes("--max-ptes-shared", *max_ptes_shared)?,
-            orders,
-            chunk_order,
-        })
-    }
-
     /// Whether any value still has to come from the kernel (`sweeping`: max_ptes_none is
     /// the sweep's to set).
     fn needs_kernel(&self, sweeping: bool) -> bool {
@@ -98,7 +64,7 @@ impl Overrides {
             || self.orders.is_none()
     }
 
-    fn flags(&self) -> Vec<&'static str> {
+    pub fn flags(&self) -> Vec<&'static str> {
         let Self {
             policy,
             max_ptes_none,
@@ -123,7 +89,7 @@ impl Overrides {
 
 /// Kernel values (or defaults) overridden by the flags. `read_kernel` is only called if some
 /// value is not given as a flag.
-pub(crate) fn resolve(
+pub fn resolve(
     overrides: &Overrides,
     sweeping: bool,
     read_kernel: impl FnOnce() -> Result<ThpSettings, ThpError>,
@@ -201,72 +167,10 @@ pub(crate) fn resolve(
 /// The collapse orders the kernel enables for anonymous memory: every per-size `enabled` that
 /// is not `never` (`inherit` resolves to the global `enabled`), within 2..=9 (8 kB, order 1,
 /// is not a collapse size).
-pub(crate) fn kernel_orders(thp: &ThpSettings) -> Vec<u8> {
+pub fn kernel_orders(thp: &ThpSettings) -> Vec<u8> {
     (MIN_ORDER..=MAX_ORDER)
         .filter(|&k| thp.order_on(k))
         .collect()
-}
-
-fn parse_policy(name: &str) -> anyhow::Result<Policy> {
-    Policy::ALL
-        .into_iter()
-        .find(|p| p.name().eq_ignore_ascii_case(name.trim()))
-        .with_context(|| format!("unknown policy {name:?} (seed, merged, scaled or pmd)"))
-}
-
-fn check_ptes(flag: &str, value: Option<u16>) -> anyhow::Result<Option<u16>> {
-    match value {
-        Some(v) if v > MAX_PTES => bail!("{flag} {v} is outside 0..{MAX_PTES}"),
-        _ => Ok(value),
-    }
-}
-
-/// `--orders`: comma-separated sizes (16K..2M) or order numbers (2..9).
-pub(crate) fn parse_orders(list: &str) -> anyhow::Result<Vec<u8>> {
-    let mut orders = Vec::new();
-    for item in list.split(',') {
-        let order = parse_size(item).with_context(|| format!("--orders {list}"))?;
-        if !(MIN_ORDER..=MAX_ORDER).contains(&order) {
-            bail!(
-                "--orders {list}: {} is not a collapse size (16K..2M)",
-                item.trim()
-            );
-        }
-        orders.push(order);
-    }
-    orders.sort_unstable();
-    orders.dedup();
-    Ok(orders)
-}
-
-/// A size (`64K`, `64kB`, `1M`, case-insensitive) or an order number (`4`), as an order.
-pub(crate) fn parse_size(text: &str) -> anyhow::Result<u8> {
-    let item = text.trim();
-    if item.is_empty() {
-        bail!("a size is empty");
-    }
-    let upper = item.to_ascii_uppercase();
-    let digits_end = upper
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(upper.len());
-    let (digits, unit) = upper.split_at(digits_end);
-    let bad = || anyhow::anyhow!("{item} is not a size like 64K or 2M, nor an order 2..9");
-    let number: u64 = digits.parse().map_err(|_| bad())?;
-    let kib = match unit {
-        "" => {
-            return u8::try_from(number)
-                .ok()
-                .filter(|k| (MIN_ORDER..=MAX_ORDER).contains(k))
-                .ok_or_else(bad);
-        }
-        "K" | "KB" | "KIB" => number,
-        "M" | "MB" | "MIB" => number.checked_mul(1024).ok_or_else(bad)?,
-        _ => return Err(bad()),
-    };
-    if kib < 4 || kib % 4 != 0 || !(kib / 4).is_power_of_two() {
-        bail!("{item} is not a power-of-two multiple of 4K");
-    }
-    u8::try_from((kib / 4).trailing_zeros()).map_err(|_| bad())
 }
 
 #[cfg(test)]
@@ -302,72 +206,6 @@ mod tests {
         }
     }
 
-    fn args(f: impl FnOnce(&mut PolicyArgs)) -> PolicyArgs {
-        let mut a = PolicyArgs::default();
-        f(&mut a);
-        a
-    }
-
-    #[test]
-    fn sizes_and_orders() {
-        for (text, order) in [
-            ("16K", 2),
-            ("32k", 3),
-            ("64KB", 4),
-            ("128kib", 5),
-            ("256K", 6),
-            ("512K", 7),
-            ("1M", 8),
-            ("2m", 9),
-            (" 4 ", 4),
-        ] {
-            assert_eq!(parse_size(text).unwrap(), order, "{text}");
-        }
-        assert_eq!(parse_size("8K").unwrap(), 1);
-        for bad in ["", "48K", "2G", "K", "1", "10", "-4", "x"] {
-            assert!(parse_size(bad).is_err(), "{bad}");
-        }
-        assert_eq!(parse_orders("2M,64K,16k,64K").unwrap(), [2, 4, 9]);
-        assert_eq!(parse_orders("2,9").unwrap(), [2, 9]);
-        let err = format!("{:#}", parse_orders("64K,8K").unwrap_err());
-        assert_eq!(err, "--orders 64K,8K: 8K is not a collapse size (16K..2M)");
-        assert!(parse_orders("64K,,2M").is_err());
-        assert!(parse_orders("4M").is_err());
-    }
-
-    #[test]
-    fn flags_are_checked() {
-        let o = Overrides::parse(&args(|a| {
-            a.policy = Some("Merged".into());
-            a.min_order = Some("64K".into());
-            a.max_ptes_none = Some(0);
-        }))
-        .unwrap();
-        assert_eq!(o.policy, Some(Policy::Merged));
-        assert_eq!(o.chunk_order, Some(4));
-        assert_eq!(o.flags(), ["--policy", "--max-ptes-none", "--min-order"]);
-
-        let err = |a: PolicyArgs| format!("{:#}", Overrides::parse(&a).unwrap_err());
-        assert_eq!(
-            err(args(|a| a.policy = Some("greedy".into()))),
-            "unknown policy \"greedy\" (seed, merged, scaled or pmd)"
-        );
-        assert_eq!(
-            err(args(|a| a.max_ptes_none = Some(512))),
-            "--max-ptes-none 512 is outside 0..511"
-        );
-        assert_eq!(
-            err(args(|a| a.max_ptes_swap = Some(600))),
-            "--max-ptes-swap 600 is outside 0..511"
-        );
-        assert_eq!(
-            err(args(|a| a.max_ptes_shared = Some(999))),
-            "--max-ptes-shared 999 is outside 0..511"
-        );
-        assert!(err(args(|a| a.min_order = Some("2M".into()))).contains("16K..1M"));
-        assert!(err(args(|a| a.min_order = Some("8K".into()))).contains("16K..1M"));
-    }
-
     #[test]
     fn kernel_orders_follow_sysfs() {
         use SizeEnabled::*;
@@ -394,7 +232,10 @@ mod tests {
             ThpEnabled::Madvise,
             &[(64, SizeEnabled::Always), (2048, SizeEnabled::Inherit)],
         );
-        let o = Overrides::parse(&args(|a| a.max_ptes_none = Some(300))).unwrap();
+        let o = Overrides {
+            max_ptes_none: Some(300),
+            ..Overrides::default()
+        };
         let p = resolve(&o, false, || Ok(t.clone())).unwrap();
         assert_eq!(p.origin, Origin::Kernel);
         assert_eq!(p.policy, Policy::Seed);
@@ -408,13 +249,13 @@ mod tests {
 
     #[test]
     fn kernel_not_read_when_every_value_is_given() {
-        let o = Overrides::parse(&args(|a| {
-            a.max_ptes_none = Some(1);
-            a.max_ptes_swap = Some(2);
-            a.max_ptes_shared = Some(3);
-            a.orders = Some("16K".into());
-        }))
-        .unwrap();
+        let o = Overrides {
+            max_ptes_none: Some(1),
+            max_ptes_swap: Some(2),
+            max_ptes_shared: Some(3),
+            orders: Some(vec![2]),
+            ..Overrides::default()
+        };
         let p = resolve(&o, false, || {
             panic!("sysfs read although every value was given")
         })

@@ -10,12 +10,12 @@ use std::{
 
 use anyhow::Context as _;
 use collapse_common::policy::{Plan, Planner, Policy, Settings, merged_warns};
-use serde::Serialize;
 
 use super::{
     Job,
-    report::{header, json_line},
-    tally::{Tally, TotalsJson},
+    json::{PlanLine, SweepLine, json_line},
+    report::header,
+    tally::Tally,
 };
 use crate::{
     render::{ChartError, LineChart, Series, Table, count, line_chart_svg, mib, size_name},
@@ -24,7 +24,7 @@ use crate::{
 
 /// One policy at one max_ptes_none, over every region.
 #[derive(Clone, Debug)]
-pub(crate) struct SweepPoint {
+pub struct SweepPoint {
     pub policy: Policy,
     pub max_ptes_none: u16,
     pub tally: Tally,
@@ -32,22 +32,8 @@ pub(crate) struct SweepPoint {
     pub merged_warns: bool,
 }
 
-#[derive(Serialize)]
-struct SweepLine {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    policy: &'static str,
-    max_ptes_none: u16,
-    #[serde(flatten)]
-    totals: TotalsJson,
-    /// `merged` at this max_ptes_none gets the kernel's warning (no empty PTEs below 2M).
-    merged_warns: bool,
-    /// What the report says above the table (settings unreadable, no size enabled).
-    warnings: Vec<String>,
-}
-
 /// Policies in the given order, each over `values` ascending.
-pub(crate) fn run(
+pub fn run(
     regions: &[SnapshotRegion],
     policies: &[Policy],
     values: &[u16],
@@ -79,7 +65,7 @@ pub(crate) fn run(
 }
 
 /// JSON lines or the table.
-pub(crate) fn write(
+pub fn write(
     out: &mut impl Write,
     job: &Job<'_>,
     points: &[SweepPoint],
@@ -90,14 +76,13 @@ pub(crate) fn write(
         for point in points {
             let t = &point.tally;
             let line = SweepLine {
-                kind: "sweep",
                 policy: point.policy.name(),
                 max_ptes_none: point.max_ptes_none,
                 totals: t.json(orders),
                 merged_warns: point.merged_warns,
                 warnings: job.warnings.clone(),
             };
-            json_line(out, &line)?;
+            json_line(out, &PlanLine::Sweep(line))?;
         }
         return Ok(());
     }

@@ -7,14 +7,14 @@ use collapse_common::{
     policy::{Decision, OrderSet, RegionState},
 };
 
-use crate::render::{bytes, fraction};
+use crate::render::fraction;
 
 /// Orders 0..=9 are indexable; only 2..=9 are ever used.
 const ORDERS: usize = 10;
 
 /// Decisions of one order, summed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct OrderTally {
+pub struct OrderTally {
     pub decisions: u64,
     /// PTEs inside those decisions (2^order each): the memory the folios take.
     pub pages: u64,
@@ -24,7 +24,7 @@ pub(crate) struct OrderTally {
 
 /// Decisions of any number of regions, summed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Tally {
+pub struct Tally {
     pub regions: u64,
     /// Occupied (present or swap) PTEs of those regions.
     pub populated: u64,
@@ -33,34 +33,9 @@ pub(crate) struct Tally {
     orders: [OrderTally; ORDERS],
 }
 
-/// The totals every JSON line of `collapse plan` carries (summary, sweep).
-#[derive(serde::Serialize)]
-pub(crate) struct TotalsJson {
-    decisions_per_order: BTreeMap<u8, u64>,
-    pages_per_order: BTreeMap<u8, u64>,
-    covered_pages: u64,
-    populated_pages: u64,
-    bloat_pages: u64,
-    bloat_bytes: u64,
-    /// Populated (present or swap) PTEs inside a decision, as a fraction of all populated ones.
-    coverage: f64,
-}
-
 impl Tally {
-    pub(crate) fn json(&self, orders: OrderSet) -> TotalsJson {
-        TotalsJson {
-            decisions_per_order: self.decisions_per_order(orders),
-            pages_per_order: self.pages_per_order(orders),
-            covered_pages: self.covered_pages(),
-            populated_pages: self.populated,
-            bloat_pages: self.bloat,
-            bloat_bytes: bytes(self.bloat),
-            coverage: self.coverage(),
-        }
-    }
-
     /// Adds one region, its decisions, and their bloat as the engine counts it.
-    pub(crate) fn add_region(
+    pub fn add_region(
         &mut self,
         state: &RegionState,
         decisions: &[Decision],
@@ -74,7 +49,7 @@ impl Tally {
     }
 
     /// Adds decisions (without their region or bloat) against the occupancy `occ`.
-    pub(crate) fn add_decisions(&mut self, occ: &OccupancyBitmap, decisions: &[Decision]) {
+    pub fn add_decisions(&mut self, occ: &OccupancyBitmap, decisions: &[Decision]) {
         for &Decision { offset, order } in decisions {
             let len = 1usize << order;
             let t = &mut self.orders[usize::from(order)];
@@ -84,39 +59,39 @@ impl Tally {
         }
     }
 
-    pub(crate) fn order(&self, order: u8) -> OrderTally {
+    pub fn order(&self, order: u8) -> OrderTally {
         self.orders
             .get(usize::from(order))
             .copied()
             .unwrap_or_default()
     }
 
-    pub(crate) fn decisions(&self) -> u64 {
+    pub fn decisions(&self) -> u64 {
         self.orders.iter().map(|t| t.decisions).sum()
     }
 
     /// PTEs inside any decision.
-    pub(crate) fn covered_pages(&self) -> u64 {
+    pub fn covered_pages(&self) -> u64 {
         self.orders.iter().map(|t| t.pages).sum()
     }
 
     /// Occupied PTEs inside any decision.
-    pub(crate) fn covered_occupied(&self) -> u64 {
+    pub fn covered_occupied(&self) -> u64 {
         self.orders.iter().map(|t| t.occupied).sum()
     }
 
     /// Share of the populated PTEs that end up inside a decision (0 when nothing is populated).
-    pub(crate) fn coverage(&self) -> f64 {
+    pub fn coverage(&self) -> f64 {
         fraction(self.covered_occupied(), self.populated)
     }
 
     /// Share of the populated PTEs inside decisions of `order`.
-    pub(crate) fn coverage_at(&self, order: u8) -> f64 {
+    pub fn coverage_at(&self, order: u8) -> f64 {
         fraction(self.order(order).occupied, self.populated)
     }
 
     /// `{"4": 3, "9": 1}`: decisions per enabled order (zeros included, so keys are stable).
-    pub(crate) fn decisions_per_order(&self, orders: OrderSet) -> BTreeMap<u8, u64> {
+    pub fn decisions_per_order(&self, orders: OrderSet) -> BTreeMap<u8, u64> {
         orders
             .iter()
             .map(|k| (k, self.order(k).decisions))
@@ -124,7 +99,7 @@ impl Tally {
     }
 
     /// PTEs covered per enabled order.
-    pub(crate) fn pages_per_order(&self, orders: OrderSet) -> BTreeMap<u8, u64> {
+    pub fn pages_per_order(&self, orders: OrderSet) -> BTreeMap<u8, u64> {
         orders.iter().map(|k| (k, self.order(k).pages)).collect()
     }
 }

@@ -120,11 +120,24 @@ pub struct Selection {
 }
 
 /// Map capacities.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capacity {
+    /// Region map entries (one per traced 2 MiB region).
     pub max_regions: u32,
+    /// Ring buffer size (a power of two).
     pub ringbuf_bytes: u32,
+    /// Processes whose mm can be attributed khugepaged events.
     pub max_processes: u32,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Self {
+            max_regions: 262_144,
+            ringbuf_bytes: 1 << 20,
+            max_processes: 16_384,
+        }
+    }
 }
 
 /// The status-name tables of the khugepaged tracepoints (`__print_symbolic` in their formats).
@@ -153,18 +166,18 @@ impl StatusNames {
 /// The loaded, attached programs and their maps.
 pub struct Bpf {
     ebpf: Ebpf,
-    pub status_names: StatusNames,
-    pub pid_limit: u32,
+    status_names: StatusNames,
+    pid_limit: u32,
     /// Optional programs that could not be attached, with why.
-    pub missing: Vec<String>,
+    missing: Vec<String>,
     /// Tracepoints served by the BTF-typed fast path.
-    pub fast_path: Vec<&'static str>,
+    fast_path: Vec<&'static str>,
     /// Why the other hot tracepoints run as classic ones.
-    pub slow_path: Vec<String>,
+    slow_path: Vec<String>,
     root: std::path::PathBuf,
     btfs: Option<Btfs>,
     /// How `mm_page_alloc` is hooked, once it is.
-    pub large_folio_hook: Option<&'static str>,
+    large_folio_hook: Option<&'static str>,
     /// The ring buffer while nobody polls it.
     events: Option<RingBuf<MapData>>,
 }
@@ -370,6 +383,36 @@ impl Btfs {
 }
 
 impl Bpf {
+    /// The names of the khugepaged tracepoints' status codes.
+    pub fn status_names(&self) -> &StatusNames {
+        &self.status_names
+    }
+
+    /// The largest pid the tracked-process bitmap holds (the kernel's pid_max).
+    pub fn pid_limit(&self) -> u32 {
+        self.pid_limit
+    }
+
+    /// Optional programs that could not be attached, with why.
+    pub fn missing(&self) -> &[String] {
+        &self.missing
+    }
+
+    /// Tracepoints served by the BTF-typed fast path.
+    pub fn fast_path(&self) -> &[&'static str] {
+        &self.fast_path
+    }
+
+    /// Why the other hot tracepoints run as classic ones.
+    pub fn slow_path(&self) -> &[String] {
+        &self.slow_path
+    }
+
+    /// How `mm_page_alloc` is hooked, once it is.
+    pub fn large_folio_hook(&self) -> Option<&'static str> {
+        self.large_folio_hook
+    }
+
     /// Loads the programs configured for `sel` and attaches them all.
     pub fn load(sel: &Selection, cap: Capacity) -> anyhow::Result<Self> {
         if OBJECT.is_empty() {

@@ -123,14 +123,17 @@ pub enum Observed {
         how: &'static str,
         why: &'static str,
     },
+    /// A traced process marked `[addr, addr + len)` MADV_HUGEPAGE (the demo plans over the
+    /// memory as it was then, before khugepaged changes it).
+    HugepageAdvice { tgid: u32, addr: u64, len: u64 },
 }
 
 pub struct Session {
-    pub bpf: Bpf,
-    pub target: Target,
-    pub procs: BTreeMap<u32, TracedProcess>,
-    pub child: Option<CommandChild>,
-    pub started: Instant,
+    bpf: Bpf,
+    target: Target,
+    procs: BTreeMap<u32, TracedProcess>,
+    child: Option<CommandChild>,
+    started: Instant,
     /// Processes whose pagemap could not be read (warned once).
     unseeded: BTreeSet<u32>,
     /// Processes that ended and whose regions are still in the map.
@@ -139,16 +142,11 @@ pub struct Session {
     large_folios: LargeFolios,
     /// Why the large-folio hook was attached, not yet reported.
     hook_news: Vec<&'static str>,
-    /// The regions as they were at the first MADV_HUGEPAGE of a traced process, when asked
-    /// for (`capture_at_hugepage_advice`): the demo plans over memory as its workload populated
-    /// it, before khugepaged changes it.
-    pub at_hugepage_advice: Option<Vec<SnapshotRegion>>,
-    pub capture_at_hugepage_advice: bool,
     /// Ring-buffer records lost so far: when it grows, what they would have said is unknown,
     /// so every process is re-read from pagemap.
     ring_lost: u64,
     /// Every traced process's regions as of the last [`Session::refresh`].
-    pub current: BTreeMap<u32, Vec<TracedRegion>>,
+    current: BTreeMap<u32, Vec<TracedRegion>>,
     /// The last regions of processes that ended while traced: a command traced to its end
     /// still has a snapshot.
     ended_regions: BTreeMap<u32, Vec<TracedRegion>>,
@@ -189,6 +187,50 @@ fn range_mask(key_addr: u64, range: &Range<u64>) -> OccupancyBitmap {
 }
 
 impl Session {
+    /// The loaded programs and their maps.
+    pub fn bpf(&self) -> &Bpf {
+        &self.bpf
+    }
+
+    /// The processes traced now.
+    pub fn processes(&self) -> impl Iterator<Item = &TracedProcess> {
+        self.procs.values()
+    }
+
+    /// The thread-group ids traced now, ascending.
+    pub fn tgids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.procs.keys().copied()
+    }
+
+    /// Whether `tgid` is traced now.
+    pub fn traces(&self, tgid: u32) -> bool {
+        self.procs.contains_key(&tgid)
+    }
+
+    /// Time since the session started.
+    pub fn elapsed(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
+    /// Every traced process's regions as of the last [`Session::refresh`] (the tick's view).
+    pub fn current(&self) -> &BTreeMap<u32, Vec<TracedRegion>> {
+        &self.current
+    }
+
+    /// The pid of the command the session spawned (`-- CMD`), if any.
+    pub fn child_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(CommandChild::pid)
+    }
+
+    /// The ring buffer, for an event loop to poll; give it back when done.
+    pub(super) fn take_events(&mut self) -> anyhow::Result<aya::maps::RingBuf<aya::maps::MapData>> {
+        self.bpf.take_events()
+    }
+
+    pub(super) fn give_back_events(&mut self, ring: aya::maps::RingBuf<aya::maps::MapData>) {
+        self.bpf.give_back_events(ring);
+    }
+
     /// Loads the programs for `target`, starts tracing its processes and seeds them.
     pub fn start(mut target: Target, cap: Capacity) -> anyhow::Result<Self> {
         let sel = Selection {
@@ -208,8 +250,6 @@ impl Session {
             dead: BTreeSet::new(),
             large_folios: LargeFolios::from_kernel(),
             hook_news: Vec::new(),
-            at_hugepage_advice: None,
-            capture_at_hugepage_advice: false,
             ring_lost: 0,
             current: BTreeMap::new(),
             ended_regions: BTreeMap::new(),
@@ -255,7 +295,7 @@ impl Session {
     /// one of `tgids` (`Always`, or `Advised` and it has MADV_HUGEPAGE memory). Returns whether it
     /// was attached now.
     fn consider_large_folio_hook(&mut self, tgids: &[u32]) -> anyhow::Result<bool> {
-        if self.bpf.large_folio_hook.is_some() {
+        if self.bpf.large_folio_hook().is_some() {
             return Ok(false);
         }
         // COLLAPSE_LARGE_FOLIO_HOOK=1 attaches it whatever the settings (`bench tracer` measures
@@ -284,7 +324,7 @@ impl Session {
 
     /// Reports of the large-folio hook being attached since the last call.
     pub fn take_hook_news(&mut self) -> Vec<Observed> {
-        let how = self.bpf.large_folio_hook.unwrap_or("?");
+        let how = self.bpf.large_folio_hook().unwrap_or("?");
         self.hook_news
             .drain(..)
             .map(|why| Observed::LargeFolioHook { how, why })
@@ -337,7 +377,7 @@ impl Session {
                 {
                     p.resync_whole = true;
                 }
-                let status = self.bpf.status_names.describe(which, ev.status.into());
+                let status = self.bpf.status_names().describe(which, ev.status.into());
                 Some(Observed::Khugepaged {
                     tgid,
                     which,
@@ -420,9 +460,6 @@ impl Session {
                 None
             }
             EventKind::HugepageAdvice => {
-                if self.capture_at_hugepage_advice && self.at_hugepage_advice.is_none() {
-                    self.at_hugepage_advice = Some(self.snapshot()?);
-                }
                 // Faults in the range between the madvise and now are read back from pagemap.
                 if self.large_folios != LargeFolios::Never && self.bpf.attach_large_folio_hook()? {
                     if let Some(p) = self.procs.get_mut(&tgid) {
@@ -431,7 +468,11 @@ impl Session {
                     }
                     self.hook_news.push("MADV_HUGEPAGE in a traced process");
                 }
-                None
+                Some(Observed::HugepageAdvice {
+                    tgid,
+                    addr: ev.addr,
+                    len: ev.len,
+                })
             }
         })
     }

@@ -16,7 +16,7 @@ use nix::{
     unistd::{ForkResult, Pid, fork, pipe2},
 };
 
-use crate::{cli::TargetArgs, kernel::procs};
+use crate::kernel::procs;
 
 #[derive(Debug, Default)]
 pub struct Target {
@@ -30,50 +30,57 @@ pub struct Target {
     command: bool,
 }
 
+/// Which processes to trace, as the user named them (DESIGN.md TARGET): one kind each.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetSpec {
+    /// These processes (any thread id names its process).
+    Pids(Vec<i32>),
+    /// Every process in this cgroup v2 directory.
+    Cgroup(PathBuf),
+    /// Every process whose comm is this name, now and later.
+    Comm(String),
+    /// Every process on the system.
+    All,
+    /// Spawn this command (program and arguments) and trace it with its children.
+    Command(Vec<String>),
+}
+
 impl Target {
     /// Checks the target and, for `-- CMD`, forks the command (held before exec). Nothing is
     /// loaded yet, so bad input fails before anything changes.
-    pub fn resolve(args: &TargetArgs) -> anyhow::Result<Self> {
-        let kinds = [
-            !args.pids.is_empty(),
-            args.cgroup.is_some(),
-            args.comm.is_some(),
-            args.all,
-            !args.cmd.is_empty(),
-        ];
-        match kinds.iter().filter(|&&k| k).count() {
-            0 => bail!(
-                "no target: give --pid PID, --cgroup PATH, --comm NAME, --all, or -- CMD ARGS"
-            ),
-            1 => {}
-            _ => bail!("give one kind of target: --pid, --cgroup, --comm, --all or -- CMD"),
-        }
-        let mut target = Self {
-            all: args.all,
-            ..Self::default()
-        };
-        for &pid in &args.pids {
-            if pid <= 0 || !procs::exists(pid) {
-                bail!("no process with pid {pid}");
+    pub fn resolve(spec: &TargetSpec) -> anyhow::Result<Self> {
+        let mut target = Self::default();
+        match spec {
+            TargetSpec::All => target.all = true,
+            TargetSpec::Pids(pids) => {
+                for &pid in pids {
+                    if pid <= 0 || !procs::exists(pid) {
+                        bail!("no process with pid {pid}");
+                    }
+                    let tgid =
+                        procs::tgid(pid).with_context(|| format!("reading /proc/{pid}/status"))?;
+                    if !target.pids.contains(&(tgid as u32)) {
+                        target.pids.push(tgid as u32);
+                    }
+                }
             }
-            let tgid = procs::tgid(pid).with_context(|| format!("reading /proc/{pid}/status"))?;
-            if !target.pids.contains(&(tgid as u32)) {
-                target.pids.push(tgid as u32);
+            TargetSpec::Comm(comm) => {
+                if comm.is_empty() || comm.len() > 15 {
+                    bail!("--comm {comm:?}: a command name is 1 to 15 bytes (the kernel's comm)");
+                }
+                target.comm = Some(comm.clone());
             }
-        }
-        if let Some(comm) = &args.comm {
-            if comm.is_empty() || comm.len() > 15 {
-                bail!("--comm {comm:?}: a command name is 1 to 15 bytes (the kernel's comm)");
+            TargetSpec::Cgroup(path) => {
+                target.cgroup_id = Some(procs::cgroup_id(path)?);
+                target.cgroup = Some(path.clone());
             }
-            target.comm = Some(comm.clone());
-        }
-        if let Some(path) = &args.cgroup {
-            target.cgroup_id = Some(procs::cgroup_id(path)?);
-            target.cgroup = Some(path.clone());
-        }
-        if !args.cmd.is_empty() {
-            target.spawn = Some(Spawned::fork(&args.cmd)?);
-            target.command = true;
+            TargetSpec::Command(cmd) => {
+                if cmd.is_empty() {
+                    bail!("-- CMD: no command given");
+                }
+                target.spawn = Some(Spawned::fork(cmd)?);
+                target.command = true;
+            }
         }
         Ok(target)
     }

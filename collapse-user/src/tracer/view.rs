@@ -10,7 +10,6 @@ use collapse_common::{
     maps::{DropReason, KhugepagedEvent},
     policy::{self, OrderSet, Policy, Settings},
 };
-use serde_json::{Value, json};
 
 use super::session::{Observed, SCAN_SUCCEED, Session};
 use crate::{
@@ -18,7 +17,7 @@ use crate::{
         procs::{self, MemoryCoverage},
         thp::ThpSettings,
     },
-    render::{bytes, count, mib},
+    render::{count, mib},
 };
 
 /// Occupancy buckets: eighths of a region, then completely full.
@@ -46,7 +45,7 @@ pub struct ProcessStats {
 }
 
 impl ProcessStats {
-    fn collapses(&self) -> (u64, u64) {
+    pub(crate) fn collapses(&self) -> (u64, u64) {
         let Some(c) = self.khugepaged.get(KhugepagedEvent::Collapse.name()) else {
             return (0, 0);
         };
@@ -92,13 +91,13 @@ fn kernel_pmd_settings(thp: Option<&ThpSettings>) -> Settings {
 pub fn sample(session: &Session) -> anyhow::Result<Sample> {
     let thp = ThpSettings::read().ok();
     let settings = kernel_pmd_settings(thp.as_ref());
-    let regions = &session.current;
+    let regions = session.current();
     let mut counts: HashMap<u32, BTreeMap<&'static str, BTreeMap<String, u64>>> = HashMap::new();
-    for (key, n) in session.bpf.khugepaged_counts()? {
+    for (key, n) in session.bpf().khugepaged_counts()? {
         let Some(which) = KhugepagedEvent::from_u16(key.event) else {
             continue;
         };
-        let status = session.bpf.status_names.describe(which, key.status.into());
+        let status = session.bpf().status_names().describe(which, key.status.into());
         *counts
             .entry(key.tgid)
             .or_default()
@@ -108,7 +107,7 @@ pub fn sample(session: &Session) -> anyhow::Result<Sample> {
             .or_default() += n;
     }
     let mut processes = Vec::new();
-    for p in session.procs.values() {
+    for p in session.processes() {
         let mut s = ProcessStats {
             tgid: p.tgid,
             comm: p.comm.clone(),
@@ -132,9 +131,9 @@ pub fn sample(session: &Session) -> anyhow::Result<Sample> {
         processes.push(s);
     }
     Ok(Sample {
-        elapsed_s: session.started.elapsed().as_secs_f64(),
+        elapsed_s: session.elapsed().as_secs_f64(),
         processes,
-        drops: session.bpf.drops()?,
+        drops: session.bpf().drops()?,
         max_ptes_none: settings.max_ptes_none(),
     })
 }
@@ -230,39 +229,6 @@ pub fn render(s: &Sample) -> String {
     out
 }
 
-pub fn sample_json(s: &Sample) -> Value {
-    let processes: Vec<Value> = s
-        .processes
-        .iter()
-        .map(|p| {
-            let (ok, failed) = p.collapses();
-            json!({
-                "pid": p.tgid,
-                "comm": p.comm,
-                "regions": p.regions,
-                "populated_bytes": bytes(p.populated_pages),
-                "histogram": p.histogram,
-                "pmd_mapped": p.pmd_mapped,
-                "pmd_collapsible": p.pmd_collapsible,
-                "anon_rss_bytes": p.memory.anon_rss_kb * 1024,
-                "anon_huge_bytes": p.memory.anon_huge_kb * 1024,
-                "coverage": p.memory.coverage(),
-                "khugepaged": p.khugepaged,
-                "collapses_ok": ok,
-                "collapses_failed": failed,
-            })
-        })
-        .collect();
-    let drops: BTreeMap<&str, u64> = s.drops.iter().map(|(r, n)| (r.name(), *n)).collect();
-    json!({
-        "type": "sample",
-        "elapsed_s": s.elapsed_s,
-        "max_ptes_none": s.max_ptes_none,
-        "processes": processes,
-        "drops": drops,
-    })
-}
-
 /// One `--events` line for people.
 pub fn render_observed(o: &Observed, elapsed_s: f64) -> String {
     match o {
@@ -309,41 +275,17 @@ pub fn render_observed(o: &Observed, elapsed_s: f64) -> String {
         Observed::Ended { tgid, comm, how } => {
             format!("{elapsed_s:>9.3} {tgid:>8} ended ({how}) {comm}")
         }
+        Observed::HugepageAdvice { tgid, addr, len } => {
+            format!(
+                "{elapsed_s:>9.3} {tgid:>8} MADV_HUGEPAGE {addr:#x} ({} KiB)",
+                len / 1024
+            )
+        }
         Observed::LargeFolioHook { how, why } => {
             format!(
                 "{elapsed_s:>9.3} {:>8} large-folio hook on kmem:mm_page_alloc ({how}): {why}",
                 ""
             )
         }
-    }
-}
-
-pub fn observed_json(o: &Observed, elapsed_s: f64) -> Value {
-    match o {
-        Observed::LargeFolio { tgid, addr, order } => json!({
-            "type": "event", "event": "large_folio_fault", "elapsed_s": elapsed_s,
-            "pid": tgid, "addr": format!("{addr:#x}"), "order": order,
-        }),
-        Observed::Khugepaged {
-            tgid,
-            which,
-            status,
-            event,
-        } => json!({
-            "type": "event", "event": which.name(), "elapsed_s": elapsed_s, "pid": tgid,
-            "status": status, "status_code": event.status, "khugepaged_pid": event.pid,
-            "a": event.a, "b": event.b, "c": event.c,
-            // Only the scan and isolate tracepoints report a pfn.
-            "pfn": matches!(which, KhugepagedEvent::ScanPmd | KhugepagedEvent::Isolate).then_some(event.addr),
-        }),
-        Observed::Started { tgid, comm, how } => json!({
-            "type": "event", "event": "traced", "elapsed_s": elapsed_s, "pid": tgid, "comm": comm, "how": how,
-        }),
-        Observed::Ended { tgid, comm, how } => json!({
-            "type": "event", "event": "ended", "elapsed_s": elapsed_s, "pid": tgid, "comm": comm, "how": how,
-        }),
-        Observed::LargeFolioHook { how, why } => json!({
-            "type": "event", "event": "large_folio_hook", "elapsed_s": elapsed_s, "how": how, "why": why,
-        }),
     }
 }

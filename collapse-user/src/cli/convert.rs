@@ -1,0 +1,218 @@
+//! Each value the user typed, validated once, and each argument struct turned into its stage's
+//! own input type.
+
+use std::{path::Path, time::Duration};
+
+use anyhow::bail;
+use collapse::{
+    planner::{Mode, Overrides},
+    tracer::{Capacity, TargetSpec},
+    workload::Workload,
+};
+use collapse_common::policy::Policy;
+
+use super::{
+    args::{CapacityArgs, PlanArgs, TargetArgs, WorkloadKind},
+    policy::check_ptes,
+};
+
+/// max_ptes_none values of `--sweep` unless `--sweep-values` says otherwise.
+const DEFAULT_SWEEP_VALUES: [u16; 11] = [0, 32, 64, 128, 192, 255, 256, 320, 384, 448, 511];
+
+/// A duration flag: 0 up to a year (far enough to mean "until stopped", near enough that
+/// adding it to now cannot overflow).
+pub(crate) fn seconds(flag: &str, s: f64) -> anyhow::Result<Duration> {
+    const YEAR: f64 = 365.0 * 86_400.0;
+    if !s.is_finite() || !(0.0..=YEAR).contains(&s) {
+        bail!("{flag} {s} is not a number of seconds from 0 to {YEAR}");
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+/// `--interval`: more than 0 seconds.
+pub(crate) fn interval(s: f64) -> anyhow::Result<Duration> {
+    let interval = seconds("--interval", s)?;
+    if interval.is_zero() {
+        bail!("--interval must be more than 0 seconds");
+    }
+    Ok(interval)
+}
+
+/// `1G`, `256M`, `64K` or plain bytes (a clap value parser).
+pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1 << 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("{s:?} is not a size (e.g. 1G, 256M, 64K)"))
+}
+
+/// Whether any target was named at all.
+pub(crate) fn target_given(args: &TargetArgs) -> bool {
+    !args.pids.is_empty()
+        || args.cgroup.is_some()
+        || args.comm.is_some()
+        || args.all
+        || !args.cmd.is_empty()
+}
+
+/// The one kind of target the user named.
+pub(crate) fn target_spec(args: &TargetArgs) -> anyhow::Result<TargetSpec> {
+    let TargetArgs {
+        pids,
+        cgroup,
+        comm,
+        all,
+        cmd,
+    } = args;
+    let kinds = [
+        !pids.is_empty(),
+        cgroup.is_some(),
+        comm.is_some(),
+        *all,
+        !cmd.is_empty(),
+    ];
+    match kinds.iter().filter(|&&k| k).count() {
+        0 => bail!("no target: give --pid PID, --cgroup PATH, --comm NAME, --all, or -- CMD ARGS"),
+        1 => {}
+        _ => bail!("give one kind of target: --pid, --cgroup, --comm, --all or -- CMD"),
+    }
+    Ok(if !pids.is_empty() {
+        TargetSpec::Pids(pids.clone())
+    } else if let Some(path) = cgroup {
+        TargetSpec::Cgroup(path.clone())
+    } else if let Some(name) = comm {
+        TargetSpec::Comm(name.clone())
+    } else if *all {
+        TargetSpec::All
+    } else {
+        TargetSpec::Command(cmd.clone())
+    })
+}
+
+pub(crate) fn capacity(args: &CapacityArgs) -> Capacity {
+    Capacity {
+        max_regions: args.max_regions,
+        ringbuf_bytes: args.ringbuf_kib.saturating_mul(1024),
+        max_processes: args.max_processes,
+    }
+}
+
+/// Where `plan` reads its regions from.
+#[derive(Clone, Debug)]
+pub(crate) enum PlanInput {
+    File(std::path::PathBuf),
+    Stdin,
+    Live { duration: Duration },
+}
+
+impl PlanInput {
+    /// For the report: where the regions came from.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Self::File(path) => path.display().to_string(),
+            Self::Stdin => "stdin".to_owned(),
+            Self::Live { duration } if !duration.is_zero() => {
+                format!("live target, traced {} s", duration.as_secs_f64())
+            }
+            Self::Live { .. } => "live target, seeded from pagemap".to_owned(),
+        }
+    }
+}
+
+pub(crate) fn plan_input(args: &PlanArgs) -> anyhow::Result<PlanInput> {
+    let duration = seconds("plan: --duration", args.duration)?;
+    match (&args.input, target_given(&args.target)) {
+        (None, false) => {
+            bail!("plan: give --input FILE or a target (--pid, --cgroup, --comm, --all, -- CMD)")
+        }
+        (Some(_), true) => bail!("plan: give either --input FILE or a target, not both"),
+        (Some(_), false) if !duration.is_zero() => {
+            bail!("plan: --duration applies to a live target, not to --input")
+        }
+        (Some(path), false) if path == Path::new("-") => Ok(PlanInput::Stdin),
+        (Some(path), false) => Ok(PlanInput::File(path.clone())),
+        (None, true) => Ok(PlanInput::Live { duration }),
+    }
+}
+
+/// One policy (with the creep model) or a sweep, from the flags that choose between them.
+pub(crate) fn plan_mode(args: &PlanArgs, overrides: &Overrides) -> anyhow::Result<Mode> {
+    if !args.sweep {
+        if args.plot.is_some() {
+            bail!("plan: --plot needs --sweep");
+        }
+        if args.sweep_values.is_some() {
+            bail!("plan: --sweep-values needs --sweep");
+        }
+        if args.passes == Some(0) {
+            bail!("plan: --passes must be at least 1");
+        }
+        return Ok(Mode::Plan {
+            passes: args.passes,
+        });
+    }
+    if args.passes.is_some() {
+        bail!("plan: --passes and --sweep do not go together");
+    }
+    if overrides.max_ptes_none.is_some() {
+        bail!(
+            "plan: --sweep varies max_ptes_none itself: give the values with --sweep-values, not --max-ptes-none"
+        );
+    }
+    let values = match &args.sweep_values {
+        Some(values) if values.is_empty() => bail!("plan: --sweep-values is empty"),
+        Some(values) => {
+            for &v in values {
+                check_ptes("plan: --sweep-values:", Some(v))?;
+            }
+            let mut values = values.clone();
+            values.sort_unstable();
+            values.dedup();
+            values
+        }
+        None => DEFAULT_SWEEP_VALUES.to_vec(),
+    };
+    let policies = overrides
+        .policy
+        .map_or_else(|| Policy::ALL.to_vec(), |p| vec![p]);
+    Ok(Mode::Sweep {
+        policies,
+        values,
+        plot: args.plot.clone(),
+    })
+}
+
+pub(crate) fn workload(kind: WorkloadKind) -> Workload {
+    match kind {
+        WorkloadKind::Storm { size, runs, wait } => Workload::Storm { size, runs, wait },
+        WorkloadKind::Script => Workload::Script,
+        WorkloadKind::Demo { hold } => Workload::Demo { hold },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(seconds("--duration", 1.5).unwrap(), Duration::from_millis(1500));
+        for bad in [-1.0, f64::NAN, f64::INFINITY, 1e30] {
+            let err = seconds("--duration", bad).unwrap_err().to_string();
+            assert!(err.starts_with("--duration "), "{err}");
+        }
+        assert!(interval(0.0).unwrap_err().to_string().contains("more than 0"));
+        assert_eq!(parse_bytes("64K").unwrap(), 65536);
+        assert_eq!(parse_bytes("1g").unwrap(), 1 << 30);
+        assert!(parse_bytes("0").is_err());
+        assert!(parse_bytes("x").is_err());
+    }
+}

@@ -1,0 +1,196 @@
+//! The binary's edge: clap parses (`args`), each value is validated once and converted into its
+//! stage's input type (`convert`, `policy`), the command is dispatched, and any error becomes one
+//! line on stderr and a non-zero exit status. Nothing in the library sees a clap type.
+
+mod args;
+mod convert;
+mod policy;
+
+use std::{
+    fs::File,
+    io::{self, BufReader},
+    process::ExitCode,
+};
+
+use anyhow::Context as _;
+use clap::{Parser as _, error::ErrorKind};
+use collapse::{
+    demo, planner,
+    kernel::thp::ThpSettings,
+    snapshot::{SnapshotRegion, read_snapshot},
+    status,
+    tracer::{self, Capacity, Target, TraceJob, TraceOutput, Ticks},
+    workload,
+};
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+use self::{
+    args::{Cli, Command, PlanArgs, TraceArgs},
+    convert::PlanInput,
+};
+
+/// Parses arguments, runs the command, and turns any error into one line on stderr and a
+/// non-zero exit status.
+pub fn main() -> ExitCode {
+    // Like other command-line tools: a closed pipe (`| head`) ends us quietly instead of
+    // failing a print.
+    // SAFETY: setting a signal disposition before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_error(err),
+    };
+    let result = match cli.command {
+        Command::Status(args) => status::run(args.json),
+        Command::Trace(args) => trace(&args),
+        Command::Plan(args) => plan(&args),
+        Command::Demo(args) => demo(args.duration),
+        Command::Workload(args) => workload::run(convert::workload(args.kind)),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            // One line: the chain of contexts, outermost first. A cause that spans lines (a
+            // verifier log) is cut to its first; COLLAPSE_DEBUG=1 prints all of it after.
+            let text = format!("{err:#}");
+            match text.split_once('\n') {
+                None => eprintln!("collapse: {text}"),
+                Some((first, _)) => {
+                    eprintln!("collapse: {first} (more with COLLAPSE_DEBUG=1)");
+                    if std::env::var_os("COLLAPSE_DEBUG").is_some_and(|v| v == "1") {
+                        eprintln!("{text}");
+                    }
+                }
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn trace(args: &TraceArgs) -> anyhow::Result<ExitCode> {
+    let interval = convert::interval(args.interval)?;
+    let duration = args
+        .duration
+        .map(|d| convert::seconds("--duration", d))
+        .transpose()?;
+    if let Some(path) = &args.snapshot {
+        tracer::check_snapshot_path(path)?;
+    }
+    let target = Target::resolve(&convert::target_spec(&args.target)?)?;
+    let output = if args.json {
+        TraceOutput::Json {
+            events: args.events,
+        }
+    } else {
+        TraceOutput::Human {
+            events: args.events,
+            redraw: !args.events && std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        }
+    };
+    let job = TraceJob {
+        capacity: convert::capacity(&args.capacity),
+        ticks: Ticks { interval, duration },
+        output,
+        snapshot: args.snapshot.clone(),
+    };
+    // Ctrl-C and SIGTERM are caught from here on: one during seeding still ends with a
+    // snapshot.
+    let (rt, mut signals) = runtime()?;
+    rt.block_on(tracer::trace(target, job, signals.recv()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
+    let overrides = policy::overrides(&args.policy)?;
+    let mode = convert::plan_mode(args, &overrides)?;
+    let input = convert::plan_input(args)?;
+    let settings = planner::resolve(&overrides, mode.is_sweep(), ThpSettings::read)?;
+    let regions = load_regions(args, &input)?;
+    planner::run(&settings, mode, input.describe(), &regions, args.json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Every region of the plan's input, validated.
+fn load_regions(args: &PlanArgs, input: &PlanInput) -> anyhow::Result<Vec<SnapshotRegion>> {
+    match input {
+        PlanInput::File(path) => {
+            let file =
+                File::open(path).with_context(|| format!("open snapshot {}", path.display()))?;
+            read_snapshot(BufReader::new(file))
+                .with_context(|| format!("snapshot {}", path.display()))
+        }
+        PlanInput::Stdin => read_snapshot(io::stdin().lock()).context("snapshot on stdin"),
+        PlanInput::Live { duration } => {
+            let target = Target::resolve(&convert::target_spec(&args.target)?)?;
+            let (rt, mut signals) = runtime()?;
+            // A plan traces at most a few processes briefly: the default capacities suffice.
+            rt.block_on(tracer::snapshot_of(
+                target,
+                Capacity::default(),
+                *duration,
+                signals.recv(),
+            ))
+        }
+    }
+}
+
+fn demo(duration: f64) -> anyhow::Result<ExitCode> {
+    let duration = convert::seconds("--duration", duration)?;
+    let (rt, mut signals) = runtime()?;
+    rt.block_on(demo::run(duration, signals.recv()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGINT and SIGTERM, caught: both stop the command cleanly.
+struct StopSignals {
+    int: Signal,
+    term: Signal,
+}
+
+impl StopSignals {
+    /// Completes at the first SIGINT or SIGTERM.
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
+}
+
+/// The event loop, and the stop signals caught from now on.
+fn runtime() -> anyhow::Result<(tokio::runtime::Runtime, StopSignals)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the event loop")?;
+    let signals = {
+        let _in_runtime = rt.enter();
+        StopSignals {
+            int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+            term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+        }
+    };
+    Ok((rt, signals))
+}
+
+/// Help and version go to stdout as clap writes them; a usage error becomes one line.
+fn usage_error(err: clap::Error) -> ExitCode {
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = err.print();
+        return if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    let text = err.render().to_string();
+    let first = text.lines().next().unwrap_or("bad arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    eprintln!("collapse: {first} (see --help)");
+    ExitCode::from(2)
+}

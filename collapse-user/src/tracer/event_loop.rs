@@ -1,0 +1,154 @@
+//! The tracer's event loop: ring-buffer records as they arrive, and a tick every interval.
+//! The caller owns stopping (a shutdown future) and what happens on each tick (a
+//! [`TickHandler`]): `trace` prints, `run` plans and collapses, and the loop knows neither.
+
+use std::{future::Future, time::Duration};
+
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    time::Instant,
+};
+
+use super::session::{self, Observed, Session};
+
+/// Why the loop stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// The shutdown future completed (Ctrl-C, SIGTERM).
+    Signal,
+    /// The duration ran out.
+    Duration,
+    /// Every process the target named has ended.
+    TargetsGone,
+}
+
+impl Stop {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Signal => "signal",
+            Self::Duration => "duration",
+            Self::TargetsGone => "targets ended",
+        }
+    }
+}
+
+/// How often the loop ticks and for how long it runs (`None`: until stopped).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ticks {
+    pub interval: Duration,
+    pub duration: Option<Duration>,
+}
+
+/// What the caller does with what the loop sees. Every method has a default that does
+/// nothing.
+pub trait TickHandler {
+    /// Once, when the loop starts, before the first tick.
+    fn attached(&mut self, _session: &Session) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// Something the session saw happen: a record it handled, a process joining or ending.
+    fn observed(&mut self, _session: &mut Session, _what: &Observed) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// Each tick, once the session has picked up new members, re-read what it had to and
+    /// refreshed its regions. `last` is the extra tick after the loop stopped (only when the
+    /// state changed since the last one); a handler that acts may leave it alone.
+    fn tick(&mut self, _session: &mut Session, _last: bool) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// How long until the next tick, asked after each one (`None`: the loop's interval). The
+    /// executor backs off this way when collapses are slow.
+    fn next_interval(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// Runs the session until `shutdown` completes, the duration runs out or the targets end.
+pub async fn run(
+    session: &mut Session,
+    shutdown: impl Future<Output = ()>,
+    ticks: Ticks,
+    handler: &mut impl TickHandler,
+) -> anyhow::Result<Stop> {
+    // SAFETY: the ring buffer owns its map fd, which stays open and the same for as long as
+    // the AsyncFd holds it.
+    let mut ring =
+        unsafe { AsyncFd::register_with_interest(session.take_events()?, Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("polling the ring buffer: {}", e.into_parts().1))?;
+    let deadline = ticks.duration.map(|d| Instant::now() + d);
+    let mut interval = ticks.interval;
+    handler.attached(session)?;
+    // Each tick is due one interval after the previous one fired (a late tick delays the
+    // next instead of bunching them up, like tokio's `MissedTickBehavior::Delay`).
+    let mut next_tick = Instant::now() + interval;
+    tokio::pin!(shutdown);
+    // When a tick last handed the state over, and whether anything happened since.
+    let mut shown_at: Option<Instant> = None;
+    let stop = loop {
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = &mut shutdown => break Stop::Signal,
+            () = sleep => break Stop::Duration,
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                let events = session::drain(guard.get_inner_mut());
+                guard.clear_ready();
+                handle_events(session, handler, &events)?;
+                if !events.is_empty() {
+                    shown_at = None;
+                }
+            }
+            () = tokio::time::sleep_until(next_tick) => {
+                let fired = Instant::now();
+                let mut joined = session.rescan()?;
+                joined.extend(session.take_hook_news());
+                for o in &joined {
+                    handler.observed(session, o)?;
+                }
+                session.refresh()?;
+                handler.tick(session, false)?;
+                shown_at = Some(Instant::now());
+                if session.targets_gone() {
+                    break Stop::TargetsGone;
+                }
+                interval = handler.next_interval().unwrap_or(ticks.interval);
+                next_tick = fired + interval;
+            }
+        }
+    };
+    // What arrived before the stop still counts.
+    let events = session::drain(ring.get_mut());
+    session.give_back_events(ring.into_inner());
+    handle_events(session, handler, &events)?;
+    session.resync_pending()?;
+    // The final state, unless a tick has just handed it over.
+    let just_shown = shown_at.is_some_and(|t| t.elapsed() < interval / 4);
+    if !events.is_empty() || !just_shown {
+        session.refresh()?;
+        handler.tick(session, true)?;
+    }
+    Ok(stop)
+}
+
+fn handle_events(
+    session: &mut Session,
+    handler: &mut impl TickHandler,
+    events: &[collapse_common::event::Event],
+) -> anyhow::Result<()> {
+    for ev in events {
+        let mut seen: Vec<Observed> = session.handle(ev)?.into_iter().collect();
+        seen.extend(session.take_hook_news());
+        for o in &seen {
+            handler.observed(session, o)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,90 @@
+//! What `collapse trace` prints as it runs: the live view for people (redrawn in place on a
+//! terminal), or the JSON-lines stream for programs; `--events` adds one line per event.
+
+use std::io::Write as _;
+
+use super::{
+    event_loop::TickHandler,
+    json::TraceLine,
+    session::{Observed, Session},
+    view,
+};
+use crate::render::count;
+
+/// How `trace` reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TraceOutput {
+    /// The table for people; `redraw` clears the terminal before each sample.
+    Human { events: bool, redraw: bool },
+    /// JSON lines (DESIGN.md).
+    Json { events: bool },
+}
+
+impl TraceOutput {
+    fn events(self) -> bool {
+        match self {
+            Self::Human { events, .. } | Self::Json { events } => events,
+        }
+    }
+}
+
+/// The [`TickHandler`] of `collapse trace`: prints what the session sees.
+pub struct TracePrinter {
+    pub output: TraceOutput,
+}
+
+impl TickHandler for TracePrinter {
+    fn attached(&mut self, session: &Session) -> anyhow::Result<()> {
+        match self.output {
+            TraceOutput::Json { .. } => println!("{}", TraceLine::attached(session).to_json()),
+            TraceOutput::Human { .. } => {
+                let names: Vec<String> = session
+                    .processes()
+                    .map(|p| format!("{} {}", p.tgid, p.comm))
+                    .collect();
+                eprintln!(
+                    "collapse: tracing {} ({}); Ctrl-C to stop",
+                    count(names.len() as u64, "process"),
+                    names.join(", ")
+                );
+                for m in session.bpf().missing() {
+                    eprintln!("collapse: warning: not attached: {m}");
+                }
+            }
+        }
+        std::io::stdout().flush()?;
+        Ok(())
+    }
+
+    fn observed(&mut self, session: &mut Session, what: &Observed) -> anyhow::Result<()> {
+        if !self.output.events() {
+            return Ok(());
+        }
+        let elapsed = session.elapsed().as_secs_f64();
+        let mut out = std::io::stdout().lock();
+        match self.output {
+            TraceOutput::Human { .. } => writeln!(out, "{}", view::render_observed(what, elapsed))?,
+            TraceOutput::Json { .. } => {
+                writeln!(out, "{}", TraceLine::observed(what, elapsed).to_json())?
+            }
+        }
+        out.flush()?;
+        Ok(())
+    }
+
+    fn tick(&mut self, session: &mut Session, _last: bool) -> anyhow::Result<()> {
+        let sample = view::sample(session)?;
+        let mut out = std::io::stdout().lock();
+        match self.output {
+            TraceOutput::Human { redraw, .. } => {
+                if redraw {
+                    write!(out, "\x1b[H\x1b[2J")?;
+                }
+                writeln!(out, "{}", view::render(&sample))?;
+            }
+            TraceOutput::Json { .. } => writeln!(out, "{}", TraceLine::sample(&sample).to_json())?,
+        }
+        out.flush()?;
+        Ok(())
+    }
+}
