@@ -165,7 +165,7 @@ pub(crate) enum WorkloadKind {
     /// Touch SIZE of fresh anonymous memory in 4 KiB pages, RUNS times; print ns per fault.
     Storm {
         /// Bytes per run (K, M, G suffixes).
-        #[arg(long, default_value = "1G", value_parser = super::convert::parse_bytes)]
+        #[arg(long, default_value = "1G", value_parser = parse_bytes)]
         size: u64,
         #[arg(long, default_value_t = 5)]
         runs: u32,
@@ -181,4 +181,20 @@ pub(crate) enum WorkloadKind {
         #[arg(long, default_value_t = 3600)]
         hold: u64,
     },
+}
+
+/// `1G`, `256M`, `64K` or plain bytes (a clap value parser).
+pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1 << 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("{s:?} is not a size (e.g. 1G, 256M, 64K)"))
 }

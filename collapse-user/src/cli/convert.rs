@@ -38,22 +38,6 @@ pub(crate) fn interval(s: f64) -> anyhow::Result<Duration> {
     Ok(interval)
 }
 
-/// `1G`, `256M`, `64K` or plain bytes (a clap value parser).
-pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().last() {
-        Some((i, 'K' | 'k')) => (&s[..i], 1 << 10),
-        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
-        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
-        _ => (s, 1),
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .filter(|&n| n > 0)
-        .ok_or_else(|| format!("{s:?} is not a size (e.g. 1G, 256M, 64K)"))
-}
-
 /// Whether any target was named at all.
 pub(crate) fn target_given(args: &TargetArgs) -> bool {
     !args.pids.is_empty()
@@ -203,16 +187,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_and_sizes() {
+    fn durations_and_byte_sizes() {
         assert_eq!(seconds("--duration", 1.5).unwrap(), Duration::from_millis(1500));
         for bad in [-1.0, f64::NAN, f64::INFINITY, 1e30] {
             let err = seconds("--duration", bad).unwrap_err().to_string();
             assert!(err.starts_with("--duration "), "{err}");
         }
         assert!(interval(0.0).unwrap_err().to_string().contains("more than 0"));
-        assert_eq!(parse_bytes("64K").unwrap(), 65536);
-        assert_eq!(parse_bytes("1g").unwrap(), 1 << 30);
-        assert!(parse_bytes("0").is_err());
-        assert!(parse_bytes("x").is_err());
+        assert_eq!(super::super::args::parse_bytes("64K").unwrap(), 65536);
+        assert_eq!(super::super::args::parse_bytes("1g").unwrap(), 1 << 30);
+        assert!(super::super::args::parse_bytes("0").is_err());
+        assert!(super::super::args::parse_bytes("x").is_err());
     }
 }
