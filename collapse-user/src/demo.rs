@@ -11,18 +11,30 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context as _;
 use collapse_common::policy::{MAX_ORDER, MIN_ORDER, Policy};
 
 use crate::{
     kernel::thp::ThpSettings,
-    planner::{self, Job, Origin, Overrides},
+    planner::{self, Job, Origin, Overrides, PlanError},
     snapshot::SnapshotRegion,
     tracer::{
         Capacity, Observed, Session, Target, TargetSpec, TickHandler, Ticks, TraceOutput,
-        TracePrinter,
+        TracePrinter, TracerError,
     },
 };
+
+/// What can stop the demo.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("finding the collapse binary")]
+    Exe(#[source] std::io::Error),
+    #[error(transparent)]
+    Tracer(#[from] TracerError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("write the comparison")]
+    Write(#[source] std::io::Error),
+}
 
 /// Prints like `trace --events`, and keeps the regions as they were at the workload's first
 /// MADV_HUGEPAGE (it asks for huge pages once it has populated its memory).
@@ -32,25 +44,30 @@ struct DemoView {
 }
 
 impl TickHandler for DemoView {
-    fn attached(&mut self, session: &Session) -> anyhow::Result<()> {
+    type Error = TracerError;
+
+    fn attached(&mut self, session: &Session) -> Result<(), TracerError> {
         self.printer.attached(session)
     }
 
-    fn observed(&mut self, session: &mut Session, what: &Observed) -> anyhow::Result<()> {
+    fn observed(&mut self, session: &mut Session, what: &Observed) -> Result<(), TracerError> {
         if matches!(what, Observed::HugepageAdvice { .. }) && self.at_hugepage_advice.is_none() {
             self.at_hugepage_advice = Some(session.snapshot()?);
         }
         self.printer.observed(session, what)
     }
 
-    fn tick(&mut self, session: &mut Session, last: bool) -> anyhow::Result<()> {
+    fn tick(&mut self, session: &mut Session, last: bool) -> Result<(), TracerError> {
         self.printer.tick(session, last)
     }
 }
 
 /// `collapse demo`: the workload traced for `duration`, then the policies compared.
-pub async fn run(duration: Duration, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let exe = std::env::current_exe().context("finding the collapse binary")?;
+pub async fn run(
+    duration: Duration,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DemoError> {
+    let exe = std::env::current_exe().map_err(DemoError::Exe)?;
     let hold = (duration.as_secs() + 5).to_string();
     let spec = TargetSpec::Command(vec![
         exe.display().to_string(),
@@ -64,7 +81,8 @@ pub async fn run(duration: Duration, shutdown: impl Future<Output = ()>) -> anyh
          populated over ~3 s, then marked MADV_HUGEPAGE for khugepaged; traced for {:.0} s (Ctrl-C stops).",
         duration.as_secs_f64()
     );
-    let mut session = Session::start(Target::resolve(&spec)?, Capacity::default())?;
+    let target = Target::resolve(&spec).map_err(TracerError::from)?;
+    let mut session = Session::start(target, Capacity::default())?;
     let mut view = DemoView {
         printer: TracePrinter {
             output: TraceOutput::Human {
@@ -88,13 +106,16 @@ pub async fn run(duration: Duration, shutdown: impl Future<Output = ()>) -> anyh
     println!();
     let mut out = BufWriter::new(io::stdout().lock());
     write_comparison(&mut out, &regions)?;
-    out.flush().context("write to stdout")
+    out.flush().map_err(DemoError::Write)
 }
 
 /// Every policy over `regions` at max_ptes_none 0, 255 and the kernel's value, with every
 /// collapse size 16K..2M enabled (the running kernel may enable only 2M, which would make the
 /// policies look alike), as the `--sweep` table.
-pub fn write_comparison(out: &mut impl Write, regions: &[SnapshotRegion]) -> anyhow::Result<()> {
+pub fn write_comparison(
+    out: &mut impl Write,
+    regions: &[SnapshotRegion],
+) -> Result<(), DemoError> {
     let every_size = Overrides {
         orders: Some((MIN_ORDER..=MAX_ORDER).collect()),
         ..Overrides::default()
@@ -125,5 +146,5 @@ pub fn write_comparison(out: &mut impl Write, regions: &[SnapshotRegion]) -> any
         "what each policy would collapse, every collapse size enabled:"
     )
     .and_then(|()| planner::write_sweep(out, &job, &points, None))
-    .context("write the comparison")
+    .map_err(DemoError::Write)
 }

@@ -40,6 +40,32 @@ pub fn run(workload: Workload) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// A system call on an [`Area`] failed, or a page lies outside it.
+#[derive(Debug, thiserror::Error)]
+pub enum AreaError {
+    #[error("empty mapping")]
+    Empty,
+    #[error("null mapping")]
+    Null,
+    #[error("page {page} is outside the area of {pages} pages")]
+    Outside { page: u64, pages: u64 },
+    #[error("toucher thread panicked")]
+    Panicked,
+    #[error("{call}")]
+    Syscall {
+        call: String,
+        #[source]
+        source: nix::errno::Errno,
+    },
+}
+
+fn syscall(call: &'static str) -> impl Fn(nix::errno::Errno) -> AreaError {
+    move |source| AreaError::Syscall {
+        call: call.into(),
+        source,
+    }
+}
+
 /// An anonymous private mapping whose start is 2 MiB aligned, unmapped on drop (what is left
 /// of it).
 pub struct Area {
@@ -49,10 +75,10 @@ pub struct Area {
 
 impl Area {
     /// Maps `len` bytes (rounded up to 2 MiB) at a 2 MiB-aligned address.
-    pub fn map(len: u64, advice: Option<MmapAdvise>) -> anyhow::Result<Self> {
+    pub fn map(len: u64, advice: Option<MmapAdvise>) -> Result<Self, AreaError> {
         let len = len.div_ceil(PMD_SIZE) * PMD_SIZE;
         let over = (len + PMD_SIZE) as usize;
-        let nz = std::num::NonZeroUsize::new(over).ok_or_else(|| anyhow!("empty mapping"))?;
+        let nz = std::num::NonZeroUsize::new(over).ok_or(AreaError::Empty)?;
         // SAFETY: a fresh anonymous mapping; nothing else refers to it.
         let raw = unsafe {
             mmap_anonymous(
@@ -62,25 +88,25 @@ impl Area {
                 MapFlags::MAP_PRIVATE,
             )
         }
-        .context("mmap")?;
+        .map_err(syscall("mmap"))?;
         let start = raw.as_ptr() as usize;
         let aligned = start.next_multiple_of(PMD_SIZE as usize);
         // Trim the unaligned head and the tail so the area is exactly [aligned, aligned + len).
         // SAFETY: both pieces lie inside the mapping just made.
         unsafe {
             if aligned > start {
-                munmap(raw, aligned - start).context("munmap head")?;
+                munmap(raw, aligned - start).map_err(syscall("munmap head"))?;
             }
             let tail = aligned + len as usize;
             let end = start + over;
             if end > tail {
                 munmap(NonNull::new_unchecked(tail as *mut _), end - tail)
-                    .context("munmap tail")?;
+                    .map_err(syscall("munmap tail"))?;
             }
         }
         let area = Self {
             base: NonNull::new(aligned as *mut libc::c_void)
-                .ok_or_else(|| anyhow!("null mapping"))?,
+                .ok_or(AreaError::Null)?,
             len: len as usize,
         };
         if let Some(advice) = advice {
@@ -97,16 +123,19 @@ impl Area {
         self.len as u64 / PAGE_SIZE
     }
 
-    fn page_ptr(&self, page: u64) -> anyhow::Result<*mut u8> {
+    fn page_ptr(&self, page: u64) -> Result<*mut u8, AreaError> {
         if page > self.pages() {
-            bail!("page {page} is outside the area of {} pages", self.pages());
+            return Err(AreaError::Outside {
+                page,
+                pages: self.pages(),
+            });
         }
         // SAFETY: within the mapping (checked above).
         Ok(unsafe { (self.base.as_ptr() as *mut u8).add((page * PAGE_SIZE) as usize) })
     }
 
     /// Writes one byte in each page of `[start, end)`.
-    pub fn touch(&self, start: u64, end: u64) -> anyhow::Result<()> {
+    pub fn touch(&self, start: u64, end: u64) -> Result<(), AreaError> {
         self.page_ptr(end)?;
         for page in start..end {
             // SAFETY: inside the mapping, which is readable and writable.
@@ -116,17 +145,18 @@ impl Area {
     }
 
     /// Like `touch`, with page `i` written by thread `i % cpus`, each thread pinned to its CPU.
-    pub fn touch_on_every_cpu(&self, start: u64, end: u64) -> anyhow::Result<()> {
+    pub fn touch_on_every_cpu(&self, start: u64, end: u64) -> Result<(), AreaError> {
         self.page_ptr(end)?;
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
         let base = self.page_ptr(0)? as usize;
         std::thread::scope(|scope| {
             let workers: Vec<_> = (0..cpus)
                 .map(|cpu| {
-                    scope.spawn(move || -> anyhow::Result<()> {
+                    scope.spawn(move || -> Result<(), AreaError> {
                         let mut set = nix::sched::CpuSet::new();
-                        set.set(cpu as usize)?;
-                        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+                        set.set(cpu as usize).map_err(syscall("CpuSet::set"))?;
+                        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+                            .map_err(syscall("sched_setaffinity"))?;
                         for page in (start..end).filter(|p| p % cpus == cpu) {
                             // SAFETY: inside the mapping (checked above); threads write
                             // disjoint pages.
@@ -140,12 +170,12 @@ impl Area {
                 .collect();
             workers
                 .into_iter()
-                .try_for_each(|w| w.join().map_err(|_| anyhow!("toucher thread panicked"))?)
+                .try_for_each(|w| w.join().map_err(|_| AreaError::Panicked)?)
         })
     }
 
     /// Reads one byte in each page of `[start, end)` (maps the zero page where nothing is).
-    pub fn read(&self, start: u64, end: u64) -> anyhow::Result<u64> {
+    pub fn read(&self, start: u64, end: u64) -> Result<u64, AreaError> {
         self.page_ptr(end)?;
         let mut sum = 0u64;
         for page in start..end {
@@ -155,7 +185,7 @@ impl Area {
         Ok(sum)
     }
 
-    pub fn advise(&self, start: u64, end: u64, advice: MmapAdvise) -> anyhow::Result<()> {
+    pub fn advise(&self, start: u64, end: u64, advice: MmapAdvise) -> Result<(), AreaError> {
         let ptr = self.page_ptr(start)?;
         self.page_ptr(end)?;
         // SAFETY: the range lies inside the mapping.
@@ -166,12 +196,15 @@ impl Area {
                 advice,
             )
         }
-        .with_context(|| format!("madvise({advice:?}) pages {start}..{end}"))
+        .map_err(|source| AreaError::Syscall {
+            call: format!("madvise({advice:?}) pages {start}..{end}"),
+            source,
+        })
     }
 
     /// Moves the whole area to a fresh 2 MiB-aligned address with `mremap` (its pages move
     /// without a fault).
-    pub fn relocate(&mut self) -> anyhow::Result<()> {
+    pub fn relocate(&mut self) -> Result<(), AreaError> {
         let target = Self::map(self.len as u64, None)?;
         // SAFETY: both ranges are our own mappings of the same length; MREMAP_FIXED replaces
         // the fresh one, whose ownership passes to `self` below.
@@ -185,7 +218,10 @@ impl Area {
             )
         };
         if moved == libc::MAP_FAILED {
-            bail!("mremap: {}", std::io::Error::last_os_error());
+            return Err(AreaError::Syscall {
+                call: "mremap".into(),
+                source: nix::errno::Errno::last(),
+            });
         }
         self.base = target.base;
         std::mem::forget(target);
@@ -193,14 +229,17 @@ impl Area {
     }
 
     /// mlock then munlock pages `[start, end)`: the kernel populates them (GUP, no fault).
-    pub fn lock(&self, start: u64, end: u64) -> anyhow::Result<()> {
+    pub fn lock(&self, start: u64, end: u64) -> Result<(), AreaError> {
         let ptr = self.page_ptr(start)?;
         self.page_ptr(end)?;
         let len = ((end - start) * PAGE_SIZE) as usize;
         // SAFETY: the range lies inside the mapping.
         unsafe {
             if libc::mlock(ptr.cast(), len) != 0 {
-                bail!("mlock: {}", std::io::Error::last_os_error());
+                return Err(AreaError::Syscall {
+                    call: "mlock".into(),
+                    source: nix::errno::Errno::last(),
+                });
             }
             libc::munlock(ptr.cast(), len);
         }
@@ -209,7 +248,7 @@ impl Area {
 
     /// Unmaps pages `[start, end)`; the area's drop later unmaps the rest (munmap of an
     /// already unmapped range is a no-op).
-    pub fn unmap(&self, start: u64, end: u64) -> anyhow::Result<()> {
+    pub fn unmap(&self, start: u64, end: u64) -> Result<(), AreaError> {
         let ptr = self.page_ptr(start)?;
         self.page_ptr(end)?;
         // SAFETY: the range lies inside the mapping; nothing holds references into it.
@@ -219,7 +258,10 @@ impl Area {
                 ((end - start) * PAGE_SIZE) as usize,
             )
         }
-        .with_context(|| format!("munmap pages {start}..{end}"))
+        .map_err(|source| AreaError::Syscall {
+            call: format!("munmap pages {start}..{end}"),
+            source,
+        })
     }
 }
 

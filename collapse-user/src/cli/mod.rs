@@ -41,7 +41,9 @@ pub fn main() -> ExitCode {
         Err(err) => return usage_error(err),
     };
     let result = match cli.command {
-        Command::Status(args) => status::run(args.json),
+        Command::Status(args) => status::run(args.json)
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(Into::into),
         Command::Trace(args) => trace(&args),
         Command::Plan(args) => plan(&args),
         Command::Demo(args) => demo(args.duration),
@@ -124,12 +126,12 @@ fn load_regions(args: &PlanArgs, input: &PlanInput) -> anyhow::Result<Vec<Snapsh
             let target = Target::resolve(&convert::target_spec(&args.target)?)?;
             let (rt, mut signals) = runtime()?;
             // A plan traces at most a few processes briefly: the default capacities suffice.
-            rt.block_on(tracer::snapshot_of(
+            Ok(rt.block_on(tracer::snapshot_of(
                 target,
                 Capacity::default(),
                 *duration,
                 signals.recv(),
-            ))
+            ))?)
         }
     }
 }

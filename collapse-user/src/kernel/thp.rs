@@ -63,7 +63,7 @@ pub struct SizeSetting {
 }
 
 /// `khugepaged/*`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct KhugepagedSettings {
     pub pages_to_scan: u64,
     pub scan_sleep_millisecs: u64,

@@ -5,6 +5,7 @@
 //! byte goes to stdout, so a bad input is one error line and no partial report.
 
 mod creep;
+mod error;
 mod json;
 mod region_plan;
 mod report;
@@ -17,10 +18,10 @@ use std::{
     path::PathBuf,
 };
 
-use anyhow::Context as _;
 use collapse_common::policy::{Policy, merged_warns};
 
 pub use self::{
+    error::PlanError,
     json::PlanLine,
     region_plan::{RegionPlan, plan_regions},
     settings::{MAX_PTES, Origin, Overrides, PlanSettings, kernel_orders, resolve},
@@ -66,7 +67,7 @@ pub fn run(
     input: String,
     regions: &[SnapshotRegion],
     json: bool,
-) -> anyhow::Result<()> {
+) -> Result<(), PlanError> {
     let mut warnings = Vec::new();
     // Said on stderr too (it changes every number, and JSON readers may not look for it), but
     // only once nothing can fail any more: an error stays the one line on stderr.
@@ -134,7 +135,7 @@ pub fn run(
         }
     }
     .and_then(|()| out.flush())
-    .context("write to stdout")
+    .map_err(PlanError::Stdout)
 }
 
 /// The warning `merged` earns (policies.md): the kernel warns once and uses 0 below 2M.

@@ -1,12 +1,12 @@
 //! The settings a plan runs with: the running kernel's (THP sysfs), each overridden by its
 //! flag, validated before anything is read or printed.
 
-use anyhow::bail;
 use collapse_common::{
     consts::PMD_ORDER,
     policy::{MAX_ORDER, MIN_ORDER, OrderSet, Policy, Settings},
 };
 
+use super::error::PlanError;
 use crate::kernel::thp::{ThpError, ThpSettings};
 
 /// The kernel's defaults (`mm/khugepaged.c`: `khugepaged_max_ptes_none = HPAGE_PMD_NR - 1`,
@@ -93,7 +93,7 @@ pub fn resolve(
     overrides: &Overrides,
     sweeping: bool,
     read_kernel: impl FnOnce() -> Result<ThpSettings, ThpError>,
-) -> anyhow::Result<PlanSettings> {
+) -> Result<PlanSettings, PlanError> {
     let (origin, kernel) = if overrides.needs_kernel(sweeping) {
         match read_kernel() {
             Ok(thp) => (Origin::Kernel, Some(thp)),
@@ -141,11 +141,11 @@ pub fn resolve(
         ("max_ptes_shared", max_ptes_shared),
     ] {
         if value > MAX_PTES {
-            bail!("khugepaged/{name} is {value}, outside 0..{MAX_PTES}");
+            return Err(PlanError::KernelValue { name, value });
         }
     }
     let order_set = OrderSet::from_orders(orders.iter().copied())
-        .map_err(|err| anyhow::anyhow!("enabled orders: {err}"))?;
+        .map_err(PlanError::Orders)?;
     let chunk_order = overrides.chunk_order.unwrap_or(DEFAULT_CHUNK_ORDER);
     let settings = Settings::new(
         max_ptes_none,
@@ -154,7 +154,7 @@ pub fn resolve(
         order_set,
         chunk_order,
     )
-    .map_err(|err| anyhow::anyhow!("settings: {err}"))?;
+    .map_err(PlanError::Settings)?;
     Ok(PlanSettings {
         policy: overrides.policy.unwrap_or_default(),
         settings,

@@ -8,11 +8,11 @@ use std::{
     path::Path,
 };
 
-use anyhow::Context as _;
 use collapse_common::policy::{Plan, Planner, Policy, Settings, merged_warns};
 
 use super::{
     Job,
+    error::PlanError,
     json::{PlanLine, SweepLine, json_line},
     report::header,
     tally::Tally,
@@ -38,13 +38,13 @@ pub fn run(
     policies: &[Policy],
     values: &[u16],
     base: &Settings,
-) -> anyhow::Result<Vec<SweepPoint>> {
+) -> Result<Vec<SweepPoint>, PlanError> {
     let mut points = Vec::with_capacity(policies.len() * values.len());
     for &policy in policies {
         for &n in values {
             let settings = base
                 .with_max_ptes_none(n)
-                .map_err(|err| anyhow::anyhow!("--sweep-values {n}: {err}"))?;
+                .map_err(|source| PlanError::SweepValue { value: n, source })?;
             let mut tally = Tally::default();
             let planner = Planner::new(policy, settings);
             let mut p = Plan::EMPTY;
@@ -146,9 +146,12 @@ pub fn write(
 /// An SVG chart: coverage (% of populated) against bloat (MiB), one line per policy, each
 /// point labelled with its max_ptes_none (a run of values that land on the same point gets
 /// one label, `0-255`).
-pub(crate) fn plot(points: &[SweepPoint], policies: &[Policy], path: &Path) -> anyhow::Result<()> {
+pub(crate) fn plot(points: &[SweepPoint], policies: &[Policy], path: &Path) -> Result<(), PlanError> {
     let svg = render_svg(points, policies)?;
-    fs::write(path, svg).with_context(|| format!("write {}", path.display()))
+    fs::write(path, svg).map_err(|source| PlanError::Plot {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn render_svg(points: &[SweepPoint], policies: &[Policy]) -> Result<String, ChartError> {

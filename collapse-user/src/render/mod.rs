@@ -65,6 +65,18 @@ pub fn plural(noun: &str) -> String {
     }
 }
 
+/// An error and its sources on one line, `outer: inner`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
 /// `yes` or `no`.
 pub fn yes_no(b: bool) -> &'static str {
     if b { "yes" } else { "no" }

@@ -2,7 +2,6 @@
 
 use std::{collections::HashMap as StdHashMap, path::Path};
 
-use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
@@ -17,7 +16,98 @@ use collapse_common::{
     },
 };
 
-use crate::kernel::{btf, tracefs::TracepointFormat};
+use crate::kernel::{
+    btf::{self, BtfError},
+    tracefs::{TracefsError, TracepointFormat},
+};
+
+/// Loading, attaching or reading the programs and their maps failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    #[error(
+        "this collapse was built with AYA_BUILD_SKIP=1 and has no eBPF programs; rebuild with `cargo xtask build`"
+    )]
+    NoPrograms,
+    #[error(
+        "tracing needs root (loading eBPF programs); run it with sudo or `cargo xtask run -- ...`"
+    )]
+    NotRoot,
+    #[error(transparent)]
+    Tracefs(#[from] TracefsError),
+    #[error(
+        "{tracepoint} field {field} is at offset {offset} size {size}; collapse expects a {want}-byte field within the first {limit} bytes"
+    )]
+    FieldLayout {
+        tracepoint: String,
+        field: String,
+        offset: u32,
+        size: u32,
+        want: u32,
+        limit: u32,
+    },
+    #[error("exceptions:page_fault_kernel and page_fault_user have different layouts")]
+    FaultLayouts,
+    #[error("syscalls:{name} has its {field} at another offset than sys_enter_mlock")]
+    MlockLayout { name: &'static str, field: &'static str },
+    #[error("khugepaged attribution needs task_struct::mm")]
+    TaskMm(#[source] BtfError),
+    #[error("reading {path}: {source}")]
+    Cpus {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("--comm {0:?} is longer than the kernel's 15-byte comm")]
+    CommTooLong(String),
+    #[error("--max-regions and --max-processes must be at least 1")]
+    ZeroCapacity,
+    #[error("--ringbuf-kib {0} is too large (at most 1 GiB)")]
+    RingTooLarge(u32),
+    #[error("loading the eBPF programs")]
+    Object(#[source] aya::EbpfError),
+    #[error("tracepoint {category}:{name} is missing from this kernel ({root}); collapse needs it")]
+    MissingTracepoint {
+        category: &'static str,
+        name: &'static str,
+        root: String,
+    },
+    #[error("tracepoint kmem:mm_page_alloc is missing: large folios faulted in cannot be seen")]
+    NoAllocTracepoint,
+    #[error("program {0} is missing from the eBPF object")]
+    MissingProgram(&'static str),
+    #[error("program {program}: {source}")]
+    ProgramType {
+        program: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error("loading program {program}")]
+    Load {
+        program: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("attaching to tracepoint {tracepoint}")]
+    Attach {
+        tracepoint: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("the ring buffer is being polled elsewhere")]
+    RingTaken,
+    #[error("pid {pid} is above pid_max {limit}")]
+    PidAboveLimit { pid: u32, limit: u32 },
+    #[error("region map full while seeding")]
+    RegionMapFull(#[source] aya::maps::MapError),
+    #[error("recording a process's mm")]
+    RecordMm(#[source] aya::maps::MapError),
+    #[error("recording an mm's owner")]
+    RecordOwner(#[source] aya::maps::MapError),
+    #[error(transparent)]
+    Map(#[from] aya::maps::MapError),
+}
+
+type Result<T, E = BpfError> = std::result::Result<T, E>;
 
 /// The eBPF object, built by build.rs from collapse-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/collapse"));
@@ -183,7 +273,7 @@ pub struct Bpf {
 }
 
 /// Where tracefs is; `COLLAPSE_TRACEFS` overrides it (tests point it at a fake tree).
-pub fn tracefs_root() -> anyhow::Result<std::path::PathBuf> {
+pub fn tracefs_root() -> Result<std::path::PathBuf> {
     if let Some(root) = std::env::var_os("COLLAPSE_TRACEFS") {
         return Ok(root.into());
     }
@@ -199,22 +289,23 @@ fn pid_limit() -> u32 {
 }
 
 /// Builds the program configuration from the tracefs formats and BTF.
-fn config(root: &Path, sel: &Selection) -> anyhow::Result<(Config, StatusNames)> {
-    let fmt = |cat: &str, name: &str| -> anyhow::Result<TracepointFormat> {
+fn config(root: &Path, sel: &Selection) -> Result<(Config, StatusNames)> {
+    let fmt = |cat: &str, name: &str| -> Result<TracepointFormat> {
         Ok(TracepointFormat::read(root, cat, name)?)
     };
     // The fault and allocation programs read their record's first 32 / 40 bytes in one helper
     // call and pick fields out of it: each field must lie inside, naturally aligned.
-    let within = |f: &TracepointFormat, name: &str, size: u32, limit: u32| -> anyhow::Result<u32> {
+    let within = |f: &TracepointFormat, name: &str, size: u32, limit: u32| -> Result<u32> {
         let field = f.field(name)?;
         if field.size != size || field.offset % size != 0 || field.offset + size > limit {
-            bail!(
-                "{}:{} field {name} is at offset {} size {}; collapse expects a {size}-byte field within the first {limit} bytes",
-                f.category,
-                f.name,
-                field.offset,
-                field.size
-            );
+            return Err(BpfError::FieldLayout {
+                tracepoint: format!("{}:{}", f.category, f.name),
+                field: name.to_owned(),
+                offset: field.offset,
+                size: field.size,
+                want: size,
+                limit,
+            });
         }
         Ok(field.offset)
     };
@@ -229,7 +320,7 @@ fn config(root: &Path, sel: &Selection) -> anyhow::Result<(Config, StatusNames)>
             within(&kfault, "error_code", 8, 32)?,
         ) != (c.fault_address, c.fault_error_code)
     {
-        bail!("exceptions:page_fault_kernel and page_fault_user have different layouts");
+        return Err(BpfError::FaultLayouts);
     }
     if let Ok(alloc) = fmt("kmem", "mm_page_alloc") {
         c.alloc_order = within(&alloc, "order", 4, 40)?;
@@ -285,7 +376,7 @@ fn config(root: &Path, sel: &Selection) -> anyhow::Result<(Config, StatusNames)>
             if let Ok(other) = fmt("syscalls", name)
                 && other.offset(field)? != c.mlock_start
             {
-                bail!("syscalls:{name} has its {field} at another offset than sys_enter_mlock");
+                return Err(BpfError::MlockLayout { name, field });
             }
         }
     }
@@ -297,14 +388,16 @@ fn config(root: &Path, sel: &Selection) -> anyhow::Result<(Config, StatusNames)>
     }
     let exit = fmt("sched", "sched_process_exit")?;
     c.exit_group_dead = exit.offset("group_dead")?;
-    c.task_mm =
-        btf::task_struct_mm_offset().context("khugepaged attribution needs task_struct::mm")?;
+    c.task_mm = btf::task_struct_mm_offset().map_err(BpfError::TaskMm)?;
     // Without it a shrinking brk is not seen (the heap top keeps stale bits until it regrows).
     c.mm_brk = btf::KernelBtf::open()
         .and_then(|b| b.member_offset("mm_struct", "brk"))
         .unwrap_or(0);
     c.self_tgid = std::process::id();
-    let cpus = aya::util::nr_cpus().map_err(|(path, e)| anyhow!("reading {path}: {e}"))? as u32;
+    let cpus = aya::util::nr_cpus().map_err(|(path, source)| BpfError::Cpus {
+        path: path.to_owned(),
+        source,
+    })? as u32;
     // Beyond MAX_PENDING_CPUS faults skip the per-CPU pending slots (see collapse-common).
     c.nr_cpus = if cpus <= MAX_PENDING_CPUS { cpus } else { 0 };
     c.all = sel.all.into();
@@ -312,7 +405,7 @@ fn config(root: &Path, sel: &Selection) -> anyhow::Result<(Config, StatusNames)>
     if let Some(comm) = &sel.comm {
         let bytes = comm.as_bytes();
         if bytes.len() >= TASK_COMM_LEN {
-            bail!("--comm {comm:?} is longer than the kernel's 15-byte comm");
+            return Err(BpfError::CommTooLong(comm.clone()));
         }
         c.match_comm = 1;
         c.comm[..bytes.len()].copy_from_slice(bytes);
@@ -368,17 +461,20 @@ impl Btfs {
             }
             Err(e) => return Err(format!("{tracepoint}: {e}")),
         }
-        let result = (|| -> anyhow::Result<()> {
+        let result = (|| -> Result<(), String> {
             let program: &mut BtfTracePoint = ebpf
                 .program_mut(prog)
-                .ok_or_else(|| anyhow!("program {prog} is missing from the eBPF object"))?
-                .try_into()?;
-            program.load(tracepoint, &self.aya)?;
-            program.attach()?;
+                .ok_or_else(|| format!("program {prog} is missing from the eBPF object"))?
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+            program
+                .load(tracepoint, &self.aya)
+                .map_err(|e| crate::render::error_chain(&e))?;
+            program.attach().map_err(|e| crate::render::error_chain(&e))?;
             Ok(())
         })();
         // A kernel that refuses tracing programs falls back to the classic tracepoint.
-        result.map_err(|e| format!("{tracepoint}: {e:#}"))
+        result.map_err(|e| format!("{tracepoint}: {e}"))
     }
 }
 
@@ -414,34 +510,25 @@ impl Bpf {
     }
 
     /// Loads the programs configured for `sel` and attaches them all.
-    pub fn load(sel: &Selection, cap: Capacity) -> anyhow::Result<Self> {
+    pub fn load(sel: &Selection, cap: Capacity) -> Result<Self> {
         if OBJECT.is_empty() {
-            bail!(
-                "this collapse was built with AYA_BUILD_SKIP=1 and has no eBPF programs; rebuild with `cargo xtask build`"
-            );
+            return Err(BpfError::NoPrograms);
         }
         if !nix::unistd::geteuid().is_root() {
-            bail!(
-                "tracing needs root (loading eBPF programs); run it with sudo or `cargo xtask run -- ...`"
-            );
+            return Err(BpfError::NotRoot);
         }
         let root = tracefs_root()?;
         let pid_limit = pid_limit();
         let (config, status_names) = config(&root, sel)?;
         let bitset_words = pid_limit.div_ceil(64);
         if cap.max_regions == 0 || cap.max_processes == 0 {
-            bail!("--max-regions and --max-processes must be at least 1");
+            return Err(BpfError::ZeroCapacity);
         }
         let ringbuf = cap
             .ringbuf_bytes
             .checked_next_power_of_two()
             .filter(|&b| b <= 1 << 30)
-            .ok_or_else(|| {
-                anyhow!(
-                    "--ringbuf-kib {} is too large (at most 1 GiB)",
-                    cap.ringbuf_bytes / 1024
-                )
-            })?
+            .ok_or(BpfError::RingTooLarge(cap.ringbuf_bytes / 1024))?
             .max(4096);
         let mut ebpf = EbpfLoader::new()
             .override_global(names::CONFIG, &config, true)
@@ -452,7 +539,7 @@ impl Bpf {
             .map_max_entries(names::TGID_MM, cap.max_processes)
             .map_max_entries(names::EVENTS, ringbuf)
             .load(OBJECT)
-            .context("loading the eBPF programs")?;
+            .map_err(BpfError::Object)?;
         let btfs = Btfs::open();
         let mut fast_path = Vec::new();
         let mut slow_path = Vec::new();
@@ -472,26 +559,35 @@ impl Bpf {
             }
             if !root.join("events").join(category).join(name).exists() {
                 if required {
-                    bail!(
-                        "tracepoint {category}:{name} is missing from this kernel ({}); collapse needs it",
-                        root.display()
-                    );
+                    return Err(BpfError::MissingTracepoint {
+                        category,
+                        name,
+                        root: root.display().to_string(),
+                    });
                 }
                 missing.push(format!("{category}:{name} (not in this kernel)"));
                 continue;
             }
             let program: &mut TracePoint = ebpf
                 .program_mut(prog)
-                .ok_or_else(|| anyhow!("program {prog} is missing from the eBPF object"))?
-                .try_into()?;
-            program
-                .load()
-                .with_context(|| format!("loading program {prog}"))?;
-            if let Err(err) = program.attach(category, name) {
+                .ok_or(BpfError::MissingProgram(prog))?
+                .try_into()
+                .map_err(|source| BpfError::ProgramType {
+                    program: prog,
+                    source,
+                })?;
+            program.load().map_err(|source| BpfError::Load {
+                program: prog,
+                source,
+            })?;
+            if let Err(source) = program.attach(category, name) {
                 if required {
-                    return Err(err)
-                        .with_context(|| format!("attaching to tracepoint {category}:{name}"));
+                    return Err(BpfError::Attach {
+                        tracepoint: format!("{category}:{name}"),
+                        source,
+                    });
                 }
+                let err = source;
                 missing.push(format!("{category}:{name} ({err})"));
             }
         }
@@ -514,7 +610,7 @@ impl Bpf {
     /// large folio at fault time (THP or an mTHP size `always`, or `madvise` and a traced
     /// process with MADV_HUGEPAGE memory); the caller then re-reads from pagemap what may have
     /// been faulted before. Returns whether it attached now.
-    pub fn attach_large_folio_hook(&mut self) -> anyhow::Result<bool> {
+    pub fn attach_large_folio_hook(&mut self) -> Result<bool> {
         if self.large_folio_hook.is_some() {
             return Ok(false);
         }
@@ -528,44 +624,48 @@ impl Bpf {
             }
         }
         if !self.root.join("events/kmem/mm_page_alloc").exists() {
-            bail!(
-                "tracepoint kmem:mm_page_alloc is missing: large folios faulted in cannot be seen"
-            );
+            return Err(BpfError::NoAllocTracepoint);
         }
         let program: &mut TracePoint = self
             .ebpf
             .program_mut("mm_page_alloc")
-            .ok_or_else(|| anyhow!("program mm_page_alloc is missing from the eBPF object"))?
-            .try_into()?;
-        program.load().context("loading program mm_page_alloc")?;
+            .ok_or(BpfError::MissingProgram("mm_page_alloc"))?
+            .try_into()
+            .map_err(|source| BpfError::ProgramType {
+                program: "mm_page_alloc",
+                source,
+            })?;
+        program.load().map_err(|source| BpfError::Load {
+            program: "mm_page_alloc",
+            source,
+        })?;
         program
             .attach("kmem", "mm_page_alloc")
-            .context("attaching to kmem:mm_page_alloc")?;
+            .map_err(|source| BpfError::Attach {
+                tracepoint: "kmem:mm_page_alloc".to_owned(),
+                source,
+            })?;
         self.large_folio_hook = Some("tracepoint");
         Ok(true)
     }
 
-    fn map<'a>(&'a self, name: &str) -> anyhow::Result<&'a aya::maps::Map> {
-        self.ebpf
-            .map(name)
-            .ok_or_else(|| anyhow!("map {name} is missing from the eBPF object"))
+    fn map<'a>(&'a self, name: &'static str) -> Result<&'a aya::maps::Map> {
+        self.ebpf.map(name).ok_or(BpfError::MissingMap(name))
     }
 
-    fn map_mut<'a>(&'a mut self, name: &str) -> anyhow::Result<&'a mut aya::maps::Map> {
-        self.ebpf
-            .map_mut(name)
-            .ok_or_else(|| anyhow!("map {name} is missing from the eBPF object"))
+    fn map_mut<'a>(&'a mut self, name: &'static str) -> Result<&'a mut aya::maps::Map> {
+        self.ebpf.map_mut(name).ok_or(BpfError::MissingMap(name))
     }
 
     /// The ring buffer, for the caller to poll; hand it back with [`Bpf::give_back_events`].
-    pub fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
         if let Some(ring) = self.events.take() {
             return Ok(ring);
         }
         let map = self
             .ebpf
             .take_map(names::EVENTS)
-            .ok_or_else(|| anyhow!("the ring buffer is being polled elsewhere"))?;
+            .ok_or(BpfError::RingTaken)?;
         Ok(RingBuf::try_from(map)?)
     }
 
@@ -573,9 +673,12 @@ impl Bpf {
         self.events = Some(ring);
     }
 
-    fn set_bit(&mut self, name: &str, id: u32, on: bool) -> anyhow::Result<()> {
+    fn set_bit(&mut self, name: &'static str, id: u32, on: bool) -> Result<()> {
         if id >= self.pid_limit {
-            bail!("pid {id} is above pid_max {}", self.pid_limit);
+            return Err(BpfError::PidAboveLimit {
+                pid: id,
+                limit: self.pid_limit,
+            });
         }
         let mut arr: Array<&mut MapData, u64> = Array::try_from(self.map_mut(name)?)?;
         let word = arr.get(&(id / 64), 0)?;
@@ -585,17 +688,17 @@ impl Bpf {
     }
 
     /// Starts or stops recording `tgid`'s faults.
-    pub fn set_tracked(&mut self, tgid: u32, on: bool) -> anyhow::Result<()> {
+    pub fn set_tracked(&mut self, tgid: u32, on: bool) -> Result<()> {
         self.set_bit(names::TRACKED, tgid, on)
     }
 
-    pub fn is_tracked(&self, tgid: u32) -> anyhow::Result<bool> {
+    pub fn is_tracked(&self, tgid: u32) -> Result<bool> {
         let arr: Array<&MapData, u64> = Array::try_from(self.map(names::TRACKED)?)?;
         Ok(arr.get(&(tgid / 64), 0)? >> (tgid % 64) & 1 == 1)
     }
 
     /// The bits each CPU has recorded but not yet moved into the region map.
-    fn pending(&self) -> anyhow::Result<Vec<(RegionKey, OccupancyBitmap)>> {
+    fn pending(&self) -> Result<Vec<(RegionKey, OccupancyBitmap)>> {
         let arr: PerCpuArray<&MapData, PendingRegion> =
             PerCpuArray::try_from(self.map(names::PENDING_REGION)?)?;
         Ok(arr
@@ -608,7 +711,7 @@ impl Bpf {
 
     /// Every region: the map, with what the CPUs still hold ORed in. The pending slots are read
     /// first: a slot flushed meanwhile is then found in the map, not lost between the two.
-    pub fn regions(&self) -> anyhow::Result<Vec<(RegionKey, OccupancyBitmap)>> {
+    pub fn regions(&self) -> Result<Vec<(RegionKey, OccupancyBitmap)>> {
         let pending = self.pending()?;
         let map: HashMap<&MapData, RegionKey, OccupancyBitmap> =
             HashMap::try_from(self.map(names::REGIONS)?)?;
@@ -623,14 +726,14 @@ impl Bpf {
     }
 
     /// The keys of the region map (without reading the values).
-    pub fn region_keys(&self) -> anyhow::Result<Vec<RegionKey>> {
+    pub fn region_keys(&self) -> Result<Vec<RegionKey>> {
         let map: HashMap<&MapData, RegionKey, OccupancyBitmap> =
             HashMap::try_from(self.map(names::REGIONS)?)?;
         Ok(map.keys().filter_map(Result::ok).collect())
     }
 
     /// One region, pending bits included.
-    pub fn region(&self, key: &RegionKey) -> anyhow::Result<Option<OccupancyBitmap>> {
+    pub fn region(&self, key: &RegionKey) -> Result<Option<OccupancyBitmap>> {
         let pending: Vec<OccupancyBitmap> = self
             .pending()?
             .into_iter()
@@ -650,7 +753,7 @@ impl Bpf {
     }
 
     /// Writes (or, when empty, deletes) one region.
-    pub fn set_region(&mut self, key: &RegionKey, bits: &OccupancyBitmap) -> anyhow::Result<()> {
+    pub fn set_region(&mut self, key: &RegionKey, bits: &OccupancyBitmap) -> Result<()> {
         let mut map: HashMap<&mut MapData, RegionKey, OccupancyBitmap> =
             HashMap::try_from(self.map_mut(names::REGIONS)?)?;
         if bits.is_empty() {
@@ -659,13 +762,12 @@ impl Bpf {
                 Err(e) => Err(e.into()),
             }
         } else {
-            map.insert(key, bits, 0)
-                .context("region map full while seeding")
+            map.insert(key, bits, 0).map_err(BpfError::RegionMapFull)
         }
     }
 
     /// Clears `[start, end)` of `tgid`'s regions (what the programs left of a wide unmap).
-    pub fn clear_range(&mut self, tgid: u32, start: u64, end: u64) -> anyhow::Result<()> {
+    pub fn clear_range(&mut self, tgid: u32, start: u64, end: u64) -> Result<()> {
         let keys: Vec<RegionKey> = self
             .region_keys()?
             .into_iter()
@@ -684,7 +786,7 @@ impl Bpf {
     }
 
     /// Whether the programs know `tgid`'s `mm` (its khugepaged events are attributed).
-    pub fn knows_mm(&self, tgid: u32) -> anyhow::Result<bool> {
+    pub fn knows_mm(&self, tgid: u32) -> Result<bool> {
         let map: HashMap<&MapData, u32, u64> = HashMap::try_from(self.map(names::TGID_MM)?)?;
         match map.get(&tgid, 0) {
             Ok(_) => Ok(true),
@@ -694,12 +796,10 @@ impl Bpf {
     }
 
     /// Records that `mm` is `tgid`'s, as the fault path would have.
-    pub fn adopt_mm(&mut self, tgid: u32, mm: u64) -> anyhow::Result<()> {
+    pub fn adopt_mm(&mut self, tgid: u32, mm: u64) -> Result<()> {
         let mut tgid_mm: HashMap<&mut MapData, u32, u64> =
             HashMap::try_from(self.map_mut(names::TGID_MM)?)?;
-        tgid_mm
-            .insert(tgid, mm, 0)
-            .context("recording a process's mm")?;
+        tgid_mm.insert(tgid, mm, 0).map_err(BpfError::RecordMm)?;
         let mut owners: HashMap<&mut MapData, u64, u32> =
             HashMap::try_from(self.map_mut(names::MM_OWNERS)?)?;
         // BPF_NOEXIST: an owner the programs learned meanwhile stays.
@@ -707,14 +807,14 @@ impl Bpf {
             Ok(()) => {}
             Err(aya::maps::MapError::SyscallError(e))
                 if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(e) => return Err(anyhow::Error::from(e).context("recording an mm's owner")),
+            Err(e) => return Err(BpfError::RecordOwner(e)),
         }
         self.set_bit(names::MM_KNOWN, tgid, true)
     }
 
     /// Lets every unattributed `mm` be reported again (a new process is traced: one of them
     /// may be its).
-    pub fn forget_unknown_mms(&mut self) -> anyhow::Result<()> {
+    pub fn forget_unknown_mms(&mut self) -> Result<()> {
         let mut map: HashMap<&mut MapData, u64, u8> =
             HashMap::try_from(self.map_mut(names::UNKNOWN_MMS)?)?;
         let keys: Vec<u64> = map.keys().filter_map(Result::ok).collect();
@@ -725,14 +825,14 @@ impl Bpf {
     }
 
     /// khugepaged counts per (tgid, event, status).
-    pub fn khugepaged_counts(&self) -> anyhow::Result<Vec<(KhugepagedKey, u64)>> {
+    pub fn khugepaged_counts(&self) -> Result<Vec<(KhugepagedKey, u64)>> {
         let map: HashMap<&MapData, KhugepagedKey, u64> =
             HashMap::try_from(self.map(names::KHUGEPAGED_COUNTS)?)?;
         Ok(map.iter().filter_map(Result::ok).collect())
     }
 
     /// Drops so far, summed over CPUs, by reason.
-    pub fn drops(&self) -> anyhow::Result<Vec<(DropReason, u64)>> {
+    pub fn drops(&self) -> Result<Vec<(DropReason, u64)>> {
         let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(names::DROPS)?)?;
         DropReason::ALL
             .iter()
@@ -740,3 +840,4 @@ impl Bpf {
             .collect()
     }
 }
+

@@ -9,7 +9,10 @@ use tokio::{
     time::Instant,
 };
 
-use super::session::{self, Observed, Session};
+use super::{
+    error::TracerError,
+    session::{self, Observed, Session},
+};
 
 /// Why the loop stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,20 +45,23 @@ pub struct Ticks {
 /// What the caller does with what the loop sees. Every method has a default that does
 /// nothing.
 pub trait TickHandler {
+    /// What the handler's own work can fail with; tracing errors convert into it.
+    type Error: From<TracerError>;
+
     /// Once, when the loop starts, before the first tick.
-    fn attached(&mut self, _session: &Session) -> anyhow::Result<()> {
+    fn attached(&mut self, _session: &Session) -> Result<(), Self::Error> {
         Ok(())
     }
 
     /// Something the session saw happen: a record it handled, a process joining or ending.
-    fn observed(&mut self, _session: &mut Session, _what: &Observed) -> anyhow::Result<()> {
+    fn observed(&mut self, _session: &mut Session, _what: &Observed) -> Result<(), Self::Error> {
         Ok(())
     }
 
     /// Each tick, once the session has picked up new members, re-read what it had to and
     /// refreshed its regions. `last` is the extra tick after the loop stopped (only when the
     /// state changed since the last one); a handler that acts may leave it alone.
-    fn tick(&mut self, _session: &mut Session, _last: bool) -> anyhow::Result<()> {
+    fn tick(&mut self, _session: &mut Session, _last: bool) -> Result<(), Self::Error> {
         Ok(())
     }
 
@@ -67,17 +73,17 @@ pub trait TickHandler {
 }
 
 /// Runs the session until `shutdown` completes, the duration runs out or the targets end.
-pub async fn run(
+pub async fn run<H: TickHandler>(
     session: &mut Session,
     shutdown: impl Future<Output = ()>,
     ticks: Ticks,
-    handler: &mut impl TickHandler,
-) -> anyhow::Result<Stop> {
+    handler: &mut H,
+) -> Result<Stop, H::Error> {
     // SAFETY: the ring buffer owns its map fd, which stays open and the same for as long as
     // the AsyncFd holds it.
     let mut ring =
         unsafe { AsyncFd::register_with_interest(session.take_events()?, Interest::READABLE) }
-            .map_err(|e| anyhow::anyhow!("polling the ring buffer: {}", e.into_parts().1))?;
+            .map_err(|e| TracerError::Poll(e.into_parts().1))?;
     let deadline = ticks.duration.map(|d| Instant::now() + d);
     let mut interval = ticks.interval;
     handler.attached(session)?;
@@ -98,7 +104,7 @@ pub async fn run(
             () = &mut shutdown => break Stop::Signal,
             () = sleep => break Stop::Duration,
             guard = ring.readable_mut() => {
-                let mut guard = guard?;
+                let mut guard = guard.map_err(TracerError::Poll)?;
                 let events = session::drain(guard.get_inner_mut());
                 guard.clear_ready();
                 handle_events(session, handler, &events)?;
@@ -138,11 +144,11 @@ pub async fn run(
     Ok(stop)
 }
 
-fn handle_events(
+fn handle_events<H: TickHandler>(
     session: &mut Session,
-    handler: &mut impl TickHandler,
+    handler: &mut H,
     events: &[collapse_common::event::Event],
-) -> anyhow::Result<()> {
+) -> Result<(), H::Error> {
     for ev in events {
         let mut seen: Vec<Observed> = session.handle(ev)?.into_iter().collect();
         seen.extend(session.take_hook_news());

@@ -8,6 +8,7 @@
 //! printer.
 
 mod bpf;
+mod error;
 mod event_loop;
 mod json;
 mod output;
@@ -17,10 +18,10 @@ mod view;
 
 use std::{future::Future, path::PathBuf, time::Duration};
 
-use anyhow::{Context as _, bail};
 
 pub use self::{
-    bpf::{Bpf, Capacity, StatusNames},
+    bpf::{Bpf, BpfError, Capacity, StatusNames},
+    error::{TargetError, TracerError},
     event_loop::{Stop, TickHandler, Ticks, run},
     json::TraceLine,
     output::{TraceOutput, TracePrinter},
@@ -47,7 +48,7 @@ pub async fn trace(
     target: Target,
     job: TraceJob,
     shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<Stop> {
+) -> Result<Stop, TracerError> {
     let mut session = Session::start(target, job.capacity)?;
     let mut printer = TracePrinter { output: job.output };
     let stop = run(&mut session, shutdown, job.ticks, &mut printer).await;
@@ -78,9 +79,11 @@ pub async fn snapshot_of(
     capacity: Capacity,
     duration: Duration,
     shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<Vec<SnapshotRegion>> {
+) -> Result<Vec<SnapshotRegion>, TracerError> {
     struct Quiet;
-    impl TickHandler for Quiet {}
+    impl TickHandler for Quiet {
+        type Error = TracerError;
+    }
     let mut session = Session::start(target, capacity)?;
     if !duration.is_zero() {
         let ticks = Ticks {
@@ -95,37 +98,48 @@ pub async fn snapshot_of(
 }
 
 /// Fails early, before anything is traced, if the snapshot cannot be written.
-pub fn check_snapshot_path(path: &std::path::Path) -> anyhow::Result<()> {
+pub fn check_snapshot_path(path: &std::path::Path) -> Result<(), TracerError> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(std::path::Path::new("."));
     if !dir.is_dir() {
-        bail!(
-            "cannot write snapshot {}: {} is not a directory",
-            path.display(),
-            dir.display()
-        );
+        return Err(TracerError::SnapshotDir {
+            path: path.to_owned(),
+            dir: dir.to_owned(),
+        });
     }
     Ok(())
 }
 
 /// Writes the snapshot to a temporary file beside `path`, then renames it: never half-written.
-fn write_atomically(path: &std::path::Path, regions: &[SnapshotRegion]) -> anyhow::Result<()> {
+fn write_atomically(path: &std::path::Path, regions: &[SnapshotRegion]) -> Result<(), TracerError> {
     let tmp = path.with_extension("tmp-collapse");
+    let failed = |action: &'static str, at: &std::path::Path| {
+        let path = at.to_owned();
+        move |source| TracerError::Snapshot {
+            action,
+            path,
+            source,
+        }
+    };
     let written = (|| {
-        let file =
-            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let file = std::fs::File::create(&tmp).map_err(failed("creating", &tmp))?;
         let mut w = std::io::BufWriter::new(file);
-        write_snapshot(&mut w, regions).with_context(|| format!("writing {}", tmp.display()))?;
+        write_snapshot(&mut w, regions).map_err(failed("writing", &tmp))?;
         let file = w
             .into_inner()
             .map_err(|e| e.into_error())
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        file.sync_all()
-            .with_context(|| format!("syncing {}", tmp.display()))?;
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+            .map_err(failed("writing", &tmp))?;
+        file.sync_all().map_err(failed("syncing", &tmp))?;
+        std::fs::rename(&tmp, path).map_err(|source| TracerError::Snapshot {
+            action: "renaming",
+            path: tmp.clone(),
+            source: std::io::Error::new(
+                source.kind(),
+                format!("to {}: {source}", path.display()),
+            ),
+        })
     })();
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);

@@ -4,6 +4,7 @@
 use std::io::Write as _;
 
 use super::{
+    error::TracerError,
     event_loop::TickHandler,
     json::TraceLine,
     session::{Observed, Session},
@@ -34,7 +35,9 @@ pub struct TracePrinter {
 }
 
 impl TickHandler for TracePrinter {
-    fn attached(&mut self, session: &Session) -> anyhow::Result<()> {
+    type Error = TracerError;
+
+    fn attached(&mut self, session: &Session) -> Result<(), TracerError> {
         match self.output {
             TraceOutput::Json { .. } => println!("{}", TraceLine::attached(session).to_json()),
             TraceOutput::Human { .. } => {
@@ -56,7 +59,7 @@ impl TickHandler for TracePrinter {
         Ok(())
     }
 
-    fn observed(&mut self, session: &mut Session, what: &Observed) -> anyhow::Result<()> {
+    fn observed(&mut self, session: &mut Session, what: &Observed) -> Result<(), TracerError> {
         if !self.output.events() {
             return Ok(());
         }
@@ -72,7 +75,7 @@ impl TickHandler for TracePrinter {
         Ok(())
     }
 
-    fn tick(&mut self, session: &mut Session, _last: bool) -> anyhow::Result<()> {
+    fn tick(&mut self, session: &mut Session, _last: bool) -> Result<(), TracerError> {
         let sample = view::sample(session)?;
         let mut out = std::io::stdout().lock();
         match self.output {

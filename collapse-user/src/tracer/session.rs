@@ -18,6 +18,7 @@ use collapse_common::{
 
 use super::{
     bpf::{Bpf, Capacity, Selection},
+    error::TracerError,
     target::{CommandChild, Target},
 };
 use crate::{
@@ -27,6 +28,8 @@ use crate::{
     },
     snapshot::SnapshotRegion,
 };
+
+type Result<T, E = TracerError> = std::result::Result<T, E>;
 
 /// Whether faults can map large folios, from the THP settings: at least one size `always`;
 /// only in MADV_HUGEPAGE memory (`madvise`); or not at all.
@@ -223,8 +226,8 @@ impl Session {
     }
 
     /// The ring buffer, for an event loop to poll; give it back when done.
-    pub(super) fn take_events(&mut self) -> anyhow::Result<aya::maps::RingBuf<aya::maps::MapData>> {
-        self.bpf.take_events()
+    pub(super) fn take_events(&mut self) -> Result<aya::maps::RingBuf<aya::maps::MapData>> {
+        Ok(self.bpf.take_events()?)
     }
 
     pub(super) fn give_back_events(&mut self, ring: aya::maps::RingBuf<aya::maps::MapData>) {
@@ -232,7 +235,7 @@ impl Session {
     }
 
     /// Loads the programs for `target`, starts tracing its processes and seeds them.
-    pub fn start(mut target: Target, cap: Capacity) -> anyhow::Result<Self> {
+    pub fn start(mut target: Target, cap: Capacity) -> Result<Self> {
         let sel = Selection {
             all: target.all,
             follow_children: target.follow_children(),
@@ -268,7 +271,7 @@ impl Session {
     }
 
     /// Starts tracing `tgid` and schedules its seeding from pagemap.
-    fn add(&mut self, tgid: u32) -> anyhow::Result<()> {
+    fn add(&mut self, tgid: u32) -> Result<()> {
         // The programs set the bit of a followed child themselves; writing a whole word back
         // only when needed keeps this read-modify-write from racing their atomic updates.
         if !self.target.all && !self.bpf.is_tracked(tgid)? {
@@ -294,7 +297,7 @@ impl Session {
     /// Attaches the large-folio hook when the settings allow large folios at fault time for
     /// one of `tgids` (`Always`, or `Advised` and it has MADV_HUGEPAGE memory). Returns whether it
     /// was attached now.
-    fn consider_large_folio_hook(&mut self, tgids: &[u32]) -> anyhow::Result<bool> {
+    fn consider_large_folio_hook(&mut self, tgids: &[u32]) -> Result<bool> {
         if self.bpf.large_folio_hook().is_some() {
             return Ok(false);
         }
@@ -331,7 +334,7 @@ impl Session {
             .collect()
     }
 
-    fn end(&mut self, tgid: u32) -> anyhow::Result<Option<String>> {
+    fn end(&mut self, tgid: u32) -> Result<Option<String>> {
         // Its regions go at the next sweep: one walk of the map per tick, not one per exit.
         self.dead.insert(tgid);
         // The program clears the bit at exit and at a comm change already.
@@ -346,7 +349,7 @@ impl Session {
     }
 
     /// Applies one ring-buffer record; returns what a person may want to see.
-    pub fn handle(&mut self, ev: &Event) -> anyhow::Result<Option<Observed>> {
+    pub fn handle(&mut self, ev: &Event) -> Result<Option<Observed>> {
         let Some(kind) = EventKind::from_u32(ev.kind) else {
             return Ok(None);
         };
@@ -479,7 +482,7 @@ impl Session {
 
     /// Picks up processes that joined the target since the last call (a process renamed to the
     /// comm, moved into the cgroup) and forgets pids that vanished without an exit event.
-    pub fn rescan(&mut self) -> anyhow::Result<Vec<Observed>> {
+    pub fn rescan(&mut self) -> Result<Vec<Observed>> {
         let mut seen = Vec::new();
         // The settings may have changed under us: a newly attached hook means what was faulted
         // before it is read back from pagemap.
@@ -537,7 +540,7 @@ impl Session {
     }
 
     /// Re-reads from pagemap what the events said may have changed without a fault.
-    pub fn resync_pending(&mut self) -> anyhow::Result<()> {
+    pub fn resync_pending(&mut self) -> Result<()> {
         let todo: Vec<(u32, bool, Vec<Range<u64>>)> = self
             .procs
             .values_mut()
@@ -575,14 +578,20 @@ impl Session {
                 if !procs::exists(tgid as i32) {
                     continue;
                 }
-                let err = err.context(format!("seeding pid {tgid} from pagemap"));
+                let err = TracerError::Seed {
+                    pid: tgid,
+                    source: Box::new(err),
+                };
                 if self.target.pids.contains(&tgid)
                     || self.child.as_ref().is_some_and(|c| c.pid() == tgid)
                 {
                     return Err(err);
                 }
                 if self.unseeded.insert(tgid) {
-                    eprintln!("collapse: warning: {err:#}; its bitmaps start from events only");
+                    eprintln!(
+                        "collapse: warning: {}; its bitmaps start from events only",
+                        crate::render::error_chain(&err)
+                    );
                 }
             }
         }
@@ -596,7 +605,7 @@ impl Session {
         tgid: u32,
         range: Option<&Range<u64>>,
         all_before: &BTreeMap<u64, OccupancyBitmap>,
-    ) -> anyhow::Result<()> {
+    ) -> Result<()> {
         let in_range = |addr: u64| range.is_none_or(|r| addr < r.end && addr + PMD_SIZE > r.start);
         let before: BTreeMap<u64, OccupancyBitmap> = all_before
             .iter()
@@ -633,7 +642,7 @@ impl Session {
 
     /// Every traced process's regions as they are now: present bits from the programs, masked
     /// to anonymous VMAs; swap, shared and whether a PMD maps it from pagemap. By tgid.
-    pub fn traced_regions(&self) -> anyhow::Result<BTreeMap<u32, Vec<TracedRegion>>> {
+    pub fn traced_regions(&self) -> Result<BTreeMap<u32, Vec<TracedRegion>>> {
         let mut by_tgid = self.regions_by_tgid()?;
         by_tgid.retain(|tgid, _| self.procs.contains_key(tgid));
         let mut out = BTreeMap::new();
@@ -668,7 +677,7 @@ impl Session {
 
     /// Handles what the programs have reported so far, without an event loop (one-shot use,
     /// tests): the same as `collapse trace` does as records arrive.
-    pub fn poll(&mut self) -> anyhow::Result<Vec<Observed>> {
+    pub fn poll(&mut self) -> Result<Vec<Observed>> {
         let mut ring = self.bpf.take_events()?;
         let events = drain(&mut ring);
         self.bpf.give_back_events(ring);
@@ -682,7 +691,7 @@ impl Session {
     }
 
     /// The region map (pending bits included), grouped by process: one walk.
-    fn regions_by_tgid(&self) -> anyhow::Result<BTreeMap<u32, BTreeMap<u64, OccupancyBitmap>>> {
+    fn regions_by_tgid(&self) -> Result<BTreeMap<u32, BTreeMap<u64, OccupancyBitmap>>> {
         let mut by_tgid: BTreeMap<u32, BTreeMap<u64, OccupancyBitmap>> = BTreeMap::new();
         for (key, bits) in self.bpf.regions()? {
             by_tgid.entry(key.tgid).or_default().insert(key.addr, bits);
@@ -691,7 +700,7 @@ impl Session {
     }
 
     /// Deletes the regions of processes that ended (and were not traced again since).
-    fn sweep_dead(&mut self) -> anyhow::Result<()> {
+    fn sweep_dead(&mut self) -> Result<()> {
         let dead: BTreeSet<u32> = std::mem::take(&mut self.dead)
             .into_iter()
             .filter(|t| !self.procs.contains_key(t))
@@ -707,14 +716,14 @@ impl Session {
     }
 
     /// Re-reads every traced process's regions into [`Session::current`].
-    pub fn refresh(&mut self) -> anyhow::Result<()> {
+    pub fn refresh(&mut self) -> Result<()> {
         self.current = self.traced_regions()?;
         Ok(())
     }
 
     /// The region snapshot (DESIGN.md) of every traced process, and of those that ended while
     /// traced as they were at the last refresh before they did.
-    pub fn snapshot(&mut self) -> anyhow::Result<Vec<SnapshotRegion>> {
+    pub fn snapshot(&mut self) -> Result<Vec<SnapshotRegion>> {
         self.refresh()?;
         let mut all = self.current.clone();
         all.extend(self.ended_regions.iter().map(|(t, r)| (*t, r.clone())));

@@ -7,7 +7,6 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context as _, bail};
 use nix::{
     sys::{
         signal::{Signal, kill},
@@ -16,6 +15,7 @@ use nix::{
     unistd::{ForkResult, Pid, fork, pipe2},
 };
 
+use super::error::TargetError;
 use crate::kernel::procs;
 
 #[derive(Debug, Default)]
@@ -48,17 +48,17 @@ pub enum TargetSpec {
 impl Target {
     /// Checks the target and, for `-- CMD`, forks the command (held before exec). Nothing is
     /// loaded yet, so bad input fails before anything changes.
-    pub fn resolve(spec: &TargetSpec) -> anyhow::Result<Self> {
+    pub fn resolve(spec: &TargetSpec) -> Result<Self, TargetError> {
         let mut target = Self::default();
         match spec {
             TargetSpec::All => target.all = true,
             TargetSpec::Pids(pids) => {
                 for &pid in pids {
                     if pid <= 0 || !procs::exists(pid) {
-                        bail!("no process with pid {pid}");
+                        return Err(TargetError::NoProcess(pid));
                     }
-                    let tgid =
-                        procs::tgid(pid).with_context(|| format!("reading /proc/{pid}/status"))?;
+                    let tgid = procs::tgid(pid)
+                        .map_err(|source| TargetError::Status { pid, source })?;
                     if !target.pids.contains(&(tgid as u32)) {
                         target.pids.push(tgid as u32);
                     }
@@ -66,7 +66,7 @@ impl Target {
             }
             TargetSpec::Comm(comm) => {
                 if comm.is_empty() || comm.len() > 15 {
-                    bail!("--comm {comm:?}: a command name is 1 to 15 bytes (the kernel's comm)");
+                    return Err(TargetError::CommLength(comm.clone()));
                 }
                 target.comm = Some(comm.clone());
             }
@@ -76,7 +76,7 @@ impl Target {
             }
             TargetSpec::Command(cmd) => {
                 if cmd.is_empty() {
-                    bail!("-- CMD: no command given");
+                    return Err(TargetError::NoCommand);
                 }
                 target.spawn = Some(Spawned::fork(cmd)?);
                 target.command = true;
@@ -101,7 +101,7 @@ impl Target {
     }
 
     /// The processes to trace from the start.
-    pub fn initial_tgids(&self) -> anyhow::Result<Vec<u32>> {
+    pub fn initial_tgids(&self) -> Result<Vec<u32>, TargetError> {
         let mut out = self.pids.clone();
         out.extend(self.current_members()?);
         out.sort_unstable();
@@ -110,7 +110,7 @@ impl Target {
     }
 
     /// The processes that belong to the target now (comm, cgroup, all; empty otherwise).
-    pub fn current_members(&self) -> anyhow::Result<Vec<u32>> {
+    pub fn current_members(&self) -> Result<Vec<u32>, TargetError> {
         let me = std::process::id();
         let mut out: Vec<u32> = if let Some(comm) = &self.comm {
             procs::pids_with_comm(comm)?
@@ -171,24 +171,26 @@ fn find_in_path(program: &str) -> Option<PathBuf> {
 }
 
 impl Spawned {
-    fn fork(cmd: &[String]) -> anyhow::Result<Self> {
+    fn fork(cmd: &[String]) -> Result<Self, TargetError> {
         let path = find_in_path(&cmd[0])
-            .with_context(|| format!("cannot run {:?}: not found in PATH", cmd[0]))?;
+            .ok_or_else(|| TargetError::NotInPath(cmd[0].clone()))?;
         let path = CString::new(path.as_os_str().as_encoded_bytes())
-            .context("command path has a NUL byte")?;
+            .map_err(|_| TargetError::Nul("command path"))?;
         let args: Vec<CString> = cmd
             .iter()
             .map(|a| CString::new(a.as_bytes()))
             .collect::<Result<_, _>>()
-            .context("argument has a NUL byte")?;
+            .map_err(|_| TargetError::Nul("argument"))?;
         // The argv array is built before the fork: the child must not allocate.
         let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
         argv.push(std::ptr::null());
-        let (read, write) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe2")?;
-        let (err_read, err_write) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe2")?;
+        let syscall = |call| move |source| TargetError::Syscall { call, source };
+        let (read, write) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(syscall("pipe2"))?;
+        let (err_read, err_write) =
+            pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(syscall("pipe2"))?;
         // SAFETY: the child only calls async-signal-safe functions (close, read, execv, write,
         // _exit) on data prepared before the fork.
-        match unsafe { fork() }.context("fork")? {
+        match unsafe { fork() }.map_err(syscall("fork"))? {
             ForkResult::Child => unsafe {
                 libc::close(write.as_raw_fd());
                 libc::close(err_read.as_raw_fd());
@@ -222,8 +224,11 @@ impl Spawned {
 
     /// Lets the command exec, and waits until it has (or failed to: then it is reaped and the
     /// error names the program). Dropped instead, the child reads EOF and exits 127.
-    pub fn release(self) -> anyhow::Result<CommandChild> {
-        nix::unistd::write(&self.go, &[1]).context("starting the command")?;
+    pub fn release(self) -> Result<CommandChild, TargetError> {
+        nix::unistd::write(&self.go, &[1]).map_err(|source| TargetError::Syscall {
+            call: "starting the command",
+            source,
+        })?;
         let mut child = CommandChild {
             pid: Pid::from_raw(self.tgid as i32),
             status: None,
@@ -232,8 +237,11 @@ impl Spawned {
         match nix::unistd::read(&self.exec_error, &mut errno) {
             Ok(n) if n == errno.len() => {
                 child.stop();
-                let err = std::io::Error::from_raw_os_error(i32::from_ne_bytes(errno));
-                bail!("cannot run {:?}: {err}", self.program);
+                let source = std::io::Error::from_raw_os_error(i32::from_ne_bytes(errno));
+                Err(TargetError::Exec {
+                    program: self.program,
+                    source,
+                })
             }
             _ => Ok(child),
         }

@@ -88,7 +88,7 @@ fn kernel_pmd_settings(thp: Option<&ThpSettings>) -> Settings {
     .unwrap_or_default()
 }
 
-pub fn sample(session: &Session) -> anyhow::Result<Sample> {
+pub fn sample(session: &Session) -> Result<Sample, super::error::TracerError> {
     let thp = ThpSettings::read().ok();
     let settings = kernel_pmd_settings(thp.as_ref());
     let regions = session.current();
