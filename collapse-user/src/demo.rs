@@ -63,10 +63,7 @@ impl TickHandler for DemoView {
 }
 
 /// `collapse demo`: the workload traced for `duration`, then the policies compared.
-pub async fn run(
-    duration: Duration,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), DemoError> {
+pub async fn run(duration: Duration, shutdown: impl Future<Output = ()>) -> Result<(), DemoError> {
     let exe = std::env::current_exe().map_err(DemoError::Exe)?;
     let hold = (duration.as_secs() + 5).to_string();
     let spec = TargetSpec::Command(vec![
@@ -112,10 +109,7 @@ pub async fn run(
 /// Every policy over `regions` at max_ptes_none 0, 255 and the kernel's value, with every
 /// collapse size 16K..2M enabled (the running kernel may enable only 2M, which would make the
 /// policies look alike), as the `--sweep` table.
-pub fn write_comparison(
-    out: &mut impl Write,
-    regions: &[SnapshotRegion],
-) -> Result<(), DemoError> {
+pub fn write_comparison(out: &mut impl Write, regions: &[SnapshotRegion]) -> Result<(), DemoError> {
     let every_size = Overrides {
         orders: Some((MIN_ORDER..=MAX_ORDER).collect()),
         ..Overrides::default()

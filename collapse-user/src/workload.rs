@@ -105,8 +105,7 @@ impl Area {
             }
         }
         let area = Self {
-            base: NonNull::new(aligned as *mut libc::c_void)
-                .ok_or(AreaError::Null)?,
+            base: NonNull::new(aligned as *mut libc::c_void).ok_or(AreaError::Null)?,
             len: len as usize,
         };
         if let Some(advice) = advice {

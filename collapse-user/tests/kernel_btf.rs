@@ -1,22 +1,25 @@
 //! Struct layouts from the running kernel's BTF, checked against facts that do not come from
 //! the same code path: fixed x86-64 layouts and members the kernel source declares adjacent.
 
-use collapse::kernel::btf::{self, BtfError, KernelBtf};
+mod common;
 
-fn open() -> Option<KernelBtf> {
-    if !btf::btf_available() {
-        eprintln!(
-            "skipped: {} missing (kernel without CONFIG_DEBUG_INFO_BTF)",
+use collapse::kernel::btf::{self, BtfError, KernelBtf};
+use common::skip::skip_if;
+
+/// Why the BTF tests cannot run here.
+fn btf_missing() -> Option<String> {
+    (!btf::btf_available()).then(|| {
+        format!(
+            "{} missing (kernel without CONFIG_DEBUG_INFO_BTF)",
             btf::VMLINUX_BTF
-        );
-        return None;
-    }
-    Some(KernelBtf::open().unwrap())
+        )
+    })
 }
 
 #[test]
 fn task_struct_mm() {
-    let Some(btf) = open() else { return };
+    skip_if!(btf_missing());
+    let btf = KernelBtf::open().unwrap();
     let mm = btf::task_struct_mm_offset().unwrap();
     let size = btf.struct_size("task_struct").unwrap();
     eprintln!("task_struct.mm at {mm} of {size} bytes");
@@ -41,7 +44,8 @@ fn task_struct_mm() {
 
 #[test]
 fn members_inside_anonymous_unions() {
-    let Some(btf) = open() else { return };
+    skip_if!(btf_missing());
+    let btf = KernelBtf::open().unwrap();
     // struct page on x86-64 (include/linux/mm_types.h): flags at 0, then an anonymous union of
     // anonymous structs whose first one holds `lru` (16 bytes) and `mapping` at 24; the whole
     // struct is 64 bytes.
@@ -53,12 +57,13 @@ fn members_inside_anonymous_unions() {
     assert_eq!(btf.member_offset("folio", "mapping").unwrap(), 24);
     // mm_struct keeps nearly everything in one anonymous struct.
     let pgd = btf.member_offset("mm_struct", "pgd").unwrap();
-    assert!(pgd > 0 && pgd % 8 == 0);
+    assert!(pgd > 0 && pgd.is_multiple_of(8));
 }
 
 #[test]
 fn errors_name_what_is_missing() {
-    let Some(btf) = open() else { return };
+    skip_if!(btf_missing());
+    let btf = KernelBtf::open().unwrap();
     let err = btf
         .member_offset("task_struct", "no_such_member")
         .unwrap_err();

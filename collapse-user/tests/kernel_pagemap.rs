@@ -13,7 +13,10 @@ use collapse_common::{
     OccupancyBitmap,
     consts::{PAGE_SIZE, PMD_SIZE},
 };
-use common::{as_nobody, require_root, run_test_in_child};
+use common::{
+    as_nobody, run_test_in_child,
+    skip::{needs_root, skip, skip_if},
+};
 
 const P: u64 = PAGE_SIZE;
 const M: u64 = PMD_SIZE;
@@ -208,7 +211,7 @@ fn assert_truths(got: &[RegionTruth], want: &[RegionTruth]) {
 /// covered), touched in a chosen pattern, then partly dropped and unmapped.
 #[test]
 fn exact_bitmaps_of_touched_memory() {
-    require_root!();
+    skip_if!(needs_root());
     let _serial = serial();
     let mut map = Mapping::new(4 * M, 16 * P);
     let base = map.start();
@@ -361,10 +364,9 @@ fn vmstat(name: &str) -> u64 {
 /// present and of order 9; the huge zero page is zero, not present.
 #[test]
 fn thp_is_pmd_mapped_order_9() {
-    require_root!();
+    skip_if!(needs_root());
     if !thp_enabled() {
-        eprintln!("skipped: transparent_hugepage/enabled is never");
-        return;
+        skip!("transparent_hugepage/enabled is never");
     }
     let _serial = serial();
     let mut map = Mapping::new(2 * M, 0);
@@ -374,8 +376,7 @@ fn thp_is_pmd_mapped_order_9() {
     write(a + 1234);
     let t = pagemap::read_region(me(), a).unwrap();
     if !t.pmd_mapped && vmstat("thp_fault_fallback") > fallbacks {
-        eprintln!("skipped: the kernel could not allocate a huge page (thp_fault_fallback grew)");
-        return;
+        skip!("the kernel could not allocate a huge page (thp_fault_fallback grew)");
     }
     let full = OccupancyBitmap::FULL;
     assert_truths(
@@ -431,15 +432,13 @@ impl Drop for Restore {
 /// A 64 KiB mTHP shows as 16 PTEs of order 4.
 #[test]
 fn mthp_folio_orders() {
-    require_root!();
+    skip_if!(needs_root());
     const SIZE_64K: &str = "/sys/kernel/mm/transparent_hugepage/hugepages-64kB/enabled";
     let Ok(previous) = std::fs::read_to_string(SIZE_64K) else {
-        eprintln!("skipped: no {SIZE_64K} (kernel without mTHP)");
-        return;
+        skip!("no {SIZE_64K} (kernel without mTHP)");
     };
     if !thp_enabled() {
-        eprintln!("skipped: transparent_hugepage/enabled is never");
-        return;
+        skip!("transparent_hugepage/enabled is never");
     }
     let previous = previous
         .split_whitespace()
@@ -461,8 +460,7 @@ fn mthp_folio_orders() {
     let t = pagemap::read_region(me(), a).unwrap();
     let orders = pagemap::folio_orders(me(), a).unwrap();
     if t.present.count() == 1 {
-        eprintln!("skipped: the kernel fell back to a base page (no free 64 KiB block?)");
-        return;
+        skip!("the kernel fell back to a base page (no free 64 KiB block?)");
     }
     // Region offset of the mapping is 16 pages; the folio is 64 KiB-aligned: pages 16..32.
     let folio = bits(&[(16, 32)]);
@@ -508,7 +506,7 @@ const UNPRIVILEGED_CHILD: &str = "COLLAPSE_TEST_PAGEMAP_UNPRIVILEGED_CHILD";
 /// As an unprivileged user: another process's pagemap, and kpageflags, need root.
 #[test]
 fn unprivileged_reads_say_root_is_needed() {
-    require_root!();
+    skip_if!(needs_root());
     // Until it execs, the forked child shares all our memory copy-on-write.
     let _serial = serial();
     run_test_in_child("unprivileged_child", UNPRIVILEGED_CHILD, as_nobody);

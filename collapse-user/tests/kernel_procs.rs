@@ -10,7 +10,7 @@ use std::{
 mod common;
 
 use collapse::kernel::procs::{self, ProcsError};
-use common::require_root;
+use common::skip::{needs_root, skip, skip_if};
 
 /// Where cgroup v2 is mounted, from our mountinfo.
 fn cgroup2_root() -> Option<PathBuf> {
@@ -101,10 +101,9 @@ fn cgroup_id_from_handle(path: &Path) -> u64 {
 
 #[test]
 fn cgroup_members_and_id() {
-    require_root!();
+    skip_if!(needs_root());
     let Some(root) = cgroup2_root() else {
-        eprintln!("skipped: cgroup v2 is not mounted");
-        return;
+        skip!("cgroup v2 is not mounted");
     };
     let path = root.join(format!("collapse-test-{}", std::process::id()));
     std::fs::create_dir(&path).unwrap();
@@ -151,8 +150,7 @@ fn cgroup_v1_directory_is_refused_for_ids() {
         nix::sys::statfs::statfs(*p)
             .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP_SUPER_MAGIC)
     }) else {
-        eprintln!("skipped: no cgroup v1 hierarchy mounted");
-        return;
+        skip!("no cgroup v1 hierarchy mounted");
     };
     let err = procs::cgroup_id(v1).unwrap_err();
     assert!(matches!(err, ProcsError::NotCgroupV2 { .. }), "{err}");
@@ -181,12 +179,11 @@ fn threads_map_to_their_process() {
 
 #[test]
 fn thp_coverage_of_a_huge_page() {
-    require_root!();
+    skip_if!(needs_root());
     let enabled =
         std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
     if enabled.is_empty() || enabled.contains("[never]") {
-        eprintln!("skipped: transparent_hugepage/enabled is never");
-        return;
+        skip!("transparent_hugepage/enabled is never");
     }
     let me = std::process::id() as i32;
     let before = procs::memory_coverage(me).unwrap();
@@ -216,8 +213,7 @@ fn thp_coverage_of_a_huge_page() {
     // SAFETY: our mapping.
     unsafe { libc::munmap(raw, len) };
     if after.anon_huge_kb == before.anon_huge_kb {
-        eprintln!("skipped: the kernel could not allocate a huge page");
-        return;
+        skip!("the kernel could not allocate a huge page");
     }
     assert_eq!(after.anon_huge_kb, before.anon_huge_kb + 2048);
     assert!(after.anon_rss_kb >= after.anon_huge_kb);

@@ -7,7 +7,11 @@ use serde_json::Value;
 
 mod common;
 
-use common::{as_nobody, require_root, without_tracefs};
+use common::{
+    as_nobody,
+    skip::{needs_root, skip_if},
+    without_tracefs,
+};
 
 /// Runs `collapse status --json` with `setup` run in the child before exec.
 fn status_json(setup: Option<fn() -> std::io::Result<()>>) -> Value {
@@ -34,7 +38,7 @@ fn status_json(setup: Option<fn() -> std::io::Result<()>>) -> Value {
 
 #[test]
 fn as_root_everything_but_mthp_collapse_works() {
-    require_root!();
+    skip_if!(needs_root());
     let s = status_json(None);
     assert_eq!(s["root"], true);
     assert!(
@@ -65,7 +69,7 @@ fn as_root_everything_but_mthp_collapse_works() {
 
 #[test]
 fn mounts_tracefs_and_says_so() {
-    require_root!();
+    skip_if!(needs_root());
     let s = status_json(Some(without_tracefs));
     assert_eq!(s["tracefs"]["mounted_now"], true, "{}", s["tracefs"]);
     assert_eq!(s["tracefs"]["path"], "/sys/kernel/tracing");
@@ -76,7 +80,7 @@ fn mounts_tracefs_and_says_so() {
 
 #[test]
 fn without_root_it_reports_and_exits_0() {
-    require_root!();
+    skip_if!(needs_root());
     let s = status_json(Some(as_nobody));
     assert_eq!(s["root"], false);
     let trace = &s["works"]["trace"];

@@ -7,11 +7,15 @@ mod common;
 use std::path::Path;
 
 use collapse::kernel::tracefs::{self, TracepointFormat};
-use common::{require_root, run_test_in_child, without_tracefs};
+use common::{
+    run_test_in_child,
+    skip::{needs_root, skip_if},
+    without_tracefs,
+};
 
 #[test]
 fn every_format_file_parses() {
-    require_root!();
+    skip_if!(needs_root());
     let root = tracefs::ensure_mounted().expect("tracefs");
     let mut parsed = 0;
     let mut symbolic = 0;
@@ -48,7 +52,7 @@ fn every_format_file_parses() {
 
 #[test]
 fn tracepoints_collapse_uses() {
-    require_root!();
+    skip_if!(needs_root());
     let root = tracefs::ensure_mounted().expect("tracefs");
     let fields: &[(&str, &str, &[&str])] = &[
         ("exceptions", "page_fault_user", &["address", "error_code"]),
@@ -129,7 +133,7 @@ const MOUNT_CHILD: &str = "COLLAPSE_TEST_TRACEFS_MOUNT_CHILD";
 /// Runs `mount_child` in a new mount namespace from which tracefs has been unmounted.
 #[test]
 fn mounts_tracefs_when_missing() {
-    require_root!();
+    skip_if!(needs_root());
     run_test_in_child("mount_child", MOUNT_CHILD, without_tracefs);
     // And the machine's tracefs is still where it was.
     assert!(Path::new("/sys/kernel/tracing/events").is_dir());

@@ -9,7 +9,10 @@ use std::{
     process::{Command, Output},
 };
 
-use common::*;
+use common::{
+    skip::{needs_root_tests, skip_if},
+    *,
+};
 
 fn collapse(args: &[&str], env: &[(&str, &str)], uid: Option<u32>) -> Output {
     let mut cmd = Command::new(collapse_bin());
@@ -41,9 +44,7 @@ fn assert_error(out: &Output, needle: &str) {
 
 #[test]
 fn bad_arguments_and_targets() {
-    if !root_or_skip("bad_arguments_and_targets") {
-        return;
-    }
+    skip_if!(needs_root_tests());
     let me = std::process::id().to_string();
     assert_error(&collapse(&["trace"], &[], None), "no target");
     assert_error(
@@ -103,9 +104,7 @@ fn bad_arguments_and_targets() {
 
 #[test]
 fn not_root_is_refused() {
-    if !root_or_skip("not_root_is_refused") {
-        return;
-    }
+    skip_if!(needs_root_tests());
     let me = std::process::id().to_string();
     // nobody/nogroup: loading eBPF programs needs root.
     let out = collapse(
@@ -158,9 +157,7 @@ fn fake_tracefs(dir: &Path, without: &str) {
 
 #[test]
 fn missing_tracepoint_is_named() {
-    if !root_or_skip("missing_tracepoint_is_named") {
-        return;
-    }
+    skip_if!(needs_root_tests());
     let dir = temp_dir("fake-tracefs");
     fake_tracefs(&dir, "huge_memory/mm_collapse_huge_page_swapin");
     let me = std::process::id().to_string();
@@ -188,21 +185,14 @@ impl Drop for Remount {
 
 #[test]
 fn unmounted_tracefs_gets_mounted() {
-    if !root_or_skip("unmounted_tracefs_gets_mounted") {
-        return;
-    }
+    skip_if!(needs_root_tests());
     let _remount = Remount;
     if Path::new("/sys/kernel/tracing/events").exists() {
         let st = Command::new("umount")
             .arg("/sys/kernel/tracing")
             .status()
             .expect("umount");
-        if !st.success() {
-            eprintln!(
-                "SKIPPED unmounted_tracefs_gets_mounted: tracefs is busy and cannot be unmounted"
-            );
-            return;
-        }
+        skip_if!((!st.success()).then_some("tracefs is busy and cannot be unmounted"));
     }
     let w = Workload::spawn();
     let out = collapse(

@@ -6,30 +6,27 @@ mod common;
 use std::time::Duration;
 
 use collapse::kernel::thp::SysfsGuard;
-use common::*;
+use common::{
+    skip::{needs_root_tests, skip_if, thp_never},
+    *,
+};
 
 const KHUGEPAGED: &str = "/sys/kernel/mm/transparent_hugepage/khugepaged";
 
 /// khugepaged scanning every 100 ms with max_ptes_none 64, for the test's lifetime: the guards
-/// restore both when they drop, also if an assertion fails (unwinding runs Drop). `None`, with
-/// the reason printed, when the test cannot run here.
-fn fast_khugepaged(test: &str) -> Option<(SysfsGuard, SysfsGuard)> {
-    if !root_or_skip(test) || thp_never(test) {
-        return None;
-    }
+/// restore both when they drop, also if an assertion fails (unwinding runs Drop).
+fn fast_khugepaged() -> (SysfsGuard, SysfsGuard) {
     let sleep = SysfsGuard::set(format!("{KHUGEPAGED}/scan_sleep_millisecs"), "100")
         .expect("set scan_sleep_millisecs");
     let none =
         SysfsGuard::set(format!("{KHUGEPAGED}/max_ptes_none"), "64").expect("set max_ptes_none");
-    Some((sleep, none))
+    (sleep, none)
 }
 
 #[test]
 fn khugepaged_events_are_attributed_with_status_names() {
-    let Some(_khugepaged) = fast_khugepaged("khugepaged_events_are_attributed_with_status_names")
-    else {
-        return;
-    };
+    skip_if!(needs_root_tests().or_else(thp_never));
+    let _khugepaged = fast_khugepaged();
 
     let mut w = Workload::spawn();
     let mut bystander = Workload::spawn();
@@ -114,10 +111,8 @@ fn khugepaged_events_are_attributed_with_status_names() {
 /// blocked in a read): its `mm` is found from the page frame khugepaged reports.
 #[test]
 fn khugepaged_events_of_an_idle_process_are_attributed() {
-    let Some(_khugepaged) = fast_khugepaged("khugepaged_events_of_an_idle_process_are_attributed")
-    else {
-        return;
-    };
+    skip_if!(needs_root_tests().or_else(thp_never));
+    let _khugepaged = fast_khugepaged();
     let mut w = Workload::spawn();
     // 10 pages at the start of a region: every scan of it ends exceed_none_pte, with a page
     // frame to report. Registered with khugepaged before the tracer exists.

@@ -4,7 +4,10 @@
 mod common;
 
 use collapse_common::{OccupancyBitmap, consts::PMD_SIZE};
-use common::*;
+use common::{
+    skip::{needs_root_tests, skip_if, thp_never},
+    *,
+};
 
 /// What `shape` leaves in its 4 regions, derived from the commands alone.
 fn expected_shape(addr: u64) -> Regions {
@@ -40,9 +43,7 @@ fn expected_shape(addr: u64) -> Regions {
 
 #[test]
 fn bitmaps_follow_faults_unmaps_and_dontneed() {
-    if !root_or_skip("bitmaps_follow_faults_unmaps_and_dontneed") {
-        return;
-    }
+    skip_if!(needs_root_tests());
     follow_faults_unmaps_and_dontneed("follow", &[]);
 }
 
@@ -50,9 +51,7 @@ fn bitmaps_follow_faults_unmaps_and_dontneed() {
 /// does not show the parameters the fast path reads.
 #[test]
 fn bitmaps_follow_faults_with_classic_tracepoints() {
-    if !root_or_skip("bitmaps_follow_faults_with_classic_tracepoints") {
-        return;
-    }
+    skip_if!(needs_root_tests());
     let seen =
         follow_faults_unmaps_and_dontneed("classic", &[("COLLAPSE_CLASSIC_TRACEPOINTS", "1")]);
     let attached = seen
@@ -80,9 +79,7 @@ fn follow_faults_unmaps_and_dontneed(test: &str, env: &[(&str, &str)]) -> Vec<se
 
 #[test]
 fn attaching_seeds_from_pagemap() {
-    if !root_or_skip("attaching_seeds_from_pagemap") {
-        return;
-    }
+    skip_if!(needs_root_tests());
     let mut w = Workload::spawn();
     // Populated before the tracer exists: only seeding can know these pages.
     let addr = w.map("a", 8, false);
@@ -102,9 +99,7 @@ fn attaching_seeds_from_pagemap() {
 
 #[test]
 fn thp_fault_sets_all_512_bits() {
-    if !root_or_skip("thp_fault_sets_all_512_bits") || thp_never("thp_fault_sets_all_512_bits") {
-        return;
-    }
+    skip_if!(needs_root_tests().or_else(thp_never));
     let mut w = Workload::spawn();
     let mut traced_run = TracedWorkload::start("thp", &w, &["--events"]);
     let addr = w.map("h", 4, true);
@@ -139,9 +134,7 @@ fn thp_fault_sets_all_512_bits() {
 
 #[test]
 fn faults_on_every_cpu_and_clears_from_another() {
-    if !root_or_skip("faults_on_every_cpu_and_clears_from_another") {
-        return;
-    }
+    skip_if!(needs_root_tests());
     let mut w = Workload::spawn();
     let traced_run = TracedWorkload::start("cpus", &w, &[]);
     let addr = w.map("m", 8, false);
@@ -165,9 +158,7 @@ fn faults_on_every_cpu_and_clears_from_another() {
 
 #[test]
 fn pages_that_move_or_appear_without_faults() {
-    if !root_or_skip("pages_that_move_or_appear_without_faults") {
-        return;
-    }
+    skip_if!(needs_root_tests());
     let mut w = Workload::spawn();
     let traced_run = TracedWorkload::start("nofault", &w, &[]);
     // mremap moves pages to a new address: no fault there, the old range empties.
@@ -218,9 +209,7 @@ fn pages_that_move_or_appear_without_faults() {
 
 #[test]
 fn a_command_traced_to_its_end_still_has_a_snapshot() {
-    if !root_or_skip("a_command_traced_to_its_end_still_has_a_snapshot") {
-        return;
-    }
+    skip_if!(needs_root_tests());
     let dir = temp_dir("cmd-end");
     let snap = dir.join("snap.jsonl");
     let bin = collapse_bin();
@@ -261,14 +250,11 @@ fn a_command_traced_to_its_end_still_has_a_snapshot() {
 /// restored when the guard drops.
 #[test]
 fn mthp_faults_set_the_whole_folio() {
-    if !root_or_skip("mthp_faults_set_the_whole_folio") {
-        return;
-    }
+    skip_if!(needs_root_tests());
     let knob = "/sys/kernel/mm/transparent_hugepage/hugepages-64kB/enabled";
-    if !std::path::Path::new(knob).exists() {
-        eprintln!("SKIPPED mthp_faults_set_the_whole_folio: no {knob} (kernel without mTHP)");
-        return;
-    }
+    skip_if!(
+        (!std::path::Path::new(knob).exists()).then(|| format!("no {knob} (kernel without mTHP)"))
+    );
     let _mthp = collapse::kernel::thp::SysfsGuard::set(knob, "always").expect("enable 64K mTHP");
     let mut w = Workload::spawn();
     let traced_run = TracedWorkload::start("mthp", &w, &["--events"]);
@@ -302,9 +288,7 @@ fn mthp_faults_set_the_whole_folio() {
 /// A traced command's own output does not mix into collapse's stdout (JSON lines here).
 #[test]
 fn a_traced_command_writes_to_stderr() {
-    if !root_or_skip("a_traced_command_writes_to_stderr") {
-        return;
-    }
+    skip_if!(needs_root_tests());
     let out = std::process::Command::new(collapse_bin())
         .args([
             "trace",

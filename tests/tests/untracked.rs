@@ -4,7 +4,10 @@
 mod common;
 
 use collapse::tracer::{Capacity, Session, Target, TargetSpec};
-use common::*;
+use common::{
+    skip::{needs_root_tests, skip_if},
+    *,
+};
 
 /// A tracing session in this process on `pid` alone, with small maps.
 fn session_for(pid: i32) -> Session {
@@ -21,9 +24,7 @@ fn session_for(pid: i32) -> Session {
 
 #[test]
 fn untracked_processes_never_appear_in_the_maps() {
-    if !root_or_skip("untracked_processes_never_appear_in_the_maps") {
-        return;
-    }
+    skip_if!(needs_root_tests());
     let mut traced = Workload::spawn();
     let mut other = Workload::spawn();
     let session = session_for(traced.pid);
@@ -64,9 +65,7 @@ fn untracked_processes_never_appear_in_the_maps() {
 /// DONTNEED and a shrinking heap drop must be gone from it, in every CPU's pending slot too.
 #[test]
 fn cleared_ranges_leave_the_map() {
-    if !root_or_skip("cleared_ranges_leave_the_map") {
-        return;
-    }
+    skip_if!(needs_root_tests());
     let mut w = Workload::spawn();
     let mut session = session_for(w.pid);
     let small = w.map("s", 8, false);
@@ -119,9 +118,7 @@ fn cleared_ranges_leave_the_map() {
 /// view; here `rescan`).
 #[test]
 fn an_exited_process_leaves_the_map() {
-    if !root_or_skip("an_exited_process_leaves_the_map") {
-        return;
-    }
+    skip_if!(needs_root_tests());
     let mut w = Workload::spawn();
     let tgid = w.pid as u32;
     let mut session = session_for(w.pid);
@@ -146,10 +143,7 @@ fn an_exited_process_leaves_the_map() {
         session.poll().expect("poll");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    assert!(
-        !session.traces(tgid),
-        "no exit record for the workload"
-    );
+    assert!(!session.traces(tgid), "no exit record for the workload");
     session.rescan().expect("rescan");
     assert_eq!(
         mine(&session),

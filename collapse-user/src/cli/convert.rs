@@ -188,12 +188,20 @@ mod tests {
 
     #[test]
     fn durations_and_byte_sizes() {
-        assert_eq!(seconds("--duration", 1.5).unwrap(), Duration::from_millis(1500));
+        assert_eq!(
+            seconds("--duration", 1.5).unwrap(),
+            Duration::from_millis(1500)
+        );
         for bad in [-1.0, f64::NAN, f64::INFINITY, 1e30] {
             let err = seconds("--duration", bad).unwrap_err().to_string();
             assert!(err.starts_with("--duration "), "{err}");
         }
-        assert!(interval(0.0).unwrap_err().to_string().contains("more than 0"));
+        assert!(
+            interval(0.0)
+                .unwrap_err()
+                .to_string()
+                .contains("more than 0")
+        );
         assert_eq!(super::super::args::parse_bytes("64K").unwrap(), 65536);
         assert_eq!(super::super::args::parse_bytes("1g").unwrap(), 1 << 30);
         assert!(super::super::args::parse_bytes("0").is_err());

@@ -15,11 +15,12 @@ use std::{
 use anyhow::Context as _;
 use clap::{Parser as _, error::ErrorKind};
 use collapse::{
-    demo, planner,
+    demo,
     kernel::thp::ThpSettings,
+    planner,
     snapshot::{SnapshotRegion, read_snapshot},
     status,
-    tracer::{self, Capacity, Target, TraceJob, TraceOutput, Ticks},
+    tracer::{self, Capacity, Target, Ticks, TraceJob, TraceOutput},
     workload,
 };
 use tokio::signal::unix::{Signal, SignalKind, signal};

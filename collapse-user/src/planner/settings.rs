@@ -144,8 +144,7 @@ pub fn resolve(
             return Err(PlanError::KernelValue { name, value });
         }
     }
-    let order_set = OrderSet::from_orders(orders.iter().copied())
-        .map_err(PlanError::Orders)?;
+    let order_set = OrderSet::from_orders(orders.iter().copied()).map_err(PlanError::Orders)?;
     let chunk_order = overrides.chunk_order.unwrap_or(DEFAULT_CHUNK_ORDER);
     let settings = Settings::new(
         max_ptes_none,

@@ -146,7 +146,11 @@ pub fn write(
 /// An SVG chart: coverage (% of populated) against bloat (MiB), one line per policy, each
 /// point labelled with its max_ptes_none (a run of values that land on the same point gets
 /// one label, `0-255`).
-pub(crate) fn plot(points: &[SweepPoint], policies: &[Policy], path: &Path) -> Result<(), PlanError> {
+pub(crate) fn plot(
+    points: &[SweepPoint],
+    policies: &[Policy],
+    path: &Path,
+) -> Result<(), PlanError> {
     let svg = render_svg(points, policies)?;
     fs::write(path, svg).map_err(|source| PlanError::Plot {
         path: path.to_owned(),

@@ -35,12 +35,7 @@ pub struct Tally {
 
 impl Tally {
     /// Adds one region, its decisions, and their bloat as the engine counts it.
-    pub fn add_region(
-        &mut self,
-        state: &RegionState,
-        decisions: &[Decision],
-        bloat_pages: u32,
-    ) {
+    pub fn add_region(&mut self, state: &RegionState, decisions: &[Decision], bloat_pages: u32) {
         let occ = state.occupied();
         self.regions += 1;
         self.populated += u64::from(occ.count());

@@ -69,11 +69,16 @@ pub fn line_chart_svg(chart: &LineChart<'_>) -> Result<String, ChartError> {
                 color.stroke_width(2),
             ))?
             .label(series.name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(2)));
-            let labelled = series
-                .points
-                .iter()
-                .zip(series.labels.iter().map(String::as_str).chain(std::iter::repeat("")));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(2))
+            });
+            let labelled = series.points.iter().zip(
+                series
+                    .labels
+                    .iter()
+                    .map(String::as_str)
+                    .chain(std::iter::repeat("")),
+            );
             ctx.draw_series(labelled.map(|(&(x, y), label)| {
                 EmptyElement::at((x, y))
                     + Circle::new((0, 0), 3, color.filled())

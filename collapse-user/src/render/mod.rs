@@ -4,11 +4,12 @@
 mod chart;
 mod table;
 
+use collapse_common::consts::PAGE_SIZE;
+
 pub use self::{
     chart::{ChartError, LineChart, Series, line_chart_svg},
     table::Table,
 };
-use collapse_common::consts::PAGE_SIZE;
 
 /// Bytes in `pages` base pages.
 pub fn bytes(pages: u64) -> u64 {

@@ -53,8 +53,7 @@ pub(super) fn render(status: &Status) -> String {
             match status.kprobe_events {
                 Some(true) => "kprobe_events present".to_owned(),
                 Some(false) => {
-                    "no kprobe_events (CONFIG_KPROBES off; collapse does not need it)"
-                        .to_owned()
+                    "no kprobe_events (CONFIG_KPROBES off; collapse does not need it)".to_owned()
                 }
                 None => "unknown (tracefs not readable)".to_owned(),
             },
@@ -132,7 +131,8 @@ pub(super) fn render(status: &Status) -> String {
     let counters: Vec<(String, String)> = VMSTAT_OF_INTEREST
         .iter()
         .filter_map(|&name| {
-            status.vmstat
+            status
+                .vmstat
                 .get(name)
                 .map(|v| (name.to_owned(), v.to_string()))
         })
@@ -143,7 +143,8 @@ pub(super) fn render(status: &Status) -> String {
 
     section(
         "Tracepoints",
-        status.tracepoints
+        status
+            .tracepoints
             .iter()
             .map(|((c, n), f)| {
                 let state = match f {
@@ -158,7 +159,8 @@ pub(super) fn render(status: &Status) -> String {
 
     section(
         "What works here",
-        status.works()
+        status
+            .works()
             .into_iter()
             .map(|(name, verdict)| {
                 let text = match verdict {

@@ -48,7 +48,10 @@ pub enum BpfError {
     #[error("exceptions:page_fault_kernel and page_fault_user have different layouts")]
     FaultLayouts,
     #[error("syscalls:{name} has its {field} at another offset than sys_enter_mlock")]
-    MlockLayout { name: &'static str, field: &'static str },
+    MlockLayout {
+        name: &'static str,
+        field: &'static str,
+    },
     #[error("khugepaged attribution needs task_struct::mm")]
     TaskMm(#[source] BtfError),
     #[error("reading {path}: {source}")]
@@ -470,7 +473,9 @@ impl Btfs {
             program
                 .load(tracepoint, &self.aya)
                 .map_err(|e| crate::render::error_chain(&e))?;
-            program.attach().map_err(|e| crate::render::error_chain(&e))?;
+            program
+                .attach()
+                .map_err(|e| crate::render::error_chain(&e))?;
             Ok(())
         })();
         // A kernel that refuses tracing programs falls back to the classic tracepoint.
@@ -840,4 +845,3 @@ impl Bpf {
             .collect()
     }
 }
-

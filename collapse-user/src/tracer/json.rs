@@ -199,7 +199,11 @@ impl<'a> TraceLine<'a> {
                 comm,
                 how,
             },
-            Observed::LargeFolioHook { how, why } => EventLine::LargeFolioHook { elapsed_s, how, why },
+            Observed::LargeFolioHook { how, why } => EventLine::LargeFolioHook {
+                elapsed_s,
+                how,
+                why,
+            },
             Observed::HugepageAdvice { tgid, addr, len } => EventLine::HugepageAdvice {
                 elapsed_s,
                 pid: *tgid,

@@ -18,7 +18,6 @@ mod view;
 
 use std::{future::Future, path::PathBuf, time::Duration};
 
-
 pub use self::{
     bpf::{Bpf, BpfError, Capacity, StatusNames},
     error::{TargetError, TracerError},
@@ -66,7 +65,13 @@ pub async fn trace(
     }
     let stop = stop?;
     if matches!(job.output, TraceOutput::Json { .. }) {
-        println!("{}", TraceLine::End { reason: stop.name() }.to_json());
+        println!(
+            "{}",
+            TraceLine::End {
+                reason: stop.name()
+            }
+            .to_json()
+        );
     }
     session.stop_child();
     Ok(stop)
@@ -135,10 +140,7 @@ fn write_atomically(path: &std::path::Path, regions: &[SnapshotRegion]) -> Resul
         std::fs::rename(&tmp, path).map_err(|source| TracerError::Snapshot {
             action: "renaming",
             path: tmp.clone(),
-            source: std::io::Error::new(
-                source.kind(),
-                format!("to {}: {source}", path.display()),
-            ),
+            source: std::io::Error::new(source.kind(), format!("to {}: {source}", path.display())),
         })
     })();
     if written.is_err() {

@@ -128,7 +128,11 @@ pub enum Observed {
     },
     /// A traced process marked `[addr, addr + len)` MADV_HUGEPAGE (the demo plans over the
     /// memory as it was then, before khugepaged changes it).
-    HugepageAdvice { tgid: u32, addr: u64, len: u64 },
+    HugepageAdvice {
+        tgid: u32,
+        addr: u64,
+        len: u64,
+    },
 }
 
 pub struct Session {

@@ -57,8 +57,8 @@ impl Target {
                     if pid <= 0 || !procs::exists(pid) {
                         return Err(TargetError::NoProcess(pid));
                     }
-                    let tgid = procs::tgid(pid)
-                        .map_err(|source| TargetError::Status { pid, source })?;
+                    let tgid =
+                        procs::tgid(pid).map_err(|source| TargetError::Status { pid, source })?;
                     if !target.pids.contains(&(tgid as u32)) {
                         target.pids.push(tgid as u32);
                     }
@@ -172,8 +172,7 @@ fn find_in_path(program: &str) -> Option<PathBuf> {
 
 impl Spawned {
     fn fork(cmd: &[String]) -> Result<Self, TargetError> {
-        let path = find_in_path(&cmd[0])
-            .ok_or_else(|| TargetError::NotInPath(cmd[0].clone()))?;
+        let path = find_in_path(&cmd[0]).ok_or_else(|| TargetError::NotInPath(cmd[0].clone()))?;
         let path = CString::new(path.as_os_str().as_encoded_bytes())
             .map_err(|_| TargetError::Nul("command path"))?;
         let args: Vec<CString> = cmd

@@ -97,7 +97,10 @@ pub fn sample(session: &Session) -> Result<Sample, super::error::TracerError> {
         let Some(which) = KhugepagedEvent::from_u16(key.event) else {
             continue;
         };
-        let status = session.bpf().status_names().describe(which, key.status.into());
+        let status = session
+            .bpf()
+            .status_names()
+            .describe(which, key.status.into());
         *counts
             .entry(key.tgid)
             .or_default()

@@ -1,4 +1,4 @@
-//! What the kernel-interface tests share: the root check, the two child set-ups (a mount
+//! What the kernel-interface tests share: the skip idiom (shared with the root tests), the two child set-ups (a mount
 //! namespace without tracefs, the nobody user), and re-running one test in such a child.
 #![expect(
     dead_code,
@@ -7,16 +7,8 @@
 
 use std::{os::unix::process::CommandExt as _, process::Command};
 
-/// Returns from the test, saying so, unless it runs as root.
-macro_rules! require_root {
-    () => {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
-    };
-}
-pub(crate) use require_root;
+#[path = "../../../tests/tests/common/skip.rs"]
+pub mod skip;
 
 /// Child set-up: a private mount namespace from which tracefs is unmounted, so the machine's
 /// own mount is never touched. Only async-signal-safe syscalls (it runs between fork and exec).

@@ -1,6 +1,6 @@
 //! Shared pieces of the root integration tests: the workload child driven over stdin, the
 //! `collapse trace` subprocess read as JSON lines, and pagemap ground truth.
-#![allow(
+#![expect(
     dead_code,
     reason = "each test binary uses a different part of this module"
 )]
@@ -22,22 +22,7 @@ use nix::{
 };
 use serde_json::Value;
 
-/// Root tests run only as root and through `cargo xtask test`, which sets
-/// `COLLAPSE_ROOT_TESTS=1` and runs them one at a time (they change khugepaged settings and
-/// tracefs mounts); anything else is a loud skip, not a silent pass.
-pub fn root_or_skip(test: &str) -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED {test}: needs root and eBPF (run `cargo xtask test` as root)");
-        return false;
-    }
-    if std::env::var_os("COLLAPSE_ROOT_TESTS").is_none_or(|v| v != "1") {
-        eprintln!(
-            "SKIPPED {test}: root integration tests run through `cargo xtask test` (COLLAPSE_ROOT_TESTS=1)"
-        );
-        return false;
-    }
-    true
-}
+pub mod skip;
 
 /// The `collapse` binary built next to this test (xtask builds it first), or `COLLAPSE_BIN`.
 pub fn collapse_bin() -> PathBuf {
@@ -383,17 +368,6 @@ impl TracedWorkload {
         let _ = std::fs::remove_dir_all(dir);
         (traced, truth, seen)
     }
-}
-
-/// Whether THP is `never` here (then the test says it skips, and why).
-pub fn thp_never(test: &str) -> bool {
-    let enabled =
-        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
-    let never = enabled.contains("[never]");
-    if never {
-        eprintln!("SKIPPED {test}: transparent_hugepage/enabled is never");
-    }
-    never
 }
 
 /// The large-folio events of `pid` of `order` among the tracer's lines.
