@@ -18,15 +18,18 @@ use nix::{
 use super::error::TargetError;
 use crate::kernel::procs;
 
+/// A resolved target: the processes it names now and how it finds later ones. Its session
+/// reads its fields; everyone else asks it.
 #[derive(Debug, Default)]
 pub struct Target {
-    pub all: bool,
-    pub pids: Vec<u32>,
-    pub comm: Option<String>,
-    pub cgroup: Option<PathBuf>,
-    pub cgroup_id: Option<u64>,
+    pub(super) all: bool,
+    /// Thread-group ids named with `--pid`.
+    pub(super) pids: Vec<u32>,
+    pub(super) comm: Option<String>,
+    pub(super) cgroup: Option<PathBuf>,
+    pub(super) cgroup_id: Option<u64>,
     /// `-- CMD`: forked, waiting for `release` before it execs.
-    pub spawn: Option<Spawned>,
+    pub(super) spawn: Option<Spawned>,
     command: bool,
 }
 
@@ -85,6 +88,11 @@ impl Target {
         Ok(target)
     }
 
+    /// The processes named with `--pid` (thread-group ids).
+    pub fn pids(&self) -> &[u32] {
+        &self.pids
+    }
+
     /// New processes forked by traced ones are traced too.
     pub fn follow_children(&self) -> bool {
         self.command || self.comm.is_some() || self.cgroup.is_some()
@@ -140,7 +148,7 @@ impl Target {
 /// first fault is already traced.
 #[derive(Debug)]
 pub struct Spawned {
-    pub tgid: u32,
+    pub(super) tgid: u32,
     go: OwnedFd,
     /// Closed by a successful exec (CLOEXEC); carries the errno of a failed one.
     exec_error: OwnedFd,
