@@ -330,7 +330,7 @@ impl Session {
     }
 
     /// Reports of the large-folio hook being attached since the last call.
-    pub fn take_hook_news(&mut self) -> Vec<Observed> {
+    pub(super) fn take_hook_news(&mut self) -> Vec<Observed> {
         let how = self.bpf.large_folio_hook().unwrap_or("?");
         self.hook_news
             .drain(..)
@@ -353,7 +353,7 @@ impl Session {
     }
 
     /// Applies one ring-buffer record; returns what a person may want to see.
-    pub fn handle(&mut self, ev: &Event) -> Result<Option<Observed>> {
+    pub(super) fn handle(&mut self, ev: &Event) -> Result<Option<Observed>> {
         let Some(kind) = EventKind::from_u32(ev.kind) else {
             return Ok(None);
         };
@@ -544,7 +544,7 @@ impl Session {
     }
 
     /// Re-reads from pagemap what the events said may have changed without a fault.
-    pub fn resync_pending(&mut self) -> Result<()> {
+    pub(super) fn resync_pending(&mut self) -> Result<()> {
         let todo: Vec<(u32, bool, Vec<Range<u64>>)> = self
             .procs
             .values_mut()
@@ -646,7 +646,7 @@ impl Session {
 
     /// Every traced process's regions as they are now: present bits from the programs, masked
     /// to anonymous VMAs; swap, shared and whether a PMD maps it from pagemap. By tgid.
-    pub fn traced_regions(&self) -> Result<BTreeMap<u32, Vec<TracedRegion>>> {
+    fn traced_regions(&self) -> Result<BTreeMap<u32, Vec<TracedRegion>>> {
         let mut by_tgid = self.regions_by_tgid()?;
         by_tgid.retain(|tgid, _| self.procs.contains_key(tgid));
         let mut out = BTreeMap::new();
