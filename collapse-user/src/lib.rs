@@ -6,6 +6,7 @@
 //! `planner` (policies over snapshots), plus `status` and the test/demo `workload`.
 
 pub mod cli;
+pub mod executor;
 pub mod kernel;
 pub mod planner;
 pub mod snapshot;
