@@ -225,7 +225,7 @@ impl Executor {
             ..Pass::default()
         };
         if paused_by_psi.is_some() || self.stop.load(Ordering::Relaxed) {
-            pass.stopped = paused_by_psi.is_none();
+            pass.stopped = self.stop.load(Ordering::Relaxed);
             self.stats
                 .record_pass(&[], &pass.advice, paused_by_psi.is_some(), Duration::ZERO);
             return pass;

@@ -103,7 +103,10 @@ impl RegionBackOff {
             (pid, addr),
             BackOffEntry {
                 failures,
-                until: now + delay,
+                // A base interval so long that this overflows means: not again in this run.
+                until: now
+                    .checked_add(delay)
+                    .unwrap_or_else(|| now + Duration::from_secs(1 << 32)),
             },
         );
         delay
@@ -200,6 +203,11 @@ mod tests {
         assert_eq!(b.reserve(2 * MIB, t2), Duration::ZERO);
         assert_eq!(b.reserve(2 * MIB, t2), Duration::ZERO);
         assert_eq!(b.reserve(2 * MIB, t2), Duration::from_millis(500));
+        // A long idle spell saves up one second's worth, no more.
+        let t12 = t2 + Duration::from_secs(10);
+        assert_eq!(b.reserve(2 * MIB, t12), Duration::ZERO);
+        assert_eq!(b.reserve(2 * MIB, t12), Duration::ZERO);
+        assert_eq!(b.reserve(2 * MIB, t12), Duration::from_millis(500));
         // A rate below one collapse per second still lets one collapse through at once.
         let mut slow = TokenBucket::new(MIB, 2 * MIB, t0);
         assert_eq!(slow.reserve(2 * MIB, t0), Duration::ZERO);
