@@ -1,14 +1,17 @@
 //! `collapse`: watch how processes populate memory, decide which ranges deserve a huge page
-//! and of which size, and compare with khugepaged. See shared/design/DESIGN.md.
+//! and of which size, collapse them on demand, and compare with khugepaged. See
+//! shared/design/DESIGN.md.
 //!
 //! One module per stage of the data flow, each with a typed input and output:
 //! `kernel` (interfaces to the running kernel) ← `tracer` (`TargetSpec` → `Session` →
-//! `Vec<SnapshotRegion>`) → `planner` (`&[SnapshotRegion]` → `RegionPlan`s and a `Tally`).
-//! `snapshot` is the region format between them, `render` what people read, `demo` the main
-//! job, `status` the machine report and `workload` the built-in test and bench workloads. The
-//! command line lives in the binary; nothing here knows it.
+//! `Vec<SnapshotRegion>`) → `planner` (`&[SnapshotRegion]` → `RegionPlan`s and a `Tally`) →
+//! `executor` (`&[RegionPlan]` → `CollapseOutcome`s and `Advice`). `snapshot` is the region
+//! format between them, `render` what people read, `demo` the main job, `status` the machine
+//! report and `workload` the built-in test and bench workloads. The command line lives in the
+//! binary; nothing here knows it.
 
 pub mod demo;
+pub mod executor;
 pub mod kernel;
 pub mod planner;
 pub mod render;

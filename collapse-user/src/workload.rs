@@ -314,6 +314,10 @@ fn storm(size: u64, runs: u32, wait: bool) -> anyhow::Result<ExitCode> {
 /// populate NAME START END      -> ok      (MADV_POPULATE_WRITE: pages without faults)
 /// lock NAME START END          -> ok      (mlock, then munlock: populated without faults)
 /// move NAME                    -> moved NAME 0xADDR   (mremap to a new address)
+/// fill NAME START END          -> ok      (write every byte of each page, distinct per page)
+/// checksum NAME START END      -> sum HEX (FNV-1a over the pages' words; reads map the zero page)
+/// churn NAME START END         -> ok      (a thread MADV_DONTNEEDs the range in a loop until exit)
+/// thp off|on                   -> ok      (prctl(PR_SET_THP_DISABLE, 1 | 0))
 /// exit                         -> (exits 0)
 /// ```
 /// Errors reply `error <message>`, and the process keeps going.
@@ -358,6 +362,18 @@ impl Script {
                 .parse()
                 .context("not a number")
         };
+        if verb == "thp" {
+            let disable = match name {
+                "off" => 1,
+                "on" => 0,
+                other => bail!("expected thp off|on, not {other}"),
+            };
+            // SAFETY: prctl with integer arguments.
+            if unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, disable, 0, 0, 0) } != 0 {
+                bail!("prctl(PR_SET_THP_DISABLE): {}", io::Error::last_os_error());
+            }
+            return Ok("ok".into());
+        }
         if verb == "map" {
             let advice = match words.get(3).copied() {
                 Some("huge") => Some(MmapAdvise::MADV_HUGEPAGE),
@@ -396,6 +412,46 @@ impl Script {
             "populate" => a.advise(start, end, MmapAdvise::MADV_POPULATE_WRITE)?,
             "unmap" => a.unmap(start, end)?,
             "lock" => a.lock(start, end)?,
+            "fill" => {
+                a.page_ptr(end)?;
+                for page in start..end {
+                    let p = a.page_ptr(page)?.cast::<u64>();
+                    for w in 0..PAGE_SIZE / 8 {
+                        // SAFETY: inside the mapping (checked above), 8-byte aligned.
+                        unsafe { p.add(w as usize).write_volatile(page << 32 | w) };
+                    }
+                }
+            }
+            "checksum" => {
+                a.page_ptr(end)?;
+                let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+                for page in start..end {
+                    let p = a.page_ptr(page)?.cast::<u64>();
+                    for w in 0..PAGE_SIZE as usize / 8 {
+                        // SAFETY: as `fill`.
+                        h = (h ^ unsafe { p.add(w).read_volatile() }).wrapping_mul(0x100_0000_01b3);
+                    }
+                }
+                return Ok(format!("sum {h:016x}"));
+            }
+            "churn" => {
+                let (ptr, len) = (a.page_ptr(start)? as usize, (end - start) * PAGE_SIZE);
+                a.page_ptr(end)?;
+                std::thread::spawn(move || {
+                    loop {
+                        // SAFETY: DONTNEED only drops pages of our own anonymous memory
+                        // (they read back as zeroes); once the area is gone it fails with
+                        // ENOMEM. Re-mapping NAME while it churns would churn the new one.
+                        unsafe {
+                            libc::madvise(
+                                ptr as *mut libc::c_void,
+                                len as usize,
+                                libc::MADV_DONTNEED,
+                            )
+                        };
+                    }
+                });
+            }
             other => bail!("unknown command {other}"),
         }
         Ok("ok".into())

@@ -1,11 +1,14 @@
 //! Interfaces to the running kernel: tracefs formats, THP sysfs (with restore), pagemap and
-//! kpageflags, BTF, /proc.
+//! kpageflags, BTF, /proc, pidfd + process_madvise, THP opt-outs, PSI.
 
 use std::path::PathBuf;
 
 pub mod btf;
+pub mod eligibility;
 pub mod pagemap;
+pub mod pidfd;
 pub mod procs;
+pub mod psi;
 pub mod thp;
 pub mod tracefs;
 
