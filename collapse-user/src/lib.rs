@@ -13,6 +13,7 @@
 pub mod demo;
 pub mod executor;
 pub mod kernel;
+pub mod pipeline;
 pub mod planner;
 pub mod render;
 pub mod snapshot;

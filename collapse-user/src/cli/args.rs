@@ -20,6 +20,9 @@ pub(crate) enum Command {
     Trace(TraceArgs),
     /// What each policy would collapse, and at what bloat.
     Plan(PlanArgs),
+    /// Collapse now: plan the targets' regions every interval, carry out the 2M decisions
+    /// with process_madvise(MADV_COLLAPSE), report the smaller ones as advice.
+    Run(RunArgs),
     /// Built-in demo: a workload with dense, sparse and half-full regions, traced live.
     Demo(DemoArgs),
     /// Test and benchmark workload (used by tests/ and `cargo xtask bench`).
@@ -145,6 +148,46 @@ pub(crate) struct PlanArgs {
     /// For a live target: how long to trace before planning, in seconds (0 = the seeded state).
     #[arg(long, default_value_t = 0.0, value_name = "S")]
     pub(crate) duration: f64,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    #[command(flatten)]
+    pub(crate) target: TargetArgs,
+    #[command(flatten)]
+    pub(crate) policy: PolicyArgs,
+    /// Plan and re-check against pagemap, but collapse nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// One pass over the targets' current regions, then exit: status 0 when every attempt
+    /// collapsed, was huge already, or was skipped for a stated reason.
+    #[arg(long)]
+    pub(crate) once: bool,
+    /// Seconds between passes (a pass also runs as soon as a region changes noticeably).
+    #[arg(long, default_value_t = 1.0, value_name = "S")]
+    pub(crate) interval: f64,
+    /// Stop after S seconds.
+    #[arg(long, value_name = "S")]
+    pub(crate) duration: Option<f64>,
+    /// At most this much memory made huge per second, in MiB (a token bucket).
+    #[arg(long, value_name = "MiB/s")]
+    pub(crate) max_rate: Option<f64>,
+    /// Pause collapsing while /proc/pressure/memory "some avg10" is above P percent.
+    #[arg(long, default_value_t = 10.0, value_name = "P")]
+    pub(crate) psi_limit: f64,
+    /// When a pass's slowest collapse takes longer than MS milliseconds, the interval doubles;
+    /// it shrinks back once collapses are fast again.
+    #[arg(long, default_value_t = 30.0, value_name = "MS")]
+    pub(crate) max_latency_ms: f64,
+    /// Collapse up to N targets at once, one thread each (one process's collapses serialise
+    /// on its mmap lock anyway).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub(crate) jobs: usize,
+    /// JSON lines (DESIGN.md) instead of the live view.
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) capacity: CapacityArgs,
 }
 
 #[derive(Debug, Args)]

@@ -5,6 +5,7 @@ use std::{path::Path, time::Duration};
 
 use anyhow::bail;
 use collapse::{
+    executor::GuardRails,
     planner::{Mode, Overrides},
     tracer::{Capacity, TargetSpec},
     workload::Workload,
@@ -12,7 +13,7 @@ use collapse::{
 use collapse_common::policy::Policy;
 
 use super::{
-    args::{CapacityArgs, PlanArgs, TargetArgs, WorkloadKind},
+    args::{CapacityArgs, PlanArgs, RunArgs, TargetArgs, WorkloadKind},
     policy::check_ptes,
 };
 
@@ -172,6 +173,50 @@ pub(crate) fn plan_mode(args: &PlanArgs, overrides: &Overrides) -> anyhow::Resul
         values,
         plot: args.plot.clone(),
     })
+}
+
+/// `run`'s guard rails, each value checked.
+pub(crate) fn guard_rails(args: &RunArgs) -> anyhow::Result<GuardRails> {
+    let base_interval = interval(args.interval)?;
+    let max_rate = match args.max_rate {
+        None => None,
+        Some(r) if r.is_finite() && r > 0.0 => Some((r * 1024.0 * 1024.0).max(1.0) as u64),
+        Some(r) => bail!("--max-rate {r} must be more than 0 MiB/s"),
+    };
+    if !(args.psi_limit.is_finite() && (0.0..=100.0).contains(&args.psi_limit)) {
+        bail!(
+            "--psi-limit {} is not a percentage from 0 to 100",
+            args.psi_limit
+        );
+    }
+    if !(args.max_latency_ms.is_finite() && args.max_latency_ms > 0.0) {
+        bail!(
+            "--max-latency-ms {} must be more than 0 milliseconds",
+            args.max_latency_ms
+        );
+    }
+    let max_latency = seconds("--max-latency-ms", args.max_latency_ms / 1000.0)?;
+    if args.jobs == 0 {
+        bail!("--jobs must be at least 1");
+    }
+    Ok(GuardRails {
+        dry_run: args.dry_run,
+        max_rate,
+        psi_limit: args.psi_limit,
+        max_latency,
+        jobs: args.jobs,
+        base_interval,
+    })
+}
+
+/// `run` acts only where it was told to: never on every process.
+pub(crate) fn run_target(args: &TargetArgs) -> anyhow::Result<TargetSpec> {
+    if args.all {
+        bail!(
+            "run: --all is not a target for collapse run (it acts only where it is told to): give --pid, --cgroup, --comm or -- CMD"
+        );
+    }
+    target_spec(args)
 }
 
 pub(crate) fn workload(kind: WorkloadKind) -> Workload {

@@ -17,7 +17,8 @@ use clap::{Parser as _, error::ErrorKind};
 use collapse::{
     demo,
     kernel::thp::ThpSettings,
-    planner,
+    pipeline::{self, RunJob, RunOutput},
+    planner::{self, Origin},
     snapshot::{SnapshotRegion, read_snapshot},
     status,
     tracer::{self, Capacity, Target, Ticks, TraceJob, TraceOutput},
@@ -26,7 +27,7 @@ use collapse::{
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use self::{
-    args::{Cli, Command, PlanArgs, TraceArgs},
+    args::{Cli, Command, PlanArgs, RunArgs, TraceArgs},
     convert::PlanInput,
 };
 
@@ -47,6 +48,7 @@ pub fn main() -> ExitCode {
             .map_err(Into::into),
         Command::Trace(args) => trace(&args),
         Command::Plan(args) => plan(&args),
+        Command::Run(args) => run(&args),
         Command::Demo(args) => demo(args.duration),
         Command::Workload(args) => workload::run(convert::workload(args.kind)),
     };
@@ -135,6 +137,51 @@ fn load_regions(args: &PlanArgs, input: &PlanInput) -> anyhow::Result<Vec<Snapsh
             ))?)
         }
     }
+}
+
+fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let overrides = policy::overrides(&args.policy)?;
+    let rails = convert::guard_rails(args)?;
+    let duration = args
+        .duration
+        .map(|d| convert::seconds("--duration", d))
+        .transpose()?;
+    if args.once && duration.is_some() {
+        anyhow::bail!("run: --once and --duration do not go together");
+    }
+    let spec = convert::run_target(&args.target)?;
+    let settings = planner::resolve(&overrides, false, ThpSettings::read)?;
+    if let Origin::Defaults { reason } = &settings.origin {
+        eprintln!(
+            "collapse: warning: THP settings unreadable ({reason}); using the kernel defaults"
+        );
+    }
+    let target = Target::resolve(&spec)?;
+    let output = if args.json {
+        RunOutput::Json
+    } else {
+        RunOutput::Human {
+            redraw: std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        }
+    };
+    let job = RunJob {
+        capacity: convert::capacity(&args.capacity),
+        settings,
+        rails,
+        once: args.once,
+        duration,
+        output,
+    };
+    let (rt, mut signals) = runtime()?;
+    let summary = rt.block_on(pipeline::run(target, job, signals.recv()))?;
+    if args.once && !summary.all_fine() {
+        eprintln!(
+            "collapse: {} of the collapses failed",
+            summary.tally.failed()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn demo(duration: f64) -> anyhow::Result<ExitCode> {

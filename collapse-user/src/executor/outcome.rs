@@ -11,7 +11,6 @@ use std::{
 
 use collapse_common::consts::{PAGE_SIZE, PMD_ORDER};
 use nix::errno::Errno;
-use serde::{Serialize, Serializer, ser::SerializeMap};
 
 /// The result of the executor's look at one PMD decision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -186,30 +185,6 @@ impl std::fmt::Display for CollapseResult {
     }
 }
 
-/// `{"type": "collapse", "pid": .., "addr": "0x..", "order": 9, "result": .., "reason": ..,
-/// "latency_us": ..}`: `reason` is null for `collapsed` and `already_huge`. The opt-out
-/// detail is left out of the line, which has exactly the keys of DESIGN.md.
-impl Serialize for CollapseOutcome {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let Self {
-            pid,
-            addr,
-            order,
-            result,
-            latency,
-        } = self;
-        let mut m = s.serialize_map(Some(7))?;
-        m.serialize_entry("type", "collapse")?;
-        m.serialize_entry("pid", pid)?;
-        m.serialize_entry("addr", &format!("{addr:#x}"))?;
-        m.serialize_entry("order", order)?;
-        m.serialize_entry("result", result.result_name())?;
-        m.serialize_entry("reason", &result.reason())?;
-        m.serialize_entry("latency_us", &(latency.as_micros() as u64))?;
-        m.end()
-    }
-}
-
 /// A decision below PMD size, which no released kernel lets userspace carry out: what a 7.2+
 /// khugepaged would build there (khugepaged-mthp-cover-letter.txt), and with which settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -306,39 +281,6 @@ impl std::fmt::Display for SysfsNeed {
     }
 }
 
-/// `{"type": "advice", "pid": .., "addr": "0x..", "offset": .., "order": .., "size_kb": ..,
-/// "sysfs": {"<path>": "not never", "<path>": "255"}}`.
-impl Serialize for Advice {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        struct Needs<'a>(&'a [SysfsNeed; 2]);
-        impl Serialize for Needs<'_> {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                let mut m = s.serialize_map(Some(self.0.len()))?;
-                for need in self.0 {
-                    m.serialize_entry(&need.path().display().to_string(), &need.wanted())?;
-                }
-                m.end()
-            }
-        }
-        let Self {
-            pid,
-            addr,
-            offset,
-            order,
-            max_ptes_none: _,
-        } = self;
-        let mut m = s.serialize_map(Some(7))?;
-        m.serialize_entry("type", "advice")?;
-        m.serialize_entry("pid", pid)?;
-        m.serialize_entry("addr", &format!("{addr:#x}"))?;
-        m.serialize_entry("offset", offset)?;
-        m.serialize_entry("order", order)?;
-        m.serialize_entry("size_kb", &self.size_kb())?;
-        m.serialize_entry("sysfs", &Needs(&self.sysfs_needs()))?;
-        m.end()
-    }
-}
-
 /// The order every outcome has.
 pub(crate) const COLLAPSE_ORDER: u8 = PMD_ORDER;
 
@@ -413,28 +355,6 @@ mod tests {
     }
 
     #[test]
-    fn collapse_line_has_the_keys_of_design_md() {
-        let o = CollapseOutcome {
-            pid: 42,
-            addr: 0x7f3a_4000_0000,
-            order: 9,
-            result: CollapseResult::Failed(Failure::Errno(Errno::EAGAIN)),
-            latency: Duration::from_micros(1234),
-        };
-        assert_eq!(
-            serde_json::to_string(&o).unwrap(),
-            r#"{"type":"collapse","pid":42,"addr":"0x7f3a40000000","order":9,"result":"failed","reason":"EAGAIN","latency_us":1234}"#
-        );
-        let ok = CollapseOutcome {
-            result: CollapseResult::Collapsed,
-            ..o
-        };
-        let v: serde_json::Value = serde_json::to_value(ok).unwrap();
-        assert_eq!(v["result"], "collapsed");
-        assert!(v["reason"].is_null());
-    }
-
-    #[test]
     fn advice_needs() {
         let a = Advice {
             pid: 7,
@@ -458,10 +378,6 @@ mod tests {
         assert_eq!(
             none.to_string(),
             "/sys/kernel/mm/transparent_hugepage/khugepaged/max_ptes_none = 255"
-        );
-        assert_eq!(
-            serde_json::to_string(&a).unwrap(),
-            r#"{"type":"advice","pid":7,"addr":"0x40000000","offset":16,"order":4,"size_kb":64,"sysfs":{"/sys/kernel/mm/transparent_hugepage/hugepages-64kB/enabled":"not never","/sys/kernel/mm/transparent_hugepage/khugepaged/max_ptes_none":"255"}}"#
         );
     }
 }

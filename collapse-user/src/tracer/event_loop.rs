@@ -70,6 +70,18 @@ pub trait TickHandler {
     fn next_interval(&self) -> Option<Duration> {
         None
     }
+
+    /// How often to ask [`TickHandler::tick_now`] between ticks (`None`: never).
+    fn poll_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Whether to tick now rather than at the end of the interval (for example because a
+    /// region's bitmap changed noticeably). The session's maps are current; its regions are as
+    /// of the last tick.
+    fn tick_now(&mut self, _session: &Session) -> Result<bool, Self::Error> {
+        Ok(false)
+    }
 }
 
 /// Runs the session until `shutdown` completes, the duration runs out or the targets end.
@@ -90,6 +102,8 @@ pub async fn run<H: TickHandler>(
     // Each tick is due one interval after the previous one fired (a late tick delays the
     // next instead of bunching them up, like tokio's `MissedTickBehavior::Delay`).
     let mut next_tick = Instant::now() + interval;
+    let poll_every = handler.poll_interval();
+    let mut next_poll = poll_every.map(|p| Instant::now() + p);
     tokio::pin!(shutdown);
     // When a tick last handed the state over, and whether anything happened since.
     let mut shown_at: Option<Instant> = None;
@@ -110,6 +124,13 @@ pub async fn run<H: TickHandler>(
                 handle_events(session, handler, &events)?;
                 if !events.is_empty() {
                     shown_at = None;
+                }
+            }
+            () = sleep_until_some(next_poll), if next_poll.is_some() => {
+                let now = Instant::now();
+                next_poll = poll_every.map(|p| now + p);
+                if next_tick > now && handler.tick_now(session)? {
+                    next_tick = now;
                 }
             }
             () = tokio::time::sleep_until(next_tick) => {
@@ -142,6 +163,13 @@ pub async fn run<H: TickHandler>(
         handler.tick(session, true)?;
     }
     Ok(stop)
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn handle_events<H: TickHandler>(

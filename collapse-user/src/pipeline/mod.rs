@@ -1,0 +1,500 @@
+//! trace → plan → execute on each tick: `collapse run` (and, next, the bench's `collapse` arms).
+//!
+//! The tracer's event loop drives a [`Pipeline`], its tick handler. Each pass takes the traced
+//! regions (`Vec<SnapshotRegion>`), plans them with the chosen policy (`Vec<RegionPlan>`), and
+//! hands the plans to the executor (`Pass` of `CollapseOutcome`s and `Advice`). A pass runs
+//! every interval (longer while collapses are slow), and as soon as a region's bitmap has
+//! changed by an eighth of a PMD or more.
+
+mod json;
+mod view;
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    future::Future,
+    io::Write as _,
+    time::{Duration, Instant},
+};
+
+use collapse_common::policy::Planner;
+
+pub use self::json::{RunLine, TargetLine};
+use crate::{
+    executor::{Advice, CollapseOutcome, CollapseResult, Executor, GuardRails, SkipReason},
+    kernel::{pagemap, procs},
+    planner::{PlanSettings, RegionPlan, plan_regions},
+    snapshot::SnapshotRegion,
+    tracer::{
+        Capacity, Observed, Session, Target, TickHandler, Ticks, TracerError, run as run_loop,
+    },
+};
+
+/// A change of this many PTEs in one region since the last pass calls for a pass now.
+const NOTICEABLE_PTES: u32 = 64;
+/// A region whose last outcome was a lasting skip (opted out, below the threshold, unmapped)
+/// and whose bitmap has not changed is planned again only after this long.
+const RECHECK_SKIPPED: Duration = Duration::from_secs(30);
+
+/// What `collapse run` was asked for, validated.
+#[derive(Clone, Debug)]
+pub struct RunJob {
+    pub capacity: Capacity,
+    pub settings: PlanSettings,
+    pub rails: GuardRails,
+    /// One pass over the current regions, then exit.
+    pub once: bool,
+    /// Stop after this long (`None`: until stopped or the targets end).
+    pub duration: Option<Duration>,
+    pub output: RunOutput,
+}
+
+/// How `run` reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunOutput {
+    /// The live view for people; `redraw` redraws it in place (a terminal), otherwise one line
+    /// per pass.
+    Human { redraw: bool },
+    /// JSON lines (DESIGN.md).
+    Json,
+}
+
+/// `run` went wrong before or while acting.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Tracer(#[from] TracerError),
+    #[error("pid {0} has no anonymous memory to collapse")]
+    NoAnonMemory(u32),
+    #[error(transparent)]
+    Pagemap(#[from] pagemap::PagemapError),
+    #[error(transparent)]
+    Output(#[from] std::io::Error),
+}
+
+impl From<crate::tracer::TargetError> for RunError {
+    fn from(e: crate::tracer::TargetError) -> Self {
+        Self::Tracer(e.into())
+    }
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunSummary {
+    pub tally: RunTally,
+    pub elapsed: Duration,
+}
+
+impl RunSummary {
+    /// Every attempt collapsed, was huge already, or was skipped for a stated reason.
+    pub fn all_fine(&self) -> bool {
+        self.tally.failed() == 0
+    }
+}
+
+/// The outcomes and advice a run reported (each region's state once, not once per pass).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunTally {
+    /// By (result, reason).
+    outcomes: BTreeMap<(&'static str, Option<&'static str>), u64>,
+    opted_out: BTreeMap<&'static str, u64>,
+    /// Distinct advice records by order.
+    advice: BTreeMap<u8, u64>,
+    passes: u64,
+    psi_pauses: u64,
+}
+
+impl RunTally {
+    fn record(&mut self, o: &CollapseOutcome) {
+        *self
+            .outcomes
+            .entry((o.result.result_name(), o.result.reason()))
+            .or_default() += 1;
+        if let Some(detail) = o.result.detail() {
+            *self.opted_out.entry(detail).or_default() += 1;
+        }
+    }
+
+    /// Outcomes with result `name` (`collapsed`, ...).
+    pub fn count(&self, name: &str) -> u64 {
+        self.outcomes
+            .iter()
+            .filter(|((r, _), _)| *r == name)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    pub fn failed(&self) -> u64 {
+        self.count("failed")
+    }
+
+    /// Reasons of `result` (`skipped`, `failed`) with their counts.
+    pub fn reasons(&self, result: &str) -> Vec<(&'static str, u64)> {
+        self.outcomes
+            .iter()
+            .filter(|((r, why), _)| *r == result && why.is_some())
+            .map(|(&(_, why), &n)| (why.unwrap_or_default(), n))
+            .collect()
+    }
+
+    pub fn opted_out(&self) -> &BTreeMap<&'static str, u64> {
+        &self.opted_out
+    }
+
+    pub fn advice(&self) -> &BTreeMap<u8, u64> {
+        &self.advice
+    }
+
+    pub fn passes(&self) -> u64 {
+        self.passes
+    }
+
+    pub fn psi_pauses(&self) -> u64 {
+        self.psi_pauses
+    }
+}
+
+/// The last state reported for a region, so that each change is said once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Reported {
+    /// `collapsed` and `already_huge` are the same lasting state: huge.
+    state: (&'static str, Option<&'static str>),
+    /// Its present PTEs then.
+    present: u32,
+    at: Instant,
+}
+
+/// The tick handler of `collapse run`.
+pub struct Pipeline {
+    planner: Planner,
+    executor: Executor,
+    output: RunOutput,
+    started: Instant,
+    /// Present PTEs per region at the last pass (for [`TickHandler::tick_now`]).
+    counts_at_pass: HashMap<(u32, u64), u32>,
+    reported: HashMap<(i32, u64), Reported>,
+    advice_seen: HashSet<(i32, u64, u16, u8)>,
+    tally: RunTally,
+    /// The last pass: its reported outcomes by result, PSI, and the targets' coverage.
+    last: view::PassView,
+    collapsed_before_last: u64,
+    /// Print each reported outcome for people (`--once`).
+    each_outcome: bool,
+}
+
+impl Pipeline {
+    pub fn new(settings: &PlanSettings, rails: GuardRails, output: RunOutput) -> Self {
+        let planner = Planner::new(settings.policy, settings.settings);
+        Self {
+            executor: Executor::new(rails, planner),
+            planner,
+            output,
+            started: Instant::now(),
+            counts_at_pass: HashMap::new(),
+            reported: HashMap::new(),
+            advice_seen: HashSet::new(),
+            tally: RunTally::default(),
+            last: view::PassView::default(),
+            collapsed_before_last: 0,
+            each_outcome: false,
+        }
+    }
+
+    pub fn executor(&self) -> &Executor {
+        &self.executor
+    }
+
+    pub fn tally(&self) -> &RunTally {
+        &self.tally
+    }
+
+    /// Selects what the session traces now and forgets what it no longer does.
+    fn follow_targets(&mut self, session: &Session) {
+        for tgid in session.tgids() {
+            let pid = tgid as i32;
+            if !self.executor.is_selected(pid)
+                && let Err(e) = self.executor.select(pid)
+            {
+                // It may have exited since the tracer saw it: its exit event follows.
+                eprintln!("collapse: warning: cannot select pid {pid}: {e}");
+            }
+        }
+        for pid in self.executor.selected() {
+            if !session.traces(pid as u32) {
+                self.executor.forget(pid);
+                self.reported.retain(|(p, _), _| *p != pid);
+            }
+        }
+    }
+
+    /// The regions worth a plan now: not those reported huge that are still PMD-mapped, nor
+    /// those with a lasting skip whose bitmap has not changed (until it is time to look again).
+    fn candidates(&self, session: &Session, now: Instant) -> Vec<SnapshotRegion> {
+        let mut out = Vec::new();
+        for (&tgid, regions) in session.current() {
+            let pid = tgid as i32;
+            for r in regions {
+                let present = r.state.present.count();
+                let settled = self.reported.get(&(pid, r.addr)).is_some_and(|rep| {
+                    let huge = rep.state.0 == "huge";
+                    let lasting = matches!(
+                        rep.state,
+                        (
+                            "skipped",
+                            Some("opted-out" | "below-threshold" | "unmapped" | "dry-run")
+                        )
+                    );
+                    (huge && r.pmd_mapped)
+                        || (lasting
+                            && rep.present == present
+                            && now.duration_since(rep.at) < RECHECK_SKIPPED)
+                });
+                if !settled {
+                    out.push(SnapshotRegion {
+                        pid,
+                        addr: r.addr,
+                        state: r.state,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// One pass: plan the candidates, execute, report what changed.
+    fn pass(&mut self, session: &Session) -> Result<(), RunError> {
+        let now = Instant::now();
+        self.follow_targets(session);
+        let regions = self.candidates(session, now);
+        let plans: Vec<RegionPlan> = plan_regions(&self.planner, &regions);
+        let pass = self.executor.execute(&plans);
+        self.tally.passes += 1;
+        if pass.paused_by_psi.is_some() {
+            self.tally.psi_pauses += 1;
+        }
+        let present: HashMap<(i32, u64), u32> = regions
+            .iter()
+            .map(|r| ((r.pid, r.addr), r.state.present.count()))
+            .collect();
+        let mut results: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let mut out = std::io::stdout().lock();
+        for o in &pass.outcomes {
+            let state = match o.result {
+                CollapseResult::Collapsed | CollapseResult::AlreadyHuge => ("huge", None),
+                r => (r.result_name(), r.reason()),
+            };
+            let key = (o.pid, o.addr);
+            let changed = self.reported.get(&key).is_none_or(|rep| rep.state != state);
+            // A region waiting out its back-off says so once, after its failure.
+            let waiting = o.result == CollapseResult::Skipped(SkipReason::BackingOff);
+            self.reported.insert(
+                key,
+                Reported {
+                    state,
+                    present: present.get(&key).copied().unwrap_or(0),
+                    at: now,
+                },
+            );
+            if !changed || waiting {
+                continue;
+            }
+            self.tally.record(o);
+            *results.entry(o.result.result_name()).or_default() += 1;
+            match self.output {
+                RunOutput::Json => writeln!(out, "{}", RunLine::Collapse(o.into()).to_json())?,
+                RunOutput::Human { .. } if self.each_outcome => {
+                    writeln!(out, "{}", view::render_outcome(o))?
+                }
+                RunOutput::Human { .. } => {}
+            }
+        }
+        let fresh: Vec<&Advice> = pass
+            .advice
+            .iter()
+            .filter(|a| self.advice_seen.insert((a.pid, a.addr, a.offset, a.order)))
+            .collect();
+        for a in fresh {
+            *self.tally.advice.entry(a.order).or_default() += 1;
+            if self.output == RunOutput::Json {
+                writeln!(out, "{}", RunLine::Advice(a.into()).to_json())?;
+            }
+        }
+        drop(out);
+        self.counts_at_pass = session
+            .current()
+            .iter()
+            .flat_map(|(&t, rs)| {
+                rs.iter()
+                    .map(move |r| ((t, r.addr), r.state.present.count()))
+            })
+            .collect();
+        let collapsed = self.tally.count("collapsed");
+        self.last = view::PassView {
+            elapsed: self.started.elapsed(),
+            interval: self.executor.interval(),
+            psi_avg10: pass.psi_avg10,
+            paused_by_psi: pass.paused_by_psi,
+            results,
+            collapsed_now: collapsed - self.collapsed_before_last,
+            targets: targets(session),
+        };
+        self.collapsed_before_last = collapsed;
+        self.show()
+    }
+
+    fn show(&self) -> Result<(), RunError> {
+        let mut out = std::io::stdout().lock();
+        match self.output {
+            // `--once` prints its outcomes and the summary.
+            RunOutput::Human { .. } if self.each_outcome => {}
+            RunOutput::Json => writeln!(out, "{}", self.last.json(self.tally.passes).to_json())?,
+            RunOutput::Human { redraw: true } => {
+                write!(out, "\x1b[H\x1b[2J")?;
+                write!(out, "{}", view::render_live(self, &self.last))?;
+            }
+            RunOutput::Human { redraw: false } => {
+                writeln!(out, "{}", view::render_line(self, &self.last))?
+            }
+        }
+        out.flush()?;
+        Ok(())
+    }
+
+    /// The final summary, as the output wants it.
+    pub fn write_summary(&self) -> Result<(), RunError> {
+        let mut out = std::io::stdout().lock();
+        match self.output {
+            RunOutput::Json => writeln!(out, "{}", view::summary_json(self, &self.last).to_json())?,
+            RunOutput::Human { .. } => write!(out, "{}", view::render_summary(self, &self.last))?,
+        }
+        out.flush()?;
+        Ok(())
+    }
+
+    fn summary(&self) -> RunSummary {
+        RunSummary {
+            tally: self.tally.clone(),
+            elapsed: self.started.elapsed(),
+        }
+    }
+}
+
+/// Each traced process's coverage now.
+fn targets(session: &Session) -> Vec<TargetLine> {
+    session
+        .processes()
+        .map(|p| {
+            let m = procs::memory_coverage(p.tgid as i32).unwrap_or_default();
+            TargetLine {
+                pid: p.tgid as i32,
+                comm: p.comm.clone(),
+                anon_rss_bytes: m.anon_rss_kb * 1024,
+                anon_huge_bytes: m.anon_huge_kb * 1024,
+                coverage: m.coverage(),
+            }
+        })
+        .collect()
+}
+
+impl TickHandler for Pipeline {
+    type Error = RunError;
+
+    fn attached(&mut self, session: &Session) -> Result<(), RunError> {
+        self.follow_targets(session);
+        if let RunOutput::Human { .. } = self.output {
+            let names: Vec<String> = session
+                .processes()
+                .map(|p| format!("{} {}", p.tgid, p.comm))
+                .collect();
+            eprintln!(
+                "collapse: {} {} with {}; Ctrl-C to stop",
+                if self.executor.rails().dry_run {
+                    "planning (dry run) for"
+                } else {
+                    "collapsing"
+                },
+                names.join(", "),
+                view::policy_line(&self.planner),
+            );
+        }
+        Ok(())
+    }
+
+    fn observed(&mut self, session: &mut Session, what: &Observed) -> Result<(), RunError> {
+        match what {
+            Observed::Started { .. } => self.follow_targets(session),
+            Observed::Ended { tgid, .. } => {
+                self.executor.forget(*tgid as i32);
+                self.reported.retain(|(p, _), _| *p != *tgid as i32);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn tick(&mut self, session: &mut Session, last: bool) -> Result<(), RunError> {
+        // After a stop, act no more: the summary follows.
+        if last {
+            return Ok(());
+        }
+        self.pass(session)
+    }
+
+    fn next_interval(&self) -> Option<Duration> {
+        Some(self.executor.interval())
+    }
+
+    fn poll_interval(&self) -> Option<Duration> {
+        Some((self.executor.rails().base_interval / 4).max(Duration::from_millis(100)))
+    }
+
+    fn tick_now(&mut self, session: &Session) -> Result<bool, RunError> {
+        let regions = session.bpf().regions().map_err(TracerError::from)?;
+        Ok(regions.iter().any(|(key, bits)| {
+            session.traces(key.tgid)
+                && self
+                    .counts_at_pass
+                    .get(&(key.tgid, key.addr))
+                    .copied()
+                    .unwrap_or(0)
+                    .abs_diff(bits.count())
+                    >= NOTICEABLE_PTES
+        }))
+    }
+}
+
+/// `collapse run`: traces `target`, and on every tick plans and collapses; with `once`, one
+/// pass over the current regions. Prints the summary at the end (also after a signal).
+pub async fn run(
+    target: Target,
+    job: RunJob,
+    shutdown: impl Future<Output = ()>,
+) -> Result<RunSummary, RunError> {
+    // A named process with nothing to collapse is a mistake worth saying before loading.
+    for &tgid in target.pids() {
+        if pagemap::anon_vmas(tgid as i32)?.is_empty() {
+            return Err(RunError::NoAnonMemory(tgid));
+        }
+    }
+    let mut session = Session::start(target, job.capacity)?;
+    let mut pipeline = Pipeline::new(&job.settings, job.rails, job.output);
+    if job.once {
+        pipeline.each_outcome = true;
+        session.refresh()?;
+        pipeline.follow_targets(&session);
+        pipeline.pass(&session)?;
+    } else {
+        let ticks = Ticks {
+            interval: job.rails.base_interval,
+            duration: job.duration,
+        };
+        let result = run_loop(&mut session, shutdown, ticks, &mut pipeline).await;
+        // The summary says what was done, also when tracing failed.
+        pipeline.write_summary()?;
+        result?;
+        session.stop_child();
+        return Ok(pipeline.summary());
+    }
+    pipeline.write_summary()?;
+    session.stop_child();
+    Ok(pipeline.summary())
+}
