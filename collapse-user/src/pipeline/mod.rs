@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use collapse_common::policy::Planner;
+use collapse_common::{consts::PMD_SIZE, policy::Planner};
 
 pub use self::json::{RunLine, TargetLine};
 use crate::{
@@ -265,7 +265,8 @@ impl Pipeline {
         let now = Instant::now();
         self.follow_targets(session);
         let regions = self.candidates(session, now);
-        let plans: Vec<RegionPlan> = plan_regions(&self.planner, &regions);
+        let mut plans: Vec<RegionPlan> = plan_regions(&self.planner, &regions);
+        self.within_rate(&mut plans);
         let pass = self.executor.execute(&plans);
         self.tally.passes += 1;
         if pass.paused_by_psi.is_some() {
@@ -339,6 +340,27 @@ impl Pipeline {
         };
         self.collapsed_before_last = collapsed;
         self.show()
+    }
+
+    /// With `--max-rate`, a pass takes only the PMD decisions the rate allows in one interval
+    /// (the rest wait for later passes), so that waiting for tokens never holds the tracer's
+    /// loop for long.
+    fn within_rate(&self, plans: &mut Vec<RegionPlan>) {
+        let rails = self.executor.rails();
+        let Some(rate) = rails.max_rate else {
+            return;
+        };
+        let budget = (rate as f64 * rails.base_interval.as_secs_f64() / PMD_SIZE as f64)
+            .ceil()
+            .max(1.0) as usize;
+        let mut pmds = 0;
+        plans.retain(|p| {
+            if !p.is_pmd() {
+                return true;
+            }
+            pmds += 1;
+            pmds <= budget
+        });
     }
 
     fn show(&self) -> Result<(), RunError> {
