@@ -10,6 +10,7 @@
 //! report and `workload` the built-in test and bench workloads. The command line lives in the
 //! binary; nothing here knows it.
 
+pub mod bench;
 pub mod demo;
 pub mod executor;
 pub mod kernel;
