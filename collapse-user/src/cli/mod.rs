@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use clap::{Parser as _, error::ErrorKind};
 use collapse::{
     demo,
-    kernel::thp::ThpSettings,
+    kernel::{journal, thp::ThpSettings},
     pipeline::{self, RunJob, RunOutput},
     planner::{self, Origin},
     snapshot::{SnapshotRegion, read_snapshot},
@@ -42,6 +42,7 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => return usage_error(err),
     };
+    recover_sysfs();
     let result = match cli.command {
         Command::Status(args) => status::run(args.json)
             .map(|()| ExitCode::SUCCESS)
@@ -189,6 +190,38 @@ fn demo(duration: f64) -> anyhow::Result<ExitCode> {
     let (rt, mut signals) = runtime()?;
     rt.block_on(demo::run(duration, signals.recv()))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Puts back what a collapse killed with SIGKILL left changed in sysfs (its restore journal
+/// says what), and says so. Only root can write sysfs; others have nothing to recover.
+fn recover_sysfs() {
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    match journal::recover() {
+        Ok(recovered) => {
+            for r in recovered {
+                for e in &r.restored {
+                    eprintln!(
+                        "collapse: restored {} to {:?} (collapse pid {} was killed with it set to {:?})",
+                        e.path.display(),
+                        e.previous,
+                        r.pid,
+                        e.value
+                    );
+                }
+                for (e, why) in &r.failed {
+                    eprintln!(
+                        "collapse: warning: could not restore {} to {:?} (left by collapse pid {}): {why}",
+                        e.path.display(),
+                        e.previous,
+                        r.pid
+                    );
+                }
+            }
+        }
+        Err(err) => eprintln!("collapse: warning: {err}"),
+    }
 }
 
 /// SIGINT and SIGTERM, caught: both stop the command cleanly.

@@ -8,6 +8,8 @@ use std::{
     str::FromStr,
 };
 
+use super::journal::{Journal, JournalEntry, JournalError};
+
 /// Where the kernel exposes THP settings.
 pub const THP_ROOT: &str = "/sys/kernel/mm/transparent_hugepage";
 
@@ -33,6 +35,9 @@ pub enum ThpError {
         value: String,
         expected: &'static str,
     },
+    /// The change could not be journalled, so it was not made.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
 }
 
 /// Global `enabled`: which VMAs get PMD-sized THP at fault time and from khugepaged.
@@ -349,11 +354,14 @@ impl Drop for SysfsGuard {
     }
 }
 
-/// Several sysfs changes, restored in reverse order of change.
+/// Several sysfs changes, restored in reverse order of change. [`SysfsRestore::journalled`]
+/// also writes each change to the restore journal before making it, so that a run killed
+/// with SIGKILL is undone by the next start of collapse.
 #[derive(Debug, Default)]
 #[must_use = "dropping it restores every value at once"]
 pub struct SysfsRestore {
     guards: Vec<SysfsGuard>,
+    journal: Option<Journal>,
 }
 
 impl SysfsRestore {
@@ -361,10 +369,39 @@ impl SysfsRestore {
         Self::default()
     }
 
+    /// Changes are journalled before they are made.
+    pub fn journalled() -> Self {
+        Self {
+            guards: Vec::new(),
+            journal: Some(Journal::for_this_process()),
+        }
+    }
+
     /// Changes `path` to `value`, to be restored with the rest.
     pub fn set(&mut self, path: impl Into<PathBuf>, value: &str) -> Result<(), ThpError> {
-        self.guards.push(SysfsGuard::set(path, value)?);
-        Ok(())
+        let path = path.into();
+        if let Some(journal) = &mut self.journal {
+            let previous = read_value(&path)?;
+            journal
+                .record(JournalEntry {
+                    path: path.clone(),
+                    previous,
+                    value: value.to_owned(),
+                })
+                .map_err(ThpError::Journal)?;
+        }
+        match SysfsGuard::set(&path, value) {
+            Ok(guard) => {
+                self.guards.push(guard);
+                Ok(())
+            }
+            Err(err) => {
+                if let Some(journal) = &mut self.journal {
+                    let _ = journal.forget(&path);
+                }
+                Err(err)
+            }
+        }
     }
 
     /// Changes `rel` (e.g. `khugepaged/scan_sleep_millisecs`) under [`THP_ROOT`].
@@ -376,11 +413,29 @@ impl SysfsRestore {
         self.guards.is_empty()
     }
 
+    /// What was changed: (path, previous value), oldest first.
+    pub fn changes(&self) -> impl Iterator<Item = (&Path, &str)> {
+        self.guards.iter().map(|g| (g.path(), g.previous()))
+    }
+
     /// Restores every value, newest first; tries all of them and returns the first error.
     pub fn restore(mut self) -> Result<(), ThpError> {
+        self.restore_all()
+    }
+
+    fn restore_all(&mut self) -> Result<(), ThpError> {
         let mut first = Ok(());
         while let Some(guard) = self.guards.pop() {
-            if let Err(err) = guard.restore()
+            let path = guard.path().to_owned();
+            let result = guard.restore();
+            // A value that could not be written back stays in the journal for the next start.
+            if result.is_ok()
+                && let Some(journal) = &mut self.journal
+                && let Err(err) = journal.forget(&path)
+            {
+                eprintln!("collapse: warning: {err}");
+            }
+            if let Err(err) = result
                 && first.is_ok()
             {
                 first = Err(err);
@@ -392,9 +447,8 @@ impl SysfsRestore {
 
 impl Drop for SysfsRestore {
     fn drop(&mut self) {
-        // Newest first, as `restore` does; each guard reports its own failure.
-        while let Some(guard) = self.guards.pop() {
-            drop(guard);
+        if let Err(err) = self.restore_all() {
+            eprintln!("collapse: warning: could not restore {err}");
         }
     }
 }
