@@ -30,6 +30,13 @@ pub enum Workload {
     /// The demo's memory: dense, sparse and half-full regions populated over time, then held
     /// for `hold` seconds.
     Demo { hold: u64 },
+    /// A bench workload (`collapse bench`): see `bench::workloads`.
+    Bench {
+        kind: crate::bench::workloads::BuiltIn,
+        size: u64,
+        run_for: Duration,
+        advice: crate::bench::workloads::Advice,
+    },
 }
 
 pub fn run(workload: Workload) -> anyhow::Result<ExitCode> {
@@ -37,6 +44,15 @@ pub fn run(workload: Workload) -> anyhow::Result<ExitCode> {
         Workload::Storm { size, runs, wait } => storm(size, runs, wait),
         Workload::Script => Script::default().run(),
         Workload::Demo { hold } => demo(hold),
+        Workload::Bench {
+            kind,
+            size,
+            run_for,
+            advice,
+        } => {
+            crate::bench::workloads::run(kind, size, run_for, advice)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -120,6 +136,13 @@ impl Area {
 
     pub fn pages(&self) -> u64 {
         self.len as u64 / PAGE_SIZE
+    }
+
+    /// The whole area as 64-bit words (reading a page never written maps the zero page).
+    pub fn words_mut(&mut self) -> &mut [u64] {
+        // SAFETY: the mapping is ours, readable and writable, page aligned, and borrowed
+        // exclusively for as long as the slice lives.
+        unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().cast(), self.len / 8) }
     }
 
     fn page_ptr(&self, page: u64) -> Result<*mut u8, AreaError> {

@@ -224,6 +224,29 @@ pub(crate) enum WorkloadKind {
         #[arg(long, default_value_t = 3600)]
         hold: u64,
     },
+    /// The bench's `mixed` workload: a hot array chased at random beside sparse and
+    /// mid-density regions.
+    Mixed(BenchWorkloadArgs),
+    /// The bench's `sparse-stride` workload: every STRIDE-th page touched, then read.
+    SparseStride {
+        #[command(flatten)]
+        common: BenchWorkloadArgs,
+        #[arg(long, default_value_t = 16)]
+        stride: u64,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchWorkloadArgs {
+    /// Bytes of memory (K, M, G suffixes).
+    #[arg(long, default_value = "256M", value_parser = parse_bytes)]
+    pub(crate) size: u64,
+    /// Seconds of the measured phase.
+    #[arg(long, default_value_t = 10.0)]
+    pub(crate) run_for: f64,
+    /// none, huge (MADV_HUGEPAGE after populating) or thp-off (prctl).
+    #[arg(long, default_value = "none")]
+    pub(crate) advise: String,
 }
 
 /// `1G`, `256M`, `64K` or plain bytes (a clap value parser).

@@ -5,6 +5,7 @@ use std::{path::Path, time::Duration};
 
 use anyhow::bail;
 use collapse::{
+    bench::workloads::{Advice, BuiltIn},
     executor::GuardRails,
     planner::{Mode, Overrides},
     tracer::{Capacity, TargetSpec},
@@ -13,7 +14,7 @@ use collapse::{
 use collapse_common::policy::Policy;
 
 use super::{
-    args::{CapacityArgs, PlanArgs, RunArgs, TargetArgs, WorkloadKind},
+    args::{BenchWorkloadArgs, CapacityArgs, PlanArgs, RunArgs, TargetArgs, WorkloadKind},
     policy::check_ptes,
 };
 
@@ -219,12 +220,30 @@ pub(crate) fn run_target(args: &TargetArgs) -> anyhow::Result<TargetSpec> {
     target_spec(args)
 }
 
-pub(crate) fn workload(kind: WorkloadKind) -> Workload {
-    match kind {
+pub(crate) fn workload(kind: WorkloadKind) -> anyhow::Result<Workload> {
+    let bench = |kind, args: &BenchWorkloadArgs| -> anyhow::Result<Workload> {
+        let advice = match args.advise.as_str() {
+            "none" => Advice::None,
+            "huge" => Advice::Huge,
+            "thp-off" => Advice::ThpOff,
+            other => bail!("--advise {other:?}: none, huge or thp-off"),
+        };
+        Ok(Workload::Bench {
+            kind,
+            size: args.size,
+            run_for: seconds("--run-for", args.run_for)?,
+            advice,
+        })
+    };
+    Ok(match kind {
         WorkloadKind::Storm { size, runs, wait } => Workload::Storm { size, runs, wait },
         WorkloadKind::Script => Workload::Script,
         WorkloadKind::Demo { hold } => Workload::Demo { hold },
-    }
+        WorkloadKind::Mixed(args) => bench(BuiltIn::Mixed, &args)?,
+        WorkloadKind::SparseStride { common, stride } => {
+            bench(BuiltIn::SparseStride { stride }, &common)?
+        }
+    })
 }
 
 #[cfg(test)]

@@ -51,7 +51,7 @@ pub fn main() -> ExitCode {
         Command::Plan(args) => plan(&args),
         Command::Run(args) => run(&args),
         Command::Demo(args) => demo(args.duration),
-        Command::Workload(args) => workload::run(convert::workload(args.kind)),
+        Command::Workload(args) => convert::workload(args.kind).and_then(workload::run),
     };
     match result {
         Ok(code) => code,
