@@ -23,6 +23,9 @@ pub(crate) enum Command {
     /// Collapse now: plan the targets' regions every interval, carry out the 2M decisions
     /// with process_madvise(MADV_COLLAPSE), report the smaller ones as advice.
     Run(RunArgs),
+    /// The same workload under khugepaged and under collapse: coverage over time, bloat,
+    /// speed and CPU, written as a report (json, md, html).
+    Bench(BenchArgs),
     /// Built-in demo: a workload with dense, sparse and half-full regions, traced live.
     Demo(DemoArgs),
     /// Test and benchmark workload (used by tests/ and `cargo xtask bench`).
@@ -188,6 +191,37 @@ pub(crate) struct RunArgs {
     pub(crate) json: bool,
     #[command(flatten)]
     pub(crate) capacity: CapacityArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// mixed (default), sparse-stride or redis; or give `-- CMD ARGS` instead.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) workload: Option<String>,
+    /// The baseline arms, from none, khugepaged, khugepaged-fast (default: all three).
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub(crate) arms: Option<Vec<String>>,
+    /// A `collapse` arm, POLICY:MAX_PTES_NONE (repeatable; default seed:255 and pmd:511).
+    #[arg(long = "collapse", value_name = "POLICY:N")]
+    pub(crate) collapse: Vec<String>,
+    /// Runs of each arm, interleaved; the report gives medians and spreads.
+    #[arg(long, value_name = "N")]
+    pub(crate) runs: Option<u32>,
+    /// Memory of the workload (K, M, G suffixes; default 1G, 256M with --quick).
+    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+    pub(crate) size: Option<u64>,
+    /// Seconds of each run's measured phase (default 30, 10 with --quick).
+    #[arg(long, value_name = "S")]
+    pub(crate) run_for: Option<f64>,
+    /// The small preset: 256 MiB, 10 s, one run.
+    #[arg(long)]
+    pub(crate) quick: bool,
+    /// Where the report goes.
+    #[arg(long, value_name = "DIR", default_value = "collapse-report")]
+    pub(crate) out: PathBuf,
+    /// A program to bench instead of a built-in workload (its runtime is the metric).
+    #[arg(last = true, value_name = "CMD")]
+    pub(crate) cmd: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -5,7 +5,10 @@ use std::{path::Path, time::Duration};
 
 use anyhow::bail;
 use collapse::{
-    bench::workloads::{Advice, BuiltIn},
+    bench::{
+        ArmSpec, BenchJob, BenchWorkload,
+        workloads::{Advice, BuiltIn},
+    },
     executor::GuardRails,
     planner::{Mode, Overrides},
     tracer::{Capacity, TargetSpec},
@@ -14,7 +17,9 @@ use collapse::{
 use collapse_common::policy::Policy;
 
 use super::{
-    args::{BenchWorkloadArgs, CapacityArgs, PlanArgs, RunArgs, TargetArgs, WorkloadKind},
+    args::{
+        BenchArgs, BenchWorkloadArgs, CapacityArgs, PlanArgs, RunArgs, TargetArgs, WorkloadKind,
+    },
     policy::check_ptes,
 };
 
@@ -207,6 +212,85 @@ pub(crate) fn guard_rails(args: &RunArgs) -> anyhow::Result<GuardRails> {
         max_latency,
         jobs: args.jobs,
         base_interval,
+    })
+}
+
+/// `bench`'s job, each value checked.
+pub(crate) fn bench_job(args: &BenchArgs, exe: std::path::PathBuf) -> anyhow::Result<BenchJob> {
+    let workload = match (&args.workload, args.cmd.is_empty()) {
+        (Some(_), false) => bail!("bench: give --workload NAME or -- CMD, not both"),
+        (None, false) => BenchWorkload::Command(args.cmd.clone()),
+        (None, true) => BenchWorkload::BuiltIn(BuiltIn::Mixed),
+        (Some(name), true) => match name.as_str() {
+            "mixed" => BenchWorkload::BuiltIn(BuiltIn::Mixed),
+            "sparse-stride" => BenchWorkload::BuiltIn(BuiltIn::SparseStride { stride: 16 }),
+            "redis" => BenchWorkload::Redis,
+            other => bail!(
+                "bench: unknown workload {other:?} (mixed, sparse-stride or redis, or -- CMD)"
+            ),
+        },
+    };
+    let mut arms = Vec::new();
+    for name in args
+        .arms
+        .clone()
+        .unwrap_or_else(|| vec!["none".into(), "khugepaged".into(), "khugepaged-fast".into()])
+    {
+        arms.push(match name.trim() {
+            "none" => ArmSpec::None,
+            "khugepaged" => ArmSpec::Khugepaged,
+            "khugepaged-fast" => ArmSpec::KhugepagedFast,
+            other => bail!("bench: unknown arm {other:?} (none, khugepaged, khugepaged-fast; collapse arms with --collapse POLICY:N)"),
+        });
+    }
+    let collapse = if args.collapse.is_empty() {
+        vec!["seed:255".to_owned(), "pmd:511".to_owned()]
+    } else {
+        args.collapse.clone()
+    };
+    for c in &collapse {
+        let (policy, n) = c.split_once(':').ok_or_else(|| {
+            anyhow::anyhow!("bench: --collapse {c:?} is not POLICY:MAX_PTES_NONE")
+        })?;
+        let policy = Policy::from_name(policy.trim()).ok_or_else(|| {
+            anyhow::anyhow!(
+                "bench: --collapse {c:?}: unknown policy {policy:?} (seed, merged, scaled or pmd)"
+            )
+        })?;
+        let max_ptes_none: u16 = n.trim().parse().ok().filter(|&n| n <= 511).ok_or_else(|| {
+            anyhow::anyhow!("bench: --collapse {c:?}: max_ptes_none must be 0..511")
+        })?;
+        arms.push(ArmSpec::Collapse {
+            policy,
+            max_ptes_none,
+        });
+    }
+    arms.dedup();
+    if !arms.contains(&ArmSpec::None) {
+        bail!("bench: the arms need `none`: every figure is measured against it");
+    }
+    let runs = args.runs.unwrap_or(1);
+    if runs == 0 {
+        bail!("bench: --runs must be at least 1");
+    }
+    let size = args
+        .size
+        .unwrap_or(if args.quick { 256 << 20 } else { 1 << 30 });
+    let run_for = seconds(
+        "--run-for",
+        args.run_for.unwrap_or(if args.quick { 10.0 } else { 30.0 }),
+    )?;
+    if run_for < std::time::Duration::from_secs(1) {
+        bail!("bench: --run-for must be at least 1 second");
+    }
+    Ok(BenchJob {
+        workload,
+        size,
+        run_for,
+        quick: args.quick,
+        arms,
+        runs,
+        exe,
     })
 }
 

@@ -27,7 +27,7 @@ use collapse::{
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use self::{
-    args::{Cli, Command, PlanArgs, RunArgs, TraceArgs},
+    args::{BenchArgs, Cli, Command, PlanArgs, RunArgs, TraceArgs},
     convert::PlanInput,
 };
 
@@ -50,6 +50,7 @@ pub fn main() -> ExitCode {
         Command::Trace(args) => trace(&args),
         Command::Plan(args) => plan(&args),
         Command::Run(args) => run(&args),
+        Command::Bench(args) => bench(&args),
         Command::Demo(args) => demo(args.duration),
         Command::Workload(args) => convert::workload(args.kind).and_then(workload::run),
     };
@@ -182,6 +183,55 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::FAILURE);
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    let exe = std::env::current_exe().context("finding the collapse binary")?;
+    let job = convert::bench_job(args, exe)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (rt, mut signals) = runtime()?;
+    // The bench runs on a thread of its own; a signal here tells it to stop (it restores what
+    // it changed and returns).
+    let worker = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || collapse::bench::run(&job, &stop))
+    };
+    let report = rt.block_on(async {
+        let waiting = tokio::task::spawn_blocking(move || worker.join());
+        tokio::pin!(waiting);
+        tokio::select! {
+            joined = &mut waiting => joined,
+            () = signals.recv() => {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                waiting.await
+            }
+        }
+    });
+    let report = report
+        .context("waiting for the bench")?
+        .map_err(|_| anyhow::anyhow!("the bench panicked"))??;
+    let path = args.out.join("report.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    for a in &report.arms {
+        println!(
+            "{:<22} perf {:>12.0}  t90 {:>6}  final {:>5.1}%  ovh {:>8}  cpu {:?} {:?} ok {:?}",
+            a.name,
+            a.median.perf.unwrap_or(0.0),
+            a.median
+                .time_to_90_s
+                .map_or("-".into(), |t| format!("{t:.1}")),
+            100.0 * a.median.final_coverage.unwrap_or(0.0),
+            a.median.overhead_bytes.unwrap_or(0) >> 20,
+            a.median.cpu_khugepaged_s,
+            a.median.cpu_collapse_s,
+            a.median.checksum_ok
+        );
+    }
+    eprintln!("collapse bench: report in {}", path.display());
     Ok(ExitCode::SUCCESS)
 }
 

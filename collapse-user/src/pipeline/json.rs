@@ -122,6 +122,8 @@ pub struct SummaryLine<'a> {
     /// Opted-out skips by what opted out.
     pub opted_out: BTreeMap<&'static str, u64>,
     pub bytes_collapsed: u64,
+    /// Empty PTEs of the collapsed regions (as the bitmaps had them): zero-filled pages.
+    pub zero_filled_pages: u64,
     /// Distinct decisions below PMD size, by order.
     pub advice_per_order: BTreeMap<u8, u64>,
     pub latency_us: LatencyLine,

@@ -16,7 +16,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use collapse_common::{consts::PMD_SIZE, policy::Planner};
+use collapse_common::{
+    consts::{PMD_SIZE, PTES_PER_PMD},
+    policy::Planner,
+};
 
 pub use self::json::{RunLine, TargetLine};
 use crate::{
@@ -101,9 +104,16 @@ pub struct RunTally {
     advice: BTreeMap<u8, u64>,
     passes: u64,
     psi_pauses: u64,
+    /// Pages the collapses filled with zeroes: empty PTEs of the collapsed regions, as the
+    /// bitmaps had them when planned.
+    zero_filled_pages: u64,
 }
 
 impl RunTally {
+    pub fn zero_filled_pages(&self) -> u64 {
+        self.zero_filled_pages
+    }
+
     fn record(&mut self, o: &CollapseOutcome) {
         *self
             .outcomes
@@ -299,6 +309,10 @@ impl Pipeline {
                 continue;
             }
             self.tally.record(o);
+            if o.result == CollapseResult::Collapsed {
+                let present = present.get(&key).copied().unwrap_or(0);
+                self.tally.zero_filled_pages += u64::from(PTES_PER_PMD as u32 - present.min(512));
+            }
             *results.entry(o.result.result_name()).or_default() += 1;
             match self.output {
                 RunOutput::Json => writeln!(out, "{}", RunLine::Collapse(o.into()).to_json())?,

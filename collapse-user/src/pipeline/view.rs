@@ -276,6 +276,7 @@ pub(super) fn summary_json<'a>(p: &Pipeline, v: &'a PassView) -> RunLine<'a> {
         reasons,
         opted_out: p.tally.opted_out().clone(),
         bytes_collapsed: stats.bytes_collapsed(),
+        zero_filled_pages: p.tally.zero_filled_pages(),
         advice_per_order: p.tally.advice().clone(),
         latency_us: LatencyLine {
             count: h.count(),

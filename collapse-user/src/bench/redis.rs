@@ -1,0 +1,271 @@
+//! The `redis` workload: a real `redis-server` (Debian's package, installed if absent) on a
+//! loopback port, filled with `redis-benchmark` SETs, then read by `redis-benchmark` GETs for
+//! the measured phase. The dataset's `DEBUG DIGEST` before and after is its checksum.
+
+use std::{
+    net::TcpListener,
+    path::Path,
+    process::{Command, Stdio},
+    sync::{Arc, Mutex, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use super::{
+    arms::{self, ArmSpec, Owned, RunContext, RunResult, Shared},
+    error::BenchError,
+    figures,
+    model::ArmFigures,
+    sampler,
+};
+
+/// Value size of each key, in bytes.
+const VALUE_BYTES: u64 = 1024;
+/// Requests per redis-benchmark call of the measured phase.
+const CHUNK: u64 = 100_000;
+
+fn have(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+}
+
+/// Installs `redis-server` and `redis-tools` (redis-benchmark, redis-cli) from Debian if
+/// missing, without letting the package start a server of its own.
+pub fn ensure_installed() -> Result<(), BenchError> {
+    if have("redis-server") && have("redis-benchmark") && have("redis-cli") {
+        return Ok(());
+    }
+    eprintln!("collapse bench: installing redis-server and redis-tools (apt-get)");
+    // policy-rc.d 101: packages may not start services (no stray redis-server on 6379).
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let had_policy = policy.exists();
+    if !had_policy {
+        std::fs::write(policy, "#!/bin/sh\nexit 101\n").map_err(BenchError::Io)?;
+        let _ = Command::new("chmod")
+            .args(["755", "/usr/sbin/policy-rc.d"])
+            .status();
+    }
+    let run = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+    };
+    let ok = run(&["install", "-y", "redis-server", "redis-tools"]).is_ok_and(|s| s.success())
+        || (run(&["update"]).is_ok_and(|s| s.success())
+            && run(&["install", "-y", "redis-server", "redis-tools"]).is_ok_and(|s| s.success()));
+    if !had_policy {
+        let _ = std::fs::remove_file(policy);
+    }
+    if !ok || !have("redis-server") {
+        return Err(BenchError::Workload(
+            "could not install redis-server and redis-tools with apt-get".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn free_port() -> Result<u16, BenchError> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(BenchError::Io)?;
+    Ok(l.local_addr().map_err(BenchError::Io)?.port())
+}
+
+fn cli(port: u16, args: &[&str]) -> Option<String> {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// `GET: 123456.79 requests per second, ...` → requests per second.
+fn parse_rps(text: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let rest = l.trim().strip_prefix("GET: ")?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+fn benchmark(port: u16, args: &[&str]) -> Result<String, BenchError> {
+    let out = Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| BenchError::Spawn {
+            what: "redis-benchmark".into(),
+            source: e,
+        })?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn run_arm(ctx: &mut RunContext<'_>, arm: ArmSpec) -> Result<RunResult, BenchError> {
+    let shared = Arc::new(Mutex::new(Shared::default()));
+    let mut sysfs = arms::regime(arm, false)?;
+    let port = free_port()?;
+    let mut cmd = Command::new("redis-server");
+    cmd.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--enable-debug-command",
+        "yes",
+        "--daemonize",
+        "no",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    if arm == ArmSpec::None {
+        arms::thp_off(&mut cmd);
+    }
+    let mut server = Owned(cmd.spawn().map_err(|e| BenchError::Spawn {
+        what: "redis-server".into(),
+        source: e,
+    })?);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cli(port, &["PING"]).as_deref() != Some("PONG") {
+        if Instant::now() > deadline {
+            return Err(BenchError::Workload(
+                "redis-server did not answer PING".into(),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let keys = (ctx.size / (VALUE_BYTES + 100)).max(1000);
+    let keys_s = keys.to_string();
+    // Random keys over 0..keys, twice as many SETs as keys: most keys exist afterwards.
+    benchmark(
+        port,
+        &[
+            "-t",
+            "set",
+            "-n",
+            &(2 * keys).to_string(),
+            "-r",
+            &keys_s,
+            "-d",
+            &VALUE_BYTES.to_string(),
+            "-P",
+            "16",
+        ],
+    )?;
+    let digest = cli(port, &["DEBUG", "DIGEST"]);
+    let kh = sampler::khugepaged_pid();
+    let kh_cpu0 = kh.and_then(sampler::cpu_seconds);
+    let mut collapse = match arm {
+        ArmSpec::Collapse {
+            policy,
+            max_ptes_none,
+        } => Some(arms::start_collapse(
+            ctx,
+            server.pid(),
+            policy,
+            max_ptes_none,
+            &shared,
+        )?),
+        _ => None,
+    };
+    // "go": khugepaged sees redis only with THP `always` (it cannot be given MADV_HUGEPAGE).
+    if matches!(arm, ArmSpec::Khugepaged | ArmSpec::KhugepagedFast) {
+        sysfs.set_thp("enabled", "always")?;
+    }
+    // The measured phase runs on its own thread; the sampler watches it finish.
+    let run_for = ctx.run_for;
+    let load = {
+        let shared = Arc::clone(&shared);
+        std::thread::spawn(move || -> Result<(), BenchError> {
+            let started = Instant::now();
+            let (mut requests, mut busy) = (0f64, 0f64);
+            while started.elapsed() < run_for {
+                let t = Instant::now();
+                let out = benchmark(
+                    port,
+                    &[
+                        "-t",
+                        "get",
+                        "-n",
+                        &CHUNK.to_string(),
+                        "-r",
+                        &keys_s,
+                        "-P",
+                        "16",
+                    ],
+                )?;
+                let secs = t.elapsed().as_secs_f64();
+                if parse_rps(&out).is_some() {
+                    requests += CHUNK as f64;
+                    busy += secs;
+                }
+                arms::lock(&shared).progress =
+                    (started.elapsed().as_secs_f64() / run_for.as_secs_f64()).min(1.0);
+            }
+            let mut s = arms::lock(&shared);
+            s.result = Some((requests / busy.max(1e-9), true));
+            Ok(())
+        })
+    };
+    let from_vmstat = collapse.is_none();
+    let (samples, _) = arms::sample_until(ctx, &[server.pid()], &shared, from_vmstat, &mut |s| {
+        s.result.is_some()
+    });
+    let loaded = load
+        .join()
+        .map_err(|_| BenchError::Workload("the load thread panicked".into()))?;
+    let cpu_collapse = collapse
+        .as_ref()
+        .and_then(|c| sampler::cpu_seconds(c.pid()));
+    if let Some(c) = &mut collapse {
+        c.terminate(Duration::from_secs(10));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let kh_cpu1 = kh.and_then(sampler::cpu_seconds);
+    let intact = digest.is_some() && cli(port, &["DEBUG", "DIGEST"]) == digest;
+    server.terminate(Duration::from_secs(10));
+    let changes = arms::finish_sysfs(sysfs);
+    loaded?;
+    if ctx.stop.load(Ordering::Relaxed) {
+        return Err(BenchError::Stopped);
+    }
+    let s = arms::lock(&shared);
+    let mut f = ArmFigures {
+        perf: s.result.map(|r| r.0),
+        checksum_ok: Some(intact),
+        cpu_khugepaged_s: kh_cpu0.zip(kh_cpu1).map(|(a, b)| b - a),
+        cpu_collapse_s: cpu_collapse,
+        zero_filled_pages: s
+            .summary
+            .as_ref()
+            .and_then(|v| v["zero_filled_pages"].as_u64()),
+        ..ArmFigures::default()
+    };
+    figures::from_samples(&samples, &mut f);
+    Ok(RunResult {
+        samples,
+        figures: f,
+        populated: Vec::new(),
+        sysfs: changes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_per_second() {
+        let out = "GET: 183150.19 requests per second, p50=0.143 msec\n";
+        assert_eq!(parse_rps(out), Some(183150.19));
+        assert_eq!(parse_rps("SET: 1 requests per second"), None);
+    }
+}
