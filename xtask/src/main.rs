@@ -34,7 +34,8 @@ enum Task {
     },
     /// Setup, then the host tests, then the root integration tests (one at a time).
     Test,
-    /// Setup, build, and run `collapse ARGS` as root (`collapse demo` without ARGS).
+    /// Setup, build, and run `collapse ARGS` as root (without ARGS, the main job: `collapse
+    /// bench --workload mixed --quick`, release build).
     Run {
         /// Build and run the release binary.
         #[arg(long)]

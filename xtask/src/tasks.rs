@@ -103,6 +103,8 @@ pub(crate) fn test(ws: &Workspace) -> Result<ExitCode> {
 
 pub(crate) fn run(ws: &Workspace, release: bool, args: Vec<OsString>) -> Result<ExitCode> {
     setup(ws)?;
+    // The main job measures: it runs the release build.
+    let release = release || args.is_empty();
     let mut build = ws.cargo(["build", "-p", "collapse-user", "--bin", "collapse"]);
     if release {
         build.arg("--release");
@@ -111,7 +113,16 @@ pub(crate) fn run(ws: &Workspace, release: bool, args: Vec<OsString>) -> Result<
 
     let bin = ws.collapse_bin(release);
     let args = if args.is_empty() {
-        vec![OsString::from("demo")]
+        let out = ws.root.join("target").join("collapse-report");
+        say!(
+            "run: the main job: `collapse bench --workload mixed --quick`, khugepaged against collapse on the same workload (about two minutes); the report goes to {}",
+            out.display()
+        );
+        ["bench", "--workload", "mixed", "--quick", "--out"]
+            .into_iter()
+            .map(OsString::from)
+            .chain([out.into_os_string()])
+            .collect()
     } else {
         args
     };

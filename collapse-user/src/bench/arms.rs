@@ -144,6 +144,19 @@ pub(super) fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
 /// A child process we started, stopped by pid (never by name) when dropped.
 pub(super) struct Owned(pub(super) Child);
 
+/// Children die with the bench's thread, also when the bench is killed with SIGKILL.
+pub(super) fn die_with_us(cmd: &mut Command) {
+    // SAFETY: prctl only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 impl Owned {
     pub(super) fn pid(&self) -> i32 {
         self.0.id() as i32
@@ -248,6 +261,7 @@ fn start_builtin(
     ])
     .stdin(Stdio::piped())
     .stdout(Stdio::piped());
+    die_with_us(&mut cmd);
     let mut child = Owned(cmd.spawn().map_err(|e| BenchError::Spawn {
         what: "the workload".into(),
         source: e,
@@ -304,6 +318,7 @@ pub(super) fn start_collapse(
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
     .stderr(Stdio::null());
+    die_with_us(&mut cmd);
     let mut child = Owned(cmd.spawn().map_err(|e| BenchError::Spawn {
         what: "collapse run".into(),
         source: e,
@@ -478,6 +493,7 @@ fn run_command(
     if arm == ArmSpec::None {
         thp_off(&mut cmd);
     }
+    die_with_us(&mut cmd);
     let started = Instant::now();
     let mut child = Owned(cmd.spawn().map_err(|e| BenchError::Spawn {
         what: format!("{:?}", argv[0]),

@@ -129,6 +129,7 @@ pub fn run_arm(ctx: &mut RunContext<'_>, arm: ArmSpec) -> Result<RunResult, Benc
     if arm == ArmSpec::None {
         arms::thp_off(&mut cmd);
     }
+    arms::die_with_us(&mut cmd);
     let mut server = Owned(cmd.spawn().map_err(|e| BenchError::Spawn {
         what: "redis-server".into(),
         source: e,
