@@ -15,7 +15,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, anyhow, bail};
 use collapse_common::consts::{PAGE_SIZE, PMD_SIZE};
 use nix::sys::mman::{MapFlags, MmapAdvise, ProtFlags, madvise, mmap_anonymous, munmap};
 
@@ -39,7 +38,7 @@ pub enum Workload {
     },
 }
 
-pub fn run(workload: Workload) -> anyhow::Result<ExitCode> {
+pub fn run(workload: Workload) -> Result<ExitCode, WorkloadError> {
     match workload {
         Workload::Storm { size, runs, wait } => storm(size, runs, wait),
         Workload::Script => Script::default().run(),
@@ -54,6 +53,27 @@ pub fn run(workload: Workload) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// A workload program failed: an area operation, its stdin/stdout, or a bad script line.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkloadError {
+    #[error(transparent)]
+    Area(#[from] AreaError),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Bench(#[from] crate::bench::workloads::WorkloadError),
+    /// A script line the workload cannot carry out (it replies `error ...` and goes on).
+    #[error("{0}")]
+    Script(String),
+}
+
+/// `Err(WorkloadError::Script(...))` from a format string.
+macro_rules! refuse {
+    ($($arg:tt)+) => {
+        return Err(WorkloadError::Script(format!($($arg)+)))
+    };
 }
 
 /// A system call on an [`Area`] failed, or a page lies outside it.
@@ -294,7 +314,7 @@ impl Drop for Area {
     }
 }
 
-fn storm(size: u64, runs: u32, wait: bool) -> anyhow::Result<ExitCode> {
+fn storm(size: u64, runs: u32, wait: bool) -> Result<ExitCode, WorkloadError> {
     let stdin = io::stdin();
     let mut out = io::stdout().lock();
     if wait {
@@ -306,7 +326,7 @@ fn storm(size: u64, runs: u32, wait: bool) -> anyhow::Result<ExitCode> {
         if wait {
             let mut line = String::new();
             if stdin.lock().read_line(&mut line)? == 0 {
-                bail!("stdin closed before run {run}");
+                refuse!("stdin closed before run {run}");
             }
         }
         let area = Area::map(size, Some(MmapAdvise::MADV_NOHUGEPAGE))?;
@@ -350,7 +370,7 @@ pub struct Script {
 }
 
 impl Script {
-    fn run(mut self) -> anyhow::Result<ExitCode> {
+    fn run(mut self) -> Result<ExitCode, WorkloadError> {
         let mut out = io::stdout().lock();
         writeln!(out, "ready {}", std::process::id())?;
         out.flush()?;
@@ -365,35 +385,35 @@ impl Script {
             }
             match self.command(line) {
                 Ok(reply) => writeln!(out, "{reply}")?,
-                Err(err) => writeln!(out, "error {err:#}")?,
+                Err(err) => writeln!(out, "error {}", crate::render::error_chain(&err))?,
             }
             out.flush()?;
         }
         Ok(ExitCode::SUCCESS)
     }
 
-    fn command(&mut self, line: &str) -> anyhow::Result<String> {
+    fn command(&mut self, line: &str) -> Result<String, WorkloadError> {
         let words: Vec<&str> = line.split_whitespace().collect();
         let (verb, name) = match words.as_slice() {
             [verb, name, ..] => (*verb, *name),
-            _ => bail!("expected: VERB NAME [ARGS]"),
+            _ => refuse!("expected: VERB NAME [ARGS]"),
         };
-        let num = |i: usize| -> anyhow::Result<u64> {
+        let num = |i: usize| -> Result<u64, WorkloadError> {
             words
                 .get(i)
-                .ok_or_else(|| anyhow!("missing argument {i}"))?
+                .ok_or_else(|| WorkloadError::Script(format!("missing argument {i}")))?
                 .parse()
-                .context("not a number")
+                .map_err(|_| WorkloadError::Script(format!("argument {i}: not a number")))
         };
         if verb == "thp" {
             let disable = match name {
                 "off" => 1,
                 "on" => 0,
-                other => bail!("expected thp off|on, not {other}"),
+                other => refuse!("expected thp off|on, not {other}"),
             };
             // SAFETY: prctl with integer arguments.
             if unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, disable, 0, 0, 0) } != 0 {
-                bail!("prctl(PR_SET_THP_DISABLE): {}", io::Error::last_os_error());
+                refuse!("prctl(PR_SET_THP_DISABLE): {}", io::Error::last_os_error());
             }
             return Ok("ok".into());
         }
@@ -403,7 +423,7 @@ impl Script {
                 Some("nohuge") | None => Some(MmapAdvise::MADV_NOHUGEPAGE),
                 // Whatever the THP settings give a VMA without advice.
                 Some("plain") => None,
-                Some(other) => bail!("unknown advice {other}"),
+                Some(other) => refuse!("unknown advice {other}"),
             };
             let a = Area::map(num(2)? << 20, advice)?;
             let reply = format!("mapped {name} {:#x} {}", a.addr(), a.pages());
@@ -413,14 +433,14 @@ impl Script {
         let a = self
             .areas
             .get_mut(name)
-            .ok_or_else(|| anyhow!("no area {name}"))?;
+            .ok_or_else(|| WorkloadError::Script(format!("no area {name}")))?;
         if verb == "move" {
             a.relocate()?;
             return Ok(format!("moved {name} {:#x}", a.addr()));
         }
         let (start, end) = (num(2)?, num(3)?);
         if start > end {
-            bail!("empty range {start}..{end}");
+            refuse!("empty range {start}..{end}");
         }
         match verb {
             "touch" => a.touch(start, end)?,
@@ -475,7 +495,7 @@ impl Script {
                     }
                 });
             }
-            other => bail!("unknown command {other}"),
+            other => refuse!("unknown command {other}"),
         }
         Ok("ok".into())
     }
@@ -484,7 +504,7 @@ impl Script {
 /// The demo's layout, in 2 MiB regions: 8 dense (every page), 8 sparse (one page in 32),
 /// 8 half-full (first half of each region), populated one region set per second so the live
 /// view moves; then MADV_HUGEPAGE so khugepaged may collapse what its rules allow.
-fn demo(hold: u64) -> anyhow::Result<ExitCode> {
+fn demo(hold: u64) -> Result<ExitCode, WorkloadError> {
     const REGIONS: u64 = 8;
     let per_region = PMD_SIZE / PAGE_SIZE;
     let dense = Area::map(REGIONS * PMD_SIZE, Some(MmapAdvise::MADV_NOHUGEPAGE))?;

@@ -52,7 +52,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run(&args),
         Command::Bench(args) => bench(&args),
         Command::Demo(args) => demo(args.duration),
-        Command::Workload(args) => convert::workload(args.kind).and_then(workload::run),
+        Command::Workload(args) => convert::workload(args.kind).and_then(|w| Ok(workload::run(w)?)),
     };
     match result {
         Ok(code) => code,
