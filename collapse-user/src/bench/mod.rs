@@ -8,13 +8,16 @@
 //! of its arm, on errors and on Ctrl-C; after a SIGKILL the next start of collapse restores it.
 //! The result is a [`BenchReport`].
 
-pub mod arms;
+mod arm;
+mod builtin;
+mod child;
+mod command;
 mod error;
 pub mod figures;
+mod measure;
 pub mod model;
 mod redis;
 pub mod sampler;
-pub mod workloads;
 
 use std::{
     io::{IsTerminal as _, Write as _},
@@ -26,8 +29,9 @@ use std::{
 use collapse_common::policy::{MAX_ORDER, MIN_ORDER, OrderSet, Planner, Policy, Settings};
 
 pub use self::{
-    arms::{ArmSpec, BenchWorkload, RunResult},
+    arm::{ArmSpec, BenchWorkload},
     error::BenchError,
+    measure::{RunContext, RunResult},
     model::*,
 };
 use crate::{
@@ -52,6 +56,19 @@ pub struct BenchJob {
     pub runs: u32,
     /// The `collapse` binary to run workloads and `collapse run` with.
     pub exe: PathBuf,
+}
+
+/// One run of `arm` on `workload`.
+fn run_arm(
+    ctx: &mut RunContext<'_>,
+    workload: &BenchWorkload,
+    arm: ArmSpec,
+) -> Result<RunResult, BenchError> {
+    match workload {
+        BenchWorkload::BuiltIn(kind) => builtin::run(ctx, *kind, arm),
+        BenchWorkload::Redis => redis::run(ctx, arm),
+        BenchWorkload::Command(cmd) => command::run(ctx, cmd, arm),
+    }
 }
 
 /// The regions of `pid` from pagemap (the modelled policies plan over them).
@@ -216,7 +233,7 @@ pub fn run(job: &BenchJob, stop: &AtomicBool) -> Result<BenchReport, BenchError>
             for (i, &arm) in job.arms.iter().enumerate() {
                 progress.arm(run, job.runs, i, job.arms.len(), &arm.name());
                 let mut update = |p: f64, c: f64| progress.update(p, c);
-                let mut ctx = arms::RunContext {
+                let mut ctx = RunContext {
                     exe: &job.exe,
                     size: job.size,
                     run_for: job.run_for,
@@ -224,7 +241,7 @@ pub fn run(job: &BenchJob, stop: &AtomicBool) -> Result<BenchReport, BenchError>
                     progress: &mut update,
                     want_regions: populated.is_empty() && arm == ArmSpec::None,
                 };
-                let mut r = arms::run_arm(&mut ctx, &job.workload, arm)?;
+                let mut r = run_arm(&mut ctx, &job.workload, arm)?;
                 if populated.is_empty() && !r.populated.is_empty() {
                     populated = std::mem::take(&mut r.populated);
                 }
@@ -240,7 +257,7 @@ pub fn run(job: &BenchJob, stop: &AtomicBool) -> Result<BenchReport, BenchError>
     for r in results.iter().flatten() {
         report.sysfs.extend(r.sysfs.iter().cloned());
     }
-    let bench_changes = arms::finish_sysfs(bench_sysfs);
+    let bench_changes = measure::finish_sysfs(bench_sysfs);
     report.sysfs.extend(bench_changes);
     outcome?;
 
@@ -250,8 +267,8 @@ pub fn run(job: &BenchJob, stop: &AtomicBool) -> Result<BenchReport, BenchError>
     };
     report.workload = WorkloadInfo {
         name: match &job.workload {
-            BenchWorkload::BuiltIn(workloads::BuiltIn::Mixed) => "mixed".into(),
-            BenchWorkload::BuiltIn(workloads::BuiltIn::SparseStride { .. }) => {
+            BenchWorkload::BuiltIn(crate::workload::BuiltIn::Mixed) => "mixed".into(),
+            BenchWorkload::BuiltIn(crate::workload::BuiltIn::SparseStride { .. }) => {
                 "sparse-stride".into()
             }
             BenchWorkload::Redis => "redis".into(),
@@ -268,7 +285,7 @@ pub fn run(job: &BenchJob, stop: &AtomicBool) -> Result<BenchReport, BenchError>
         perf_unit: match (&job.workload, metric) {
             (_, PerfMetric::Runtime) => "s".into(),
             (BenchWorkload::Redis, _) => "GET/s".into(),
-            (BenchWorkload::BuiltIn(workloads::BuiltIn::Mixed), _) => "lookups/s".into(),
+            (BenchWorkload::BuiltIn(crate::workload::BuiltIn::Mixed), _) => "lookups/s".into(),
             _ => "reads/s".into(),
         },
     };

@@ -11,9 +11,13 @@ use std::{
 };
 
 use super::{
-    arms::{self, ArmSpec, Owned, RunContext, RunResult, Shared},
+    arm::ArmSpec,
+    child::{Owned, die_with_us, thp_off},
     error::BenchError,
     figures,
+    measure::{
+        RunContext, RunResult, Shared, finish_sysfs, lock, regime, sample_until, start_collapse,
+    },
     model::ArmFigures,
     sampler,
 };
@@ -104,9 +108,9 @@ fn benchmark(port: u16, args: &[&str]) -> Result<String, BenchError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-pub fn run_arm(ctx: &mut RunContext<'_>, arm: ArmSpec) -> Result<RunResult, BenchError> {
+pub(super) fn run(ctx: &mut RunContext<'_>, arm: ArmSpec) -> Result<RunResult, BenchError> {
     let shared = Arc::new(Mutex::new(Shared::default()));
-    let mut sysfs = arms::regime(arm, false)?;
+    let mut sysfs = regime(arm, false)?;
     let port = free_port()?;
     let mut cmd = Command::new("redis-server");
     cmd.args([
@@ -127,9 +131,9 @@ pub fn run_arm(ctx: &mut RunContext<'_>, arm: ArmSpec) -> Result<RunResult, Benc
     .stdout(Stdio::null())
     .stderr(Stdio::null());
     if arm == ArmSpec::None {
-        arms::thp_off(&mut cmd);
+        thp_off(&mut cmd);
     }
-    arms::die_with_us(&mut cmd);
+    die_with_us(&mut cmd);
     let mut server = Owned(cmd.spawn().map_err(|e| BenchError::Spawn {
         what: "redis-server".into(),
         source: e,
@@ -168,7 +172,7 @@ pub fn run_arm(ctx: &mut RunContext<'_>, arm: ArmSpec) -> Result<RunResult, Benc
         ArmSpec::Collapse {
             policy,
             max_ptes_none,
-        } => Some(arms::start_collapse(
+        } => Some(start_collapse(
             ctx,
             server.pid(),
             policy,
@@ -208,16 +212,16 @@ pub fn run_arm(ctx: &mut RunContext<'_>, arm: ArmSpec) -> Result<RunResult, Benc
                     requests += CHUNK as f64;
                     busy += secs;
                 }
-                arms::lock(&shared).progress =
+                lock(&shared).progress =
                     (started.elapsed().as_secs_f64() / run_for.as_secs_f64()).min(1.0);
             }
-            let mut s = arms::lock(&shared);
+            let mut s = lock(&shared);
             s.result = Some((requests / busy.max(1e-9), true));
             Ok(())
         })
     };
     let from_vmstat = collapse.is_none();
-    let (samples, _) = arms::sample_until(ctx, &[server.pid()], &shared, from_vmstat, &mut |s| {
+    let (samples, _) = sample_until(ctx, &[server.pid()], &shared, from_vmstat, &mut |s| {
         s.result.is_some()
     });
     let loaded = load
@@ -233,12 +237,12 @@ pub fn run_arm(ctx: &mut RunContext<'_>, arm: ArmSpec) -> Result<RunResult, Benc
     let kh_cpu1 = kh.and_then(sampler::cpu_seconds);
     let intact = digest.is_some() && cli(port, &["DEBUG", "DIGEST"]) == digest;
     server.terminate(Duration::from_secs(10));
-    let changes = arms::finish_sysfs(sysfs);
+    let changes = finish_sysfs(sysfs);
     loaded?;
     if ctx.stop.load(Ordering::Relaxed) {
         return Err(BenchError::Stopped);
     }
-    let s = arms::lock(&shared);
+    let s = lock(&shared);
     let mut f = ArmFigures {
         perf: s.result.map(|r| r.0),
         checksum_ok: Some(intact),

@@ -5,14 +5,11 @@ use std::{path::Path, time::Duration};
 
 use anyhow::bail;
 use collapse::{
-    bench::{
-        ArmSpec, BenchJob, BenchWorkload,
-        workloads::{Advice, BuiltIn},
-    },
+    bench::{ArmSpec, BenchJob, BenchWorkload},
     executor::GuardRails,
     planner::{Mode, Overrides},
     tracer::{Capacity, TargetSpec},
-    workload::Workload,
+    workload::{Advice, BuiltIn, Workload},
 };
 use collapse_common::policy::Policy;
 

@@ -4,14 +4,17 @@ use std::{io, path::PathBuf};
 
 use collapse_common::policy::SettingsError;
 
-use super::settings::MAX_PTES;
 use crate::render::ChartError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
-    /// A kernel value outside its range (a fake or future sysfs).
-    #[error("khugepaged/{name} is {value}, outside 0..{MAX_PTES}")]
-    KernelValue { name: &'static str, value: u16 },
+    /// A kernel value outside its range 0..=max (a fake or future sysfs).
+    #[error("khugepaged/{name} is {value}, outside 0..{max}")]
+    KernelValue {
+        name: &'static str,
+        value: u16,
+        max: u16,
+    },
     #[error("enabled orders: {0}")]
     Orders(SettingsError),
     #[error("settings: {0}")]

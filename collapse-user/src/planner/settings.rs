@@ -141,7 +141,11 @@ pub fn resolve(
         ("max_ptes_shared", max_ptes_shared),
     ] {
         if value > MAX_PTES {
-            return Err(PlanError::KernelValue { name, value });
+            return Err(PlanError::KernelValue {
+                name,
+                value,
+                max: MAX_PTES,
+            });
         }
     }
     let order_set = OrderSet::from_orders(orders.iter().copied()).map_err(PlanError::Orders)?;

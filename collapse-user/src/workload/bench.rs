@@ -1,4 +1,4 @@
-//! The bench's built-in workloads, run as `collapse workload mixed|sparse-stride` children.
+//! The workloads of `collapse bench`, run as `collapse workload mixed|sparse-stride` children.
 //! Each populates its memory with 4 KiB pages (no advice, THP `enabled` at `madvise`), says
 //! `populated`, waits for `go` on stdin, then (with `--advise huge`) marks its memory
 //! MADV_HUGEPAGE so khugepaged may collapse it,
@@ -17,7 +17,7 @@ use std::{
 use collapse_common::consts::{PAGE_SIZE, PMD_SIZE};
 use nix::sys::mman::MmapAdvise;
 
-use crate::workload::{Area, AreaError};
+use super::{Area, AreaError, WorkloadError};
 
 /// PTEs of a PMD.
 const PTES: u64 = PMD_SIZE / PAGE_SIZE;
@@ -42,16 +42,6 @@ pub enum BuiltIn {
     Mixed,
     /// Every `stride`-th page of the whole size touched, then read over and over.
     SparseStride { stride: u64 },
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum WorkloadError {
-    #[error(transparent)]
-    Area(#[from] AreaError),
-    #[error("prctl(PR_SET_THP_DISABLE): {0}")]
-    Prctl(io::Error),
-    #[error("workload protocol: {0}")]
-    Io(#[from] io::Error),
 }
 
 /// A small, fast generator (xorshift64*): the workloads must not depend on a crate's RNG.
@@ -124,7 +114,10 @@ pub fn run(
     if advice == Advice::ThpOff {
         // SAFETY: a prctl with integer arguments.
         if unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } != 0 {
-            return Err(WorkloadError::Prctl(io::Error::last_os_error()));
+            return Err(WorkloadError::Script(format!(
+                "prctl(PR_SET_THP_DISABLE): {}",
+                io::Error::last_os_error()
+            )));
         }
     }
     line(&mut out, &format!("ready {}", std::process::id()))?;

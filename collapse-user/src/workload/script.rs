@@ -1,0 +1,170 @@
+//! A process driven over stdin, one command per line: the tests shape its memory.
+
+use std::{
+    collections::HashMap,
+    io::{self, BufRead, Write},
+    process::ExitCode,
+};
+
+use collapse_common::consts::PAGE_SIZE;
+use nix::sys::mman::MmapAdvise;
+
+use super::{Area, WorkloadError};
+
+/// A process driven over stdin, one command per line, one reply line per command:
+///
+/// ```text
+/// map NAME MIB [huge|nohuge|plain] -> mapped NAME 0xADDR PAGES
+/// touch NAME START END         -> ok      (write one byte per page, pages [START, END))
+/// threads NAME START END       -> ok      (the same, page i by thread i % CPUs, each pinned to
+///                                          its CPU: faults of one region on every CPU)
+/// read NAME START END          -> ok      (read: maps the zero page)
+/// dontneed|free NAME START END -> ok      (madvise)
+/// huge|nohuge NAME START END   -> ok      (MADV_HUGEPAGE / MADV_NOHUGEPAGE)
+/// unmap NAME START END         -> ok
+/// populate NAME START END      -> ok      (MADV_POPULATE_WRITE: pages without faults)
+/// lock NAME START END          -> ok      (mlock, then munlock: populated without faults)
+/// move NAME                    -> moved NAME 0xADDR   (mremap to a new address)
+/// fill NAME START END          -> ok      (write every byte of each page, distinct per page)
+/// checksum NAME START END      -> sum HEX (FNV-1a over the pages' words; reads map the zero page)
+/// churn NAME START END         -> ok      (a thread MADV_DONTNEEDs the range in a loop until exit)
+/// thp off|on                   -> ok      (prctl(PR_SET_THP_DISABLE, 1 | 0))
+/// exit                         -> (exits 0)
+/// ```
+/// Errors reply `error <message>`, and the process keeps going.
+#[derive(Default)]
+pub struct Script {
+    areas: HashMap<String, Area>,
+}
+
+impl Script {
+    pub(super) fn run(mut self) -> Result<ExitCode, WorkloadError> {
+        let mut out = io::stdout().lock();
+        writeln!(out, "ready {}", std::process::id())?;
+        out.flush()?;
+        for line in io::stdin().lock().lines() {
+            let line = line?;
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            if line == "exit" {
+                break;
+            }
+            match self.command(line) {
+                Ok(reply) => writeln!(out, "{reply}")?,
+                Err(err) => writeln!(out, "error {}", crate::render::error_chain(&err))?,
+            }
+            out.flush()?;
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    fn command(&mut self, line: &str) -> Result<String, WorkloadError> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let (verb, name) = match words.as_slice() {
+            [verb, name, ..] => (*verb, *name),
+            _ => refuse!("expected: VERB NAME [ARGS]"),
+        };
+        let num = |i: usize| -> Result<u64, WorkloadError> {
+            words
+                .get(i)
+                .ok_or_else(|| WorkloadError::Script(format!("missing argument {i}")))?
+                .parse()
+                .map_err(|_| WorkloadError::Script(format!("argument {i}: not a number")))
+        };
+        if verb == "thp" {
+            let disable = match name {
+                "off" => 1,
+                "on" => 0,
+                other => refuse!("expected thp off|on, not {other}"),
+            };
+            // SAFETY: prctl with integer arguments.
+            if unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, disable, 0, 0, 0) } != 0 {
+                refuse!("prctl(PR_SET_THP_DISABLE): {}", io::Error::last_os_error());
+            }
+            return Ok("ok".into());
+        }
+        if verb == "map" {
+            let advice = match words.get(3).copied() {
+                Some("huge") => Some(MmapAdvise::MADV_HUGEPAGE),
+                Some("nohuge") | None => Some(MmapAdvise::MADV_NOHUGEPAGE),
+                // Whatever the THP settings give a VMA without advice.
+                Some("plain") => None,
+                Some(other) => refuse!("unknown advice {other}"),
+            };
+            let a = Area::map(num(2)? << 20, advice)?;
+            let reply = format!("mapped {name} {:#x} {}", a.addr(), a.pages());
+            self.areas.insert(name.to_owned(), a);
+            return Ok(reply);
+        }
+        let a = self
+            .areas
+            .get_mut(name)
+            .ok_or_else(|| WorkloadError::Script(format!("no area {name}")))?;
+        if verb == "move" {
+            a.relocate()?;
+            return Ok(format!("moved {name} {:#x}", a.addr()));
+        }
+        let (start, end) = (num(2)?, num(3)?);
+        if start > end {
+            refuse!("empty range {start}..{end}");
+        }
+        match verb {
+            "touch" => a.touch(start, end)?,
+            "threads" => a.touch_on_every_cpu(start, end)?,
+            "read" => {
+                a.read(start, end)?;
+            }
+            "dontneed" => a.advise(start, end, MmapAdvise::MADV_DONTNEED)?,
+            "free" => a.advise(start, end, MmapAdvise::MADV_FREE)?,
+            "huge" => a.advise(start, end, MmapAdvise::MADV_HUGEPAGE)?,
+            "nohuge" => a.advise(start, end, MmapAdvise::MADV_NOHUGEPAGE)?,
+            "populate" => a.advise(start, end, MmapAdvise::MADV_POPULATE_WRITE)?,
+            "unmap" => a.unmap(start, end)?,
+            "lock" => a.lock(start, end)?,
+            "fill" => {
+                a.page_ptr(end)?;
+                for page in start..end {
+                    let p = a.page_ptr(page)?.cast::<u64>();
+                    for w in 0..PAGE_SIZE / 8 {
+                        // SAFETY: inside the mapping (checked above), 8-byte aligned.
+                        unsafe { p.add(w as usize).write_volatile(page << 32 | w) };
+                    }
+                }
+            }
+            "checksum" => {
+                a.page_ptr(end)?;
+                let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+                for page in start..end {
+                    let p = a.page_ptr(page)?.cast::<u64>();
+                    for w in 0..PAGE_SIZE as usize / 8 {
+                        // SAFETY: as `fill`.
+                        h = (h ^ unsafe { p.add(w).read_volatile() }).wrapping_mul(0x100_0000_01b3);
+                    }
+                }
+                return Ok(format!("sum {h:016x}"));
+            }
+            "churn" => {
+                let (ptr, len) = (a.page_ptr(start)? as usize, (end - start) * PAGE_SIZE);
+                a.page_ptr(end)?;
+                std::thread::spawn(move || {
+                    loop {
+                        // SAFETY: DONTNEED only drops pages of our own anonymous memory
+                        // (they read back as zeroes); once the area is gone it fails with
+                        // ENOMEM. Re-mapping NAME while it churns would churn the new one.
+                        unsafe {
+                            libc::madvise(
+                                ptr as *mut libc::c_void,
+                                len as usize,
+                                libc::MADV_DONTNEED,
+                            )
+                        };
+                    }
+                });
+            }
+            other => refuse!("unknown command {other}"),
+        }
+        Ok("ok".into())
+    }
+}
