@@ -445,7 +445,22 @@ pub fn assert_huge_exactly(what: &str, pid: i32, areas: &[Area], huge: &[u64]) {
             }
         }
     }
-    assert!(wrong.is_empty(), "{what}: {}", wrong.join("; "));
+    assert!(
+        wrong.is_empty(),
+        "{what}: {}{}",
+        wrong.join("; "),
+        thp_changed()
+    );
+}
+
+/// For a message about memory that became huge unexpectedly: what else may have done it.
+pub fn thp_changed() -> String {
+    skip::thp_not_madvise().map_or_else(String::new, |now| {
+        format!(
+            " ({now} now: another process changed it, so faults and khugepaged make THPs \
+             behind the test's back)"
+        )
+    })
 }
 
 /// `checksum NAME 0 PAGES` of every area.
