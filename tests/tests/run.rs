@@ -2,7 +2,8 @@
 //! policy chooses become PMD-mapped (pagemap and kpageflags, PMD by PMD), opt-outs and
 //! processes not named are left alone, contents are kept, `--dry-run` changes nothing, a target
 //! dying mid-run does not stop the daemon, a region that fills up is collapsed without waiting
-//! for the interval, and bad input is refused before anything is acted on.
+//! for the interval, a region split after its collapse is collapsed and reported again, and bad
+//! input is refused before anything is acted on.
 //!
 //! The children map their areas without advice (`plain`) or with MADV_NOHUGEPAGE, so with THP
 //! in `madvise` mode neither faults nor khugepaged make anything huge behind the test's back.
@@ -220,7 +221,13 @@ fn once_collapses_exactly_the_chosen_pmds_and_nothing_else() {
         ]
     };
     let before = sums(&mut target, &mut no_thp, &mut stranger);
-    assert_huge_exactly("target before", target.pid, &areas, &[]);
+    for (w, a) in [
+        (&target, &areas),
+        (&no_thp, &no_thp_areas),
+        (&stranger, &stranger_areas),
+    ] {
+        assert_huge_exactly("before the run", w.pid, a, &[]);
+    }
 
     let (t, n) = (target.pid.to_string(), no_thp.pid.to_string());
     let mut args = vec!["--once", "--pid", &t, "--pid", &n];
