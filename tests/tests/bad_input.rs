@@ -23,25 +23,6 @@ fn collapse(args: &[&str], env: &[(&str, &str)], uid: Option<u32>) -> Output {
     cmd.output().expect("run collapse")
 }
 
-/// Exactly one stderr line, starting `collapse: ` and containing `needle`; empty stdout.
-fn assert_error(out: &Output, needle: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        !out.status.success(),
-        "exit status 0 for bad input; stderr {stderr:?}"
-    );
-    assert_eq!(stdout, "", "stdout must stay empty on error");
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "want one error line, got {lines:?}");
-    assert!(lines[0].starts_with("collapse: "), "{lines:?}");
-    assert!(
-        lines[0].contains(needle),
-        "{:?} does not mention {needle:?}",
-        lines[0]
-    );
-}
-
 #[test]
 fn bad_arguments_and_targets() {
     skip_if!(needs_root_tests());

@@ -275,6 +275,20 @@ impl Pipeline {
         let now = Instant::now();
         self.follow_targets(session);
         let regions = self.candidates(session, now);
+        // A region reported huge is a candidate again only once it is no longer PMD-mapped
+        // (split by a partial unmap, MADV_DONTNEED, mprotect, ...): what happens to it next is a
+        // new state, so a second collapse is reported and counted like the first (as the
+        // executor's bytes and latencies count it).
+        for r in &regions {
+            let key = (r.pid, r.addr);
+            if self
+                .reported
+                .get(&key)
+                .is_some_and(|rep| rep.state.0 == "huge")
+            {
+                self.reported.remove(&key);
+            }
+        }
         let mut plans: Vec<RegionPlan> = plan_regions(&self.planner, &regions);
         self.within_rate(&mut plans);
         let pass = self.executor.execute(&plans);

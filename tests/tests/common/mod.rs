@@ -9,13 +9,13 @@ use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Write},
     path::PathBuf,
-    process::{Child, ChildStdin, Command, ExitStatus, Stdio},
+    process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
 
 use collapse::{kernel::pagemap, snapshot::read_snapshot};
-use collapse_common::OccupancyBitmap;
+use collapse_common::{OccupancyBitmap, consts::PMD_SIZE};
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
@@ -375,4 +375,134 @@ pub fn large_folio_events(seen: &[Value], pid: i32, order: u16) -> usize {
     seen.iter()
         .filter(|v| v["event"] == "large_folio_fault" && v["pid"] == pid && v["order"] == order)
         .count()
+}
+
+/// PTEs (4 KiB pages) in one PMD region.
+pub const PAGES_PER_PMD: u64 = 512;
+
+/// An area a workload child mapped: its name, start and size in pages.
+#[derive(Clone, Copy, Debug)]
+pub struct Area {
+    pub name: &'static str,
+    pub addr: u64,
+    pub pages: u64,
+}
+
+impl Area {
+    /// Maps `mib` MiB in `w` with `advice` (`huge`, `nohuge` or `plain`).
+    pub fn map(w: &mut Workload, name: &'static str, mib: u64, advice: &str) -> Self {
+        let addr = w.map_advised(name, mib, advice);
+        Self {
+            name,
+            addr,
+            pages: mib * 256,
+        }
+    }
+
+    /// The start of each of its PMD regions.
+    pub fn regions(&self) -> impl Iterator<Item = u64> + '_ {
+        (0..self.pages / PAGES_PER_PMD).map(|r| self.addr + r * PMD_SIZE)
+    }
+
+    /// The start of its region `i`.
+    pub fn region(&self, i: u64) -> u64 {
+        self.addr + i * PMD_SIZE
+    }
+}
+
+/// Whether the region at `addr` of `pid` is mapped by one PMD to a THP, from two sources that
+/// must agree: pagemap (PAGEMAP_SCAN's PAGE_IS_HUGE, or the head page's kpageflags where the
+/// ioctl is missing) and kpageflags alone (the folio order behind each of its 512 PTEs, from
+/// the COMPOUND_HEAD / COMPOUND_TAIL run).
+pub fn pmd_mapped(pid: i32, addr: u64) -> bool {
+    let mapped = pagemap::read_region(pid, addr)
+        .expect("read pagemap")
+        .pmd_mapped;
+    let orders = pagemap::folio_orders(pid, addr).expect("read kpageflags");
+    let all_order_9 = orders.iter().all(|&o| o == 9);
+    assert_eq!(
+        mapped,
+        all_order_9,
+        "pid {pid} region {addr:#x}: pagemap says PMD-mapped {mapped}, kpageflags folio orders {:?}",
+        orders
+            .iter()
+            .fold(BTreeMap::<i8, usize>::new(), |mut m, &o| {
+                *m.entry(o).or_default() += 1;
+                m
+            })
+    );
+    mapped
+}
+
+/// Asserts that exactly the regions in `huge` of `areas` are PMD-mapped in `pid`, PMD by PMD.
+pub fn assert_huge_exactly(what: &str, pid: i32, areas: &[Area], huge: &[u64]) {
+    let mut wrong = Vec::new();
+    for a in areas {
+        for r in a.regions() {
+            let is = pmd_mapped(pid, r);
+            if is != huge.contains(&r) {
+                wrong.push(format!("{} region {r:#x}: PMD-mapped {is}", a.name));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{what}: {}{}",
+        wrong.join("; "),
+        thp_changed()
+    );
+}
+
+/// For a message about memory that became huge unexpectedly: what else may have done it.
+pub fn thp_changed() -> String {
+    skip::thp_not_madvise().map_or_else(String::new, |now| {
+        format!(
+            " ({now} now: another process changed it, so faults and khugepaged make THPs \
+             behind the test's back)"
+        )
+    })
+}
+
+/// `checksum NAME 0 PAGES` of every area.
+pub fn checksums(w: &mut Workload, areas: &[Area]) -> Vec<String> {
+    areas
+        .iter()
+        .map(|a| w.cmd(&format!("checksum {} 0 {}", a.name, a.pages)))
+        .collect()
+}
+
+/// Runs `collapse ARGS` to completion.
+pub fn collapse_output(args: &[&str]) -> Output {
+    Command::new(collapse_bin())
+        .args(args)
+        .output()
+        .expect("run collapse")
+}
+
+/// Every stdout line of a `--json` command, parsed.
+pub fn json_lines(out: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+        .collect()
+}
+
+/// Exactly one stderr line, starting `collapse: ` and containing `needle`; empty stdout; a
+/// non-zero exit status.
+pub fn assert_error(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "exit status 0 for bad input; stderr {stderr:?}"
+    );
+    assert_eq!(stdout, "", "stdout must stay empty on error");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "want one error line, got {lines:?}");
+    assert!(lines[0].starts_with("collapse: "), "{lines:?}");
+    assert!(
+        lines[0].contains(needle),
+        "{:?} does not mention {needle:?}",
+        lines[0]
+    );
 }

@@ -58,3 +58,16 @@ pub fn thp_never() -> Option<&'static str> {
     (enabled.is_empty() || enabled.contains("[never]"))
         .then_some("transparent_hugepage/enabled is never")
 }
+
+/// Why a test that relies on THP `enabled` being `madvise` cannot run: it is not (there,
+/// memory without advice gets THPs at fault and khugepaged scans it, behind the test's back).
+pub fn thp_not_madvise() -> Option<String> {
+    let enabled =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    (!enabled.contains("[madvise]")).then(|| {
+        format!(
+            "transparent_hugepage/enabled is {:?}, not madvise",
+            enabled.trim()
+        )
+    })
+}
