@@ -105,7 +105,7 @@ pub(crate) struct PolicyArgs {
     #[arg(long, value_name = "NAME")]
     pub(crate) policy: Option<String>,
     /// Empty PTEs a PMD collapse may fill (0..511).
-    #[arg(long, value_name = "N")]
+    #[arg(long, allow_negative_numbers = true, value_name = "N")]
     pub(crate) max_ptes_none: Option<u16>,
     /// Enabled collapse sizes, e.g. 16K,64K,2M (order numbers 2..9 also accepted).
     #[arg(long, value_name = "LIST")]
@@ -114,10 +114,10 @@ pub(crate) struct PolicyArgs {
     #[arg(long, value_name = "SIZE")]
     pub(crate) min_order: Option<String>,
     /// Swap PTEs a collapse may bring back (0..511).
-    #[arg(long, value_name = "N")]
+    #[arg(long, allow_negative_numbers = true, value_name = "N")]
     pub(crate) max_ptes_swap: Option<u16>,
     /// Shared PTEs a collapse may include (0..511).
-    #[arg(long, value_name = "N")]
+    #[arg(long, allow_negative_numbers = true, value_name = "N")]
     pub(crate) max_ptes_shared: Option<u16>,
 }
 
@@ -167,20 +167,35 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     pub(crate) once: bool,
     /// Seconds between passes (a pass also runs as soon as a region changes noticeably).
-    #[arg(long, default_value_t = 1.0, value_name = "S")]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        default_value_t = 1.0,
+        value_name = "S"
+    )]
     pub(crate) interval: f64,
     /// Stop after S seconds.
-    #[arg(long, value_name = "S")]
+    #[arg(long, allow_negative_numbers = true, value_name = "S")]
     pub(crate) duration: Option<f64>,
     /// At most this much memory made huge per second, in MiB (a token bucket).
-    #[arg(long, value_name = "MiB/s")]
+    #[arg(long, allow_negative_numbers = true, value_name = "MiB/s")]
     pub(crate) max_rate: Option<f64>,
     /// Pause collapsing while /proc/pressure/memory "some avg10" is above P percent.
-    #[arg(long, default_value_t = 10.0, value_name = "P")]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        default_value_t = 10.0,
+        value_name = "P"
+    )]
     pub(crate) psi_limit: f64,
     /// When a pass's slowest collapse takes longer than MS milliseconds, the interval doubles;
     /// it shrinks back once collapses are fast again.
-    #[arg(long, default_value_t = 30.0, value_name = "MS")]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        default_value_t = 30.0,
+        value_name = "MS"
+    )]
     pub(crate) max_latency_ms: f64,
     /// Collapse up to N targets at once, one thread each (one process's collapses serialise
     /// on its mmap lock anyway).

@@ -159,6 +159,15 @@ pub fn cgroup_id(path: &Path) -> Result<u64> {
     Ok(meta.ino())
 }
 
+/// Whether `pid` is a kernel thread (PF_KTHREAD in /proc/PID/stat's flags,
+/// include/linux/sched.h).
+pub fn is_kernel_thread(pid: i32) -> bool {
+    const PF_KTHREAD: u32 = 0x0020_0000;
+    Process::new(pid)
+        .and_then(|p| p.stat())
+        .is_ok_and(|s| s.flags & PF_KTHREAD != 0)
+}
+
 /// How much of a process's anonymous memory is PMD-mapped THP.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemoryCoverage {

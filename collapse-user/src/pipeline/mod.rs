@@ -68,6 +68,8 @@ pub enum RunError {
     Tracer(#[from] TracerError),
     #[error("pid {0} has no anonymous memory to collapse")]
     NoAnonMemory(u32),
+    #[error("pid {0} is a kernel thread: it has no memory of its own to collapse")]
+    KernelThread(u32),
     #[error(transparent)]
     Pagemap(#[from] pagemap::PagemapError),
     #[error(transparent)]
@@ -519,9 +521,16 @@ pub async fn run(
     job: RunJob,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunSummary, RunError> {
+    // Said first, in the words every command uses: collapsing needs root.
+    if !nix::unistd::geteuid().is_root() {
+        return Err(TracerError::from(crate::tracer::BpfError::NotRoot).into());
+    }
     // A named process with nothing to collapse is a mistake worth saying before loading.
     for &tgid in target.pids() {
         if pagemap::anon_vmas(tgid as i32)?.is_empty() {
+            if procs::is_kernel_thread(tgid as i32) {
+                return Err(RunError::KernelThread(tgid));
+            }
             return Err(RunError::NoAnonMemory(tgid));
         }
     }
