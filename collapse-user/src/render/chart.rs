@@ -98,11 +98,11 @@ impl<E: std::error::Error + Send + Sync> From<DrawingAreaErrorKind<E>> for Chart
 }
 
 /// plotters divides a font size by 1.24 when it writes SVG (plotters-svg `draw_text`): these
-/// are the sizes asked of it, for 19, 14.5, 12 and 13 px text in the SVG.
+/// are the sizes asked of it, for 19, 14.5, 13 and 13.7 px text in the SVG.
 const TITLE_FONT: f64 = 24.0;
 const AXIS_DESC_FONT: f64 = 18.0;
-const TICK_FONT: f64 = 15.0;
-const LABEL_FONT: f64 = 16.0;
+const TICK_FONT: f64 = 16.0;
+const LABEL_FONT: f64 = 17.0;
 const DOT_RADIUS: u32 = 3;
 const SCATTER_DOT_RADIUS: u32 = 6;
 
@@ -160,57 +160,205 @@ impl PixelBox {
 }
 
 /// How far out (in label heights) the search for a free place goes.
-const LABEL_RINGS: usize = 6;
+const LABEL_RINGS: usize = 8;
+
+/// The directions tried around a point, counter-clockwise from the right, best first:
+/// beside it, above and below, the diagonals, then the directions between.
+const LABEL_ANGLES: [f64; 16] = [
+    0.0, 180.0, 90.0, 270.0, 45.0, 315.0, 135.0, 225.0, 22.5, 337.5, 157.5, 202.5, 67.5, 112.5,
+    247.5, 292.5,
+];
+
+/// How many orders [`place_labels`] tries at most.
+const LABEL_ORDERS: usize = 64;
+
+/// A line segment in pixels.
+pub type Segment = ((f64, f64), (f64, f64));
+
+/// Where one label goes: its box, and the leader line drawn from its point to the box when it
+/// sits farther out than right beside the point.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PlacedLabel {
+    pub text_box: PixelBox,
+    pub leader: Option<Segment>,
+}
+
+/// Whether segment `a`–`b` passes through box `r` (Liang–Barsky clipping).
+fn segment_meets((a, b): Segment, r: &PixelBox) -> bool {
+    let (dx, dy) = (b.0 - a.0, b.1 - a.1);
+    let (mut t0, mut t1) = (0.0_f64, 1.0_f64);
+    for (p, q) in [
+        (-dx, a.0 - r.x),
+        (dx, r.x + r.w - a.0),
+        (-dy, a.1 - r.y),
+        (dy, r.y + r.h - a.1),
+    ] {
+        if p == 0.0 {
+            if q <= 0.0 {
+                return false;
+            }
+        } else {
+            let t = q / p;
+            if p < 0.0 {
+                t0 = t0.max(t);
+            } else {
+                t1 = t1.min(t);
+            }
+        }
+    }
+    t0 < t1
+}
 
 /// Where each label goes, in order: label `i` has size `sizes[i]` and belongs to
-/// `points[i]`. It takes the first of a few places around its point (right, left, above,
-/// below, then the four diagonals, then the same one label height farther out, ...) whose
-/// box stays inside `bounds`, meets no label placed before it, and meets no point's dot
-/// (radius `dot_radius`, of any label). `None`: no free place within reach; the caller then
-/// draws no label (the legend still names the series).
+/// `points[i]` (points past `sizes.len()` have no label but are kept clear). It takes the
+/// first of a few places around its point (right, left, above, below, the four diagonals,
+/// the directions between; then the same one label height farther out, ...) whose box stays
+/// inside
+/// `bounds` and meets no label placed before it, no leader line, and no point's dot (radius
+/// `dot_radius`); a label set farther out than the first ring gets a leader line from its
+/// point, which must not cross a placed label either. `None`: no free place within reach; the
+/// caller then draws no label (the legend still names the series).
 pub fn place_labels(
     points: &[(f64, f64)],
     sizes: &[(f64, f64)],
     dot_radius: f64,
     bounds: PixelBox,
-) -> Vec<Option<PixelBox>> {
+) -> Vec<Option<PlacedLabel>> {
+    // Greedy placement can wall a label in with its neighbours' labels and leaders. Placing
+    // the labels left without room first usually frees them; failing that, a few shuffled
+    // orders (a fixed sequence: the same chart always gets the same labels). The best kept.
+    let labels = sizes.len().min(points.len());
+    let missing = |placed: &[Option<PlacedLabel>]| placed.iter().filter(|p| p.is_none()).count();
+    let mut order: Vec<usize> = (0..labels).collect();
+    let mut last = place_in_order(points, sizes, dot_radius, bounds, &order);
+    let mut best = last.clone();
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    for attempt in 0..LABEL_ORDERS {
+        if missing(&best) == 0 {
+            break;
+        }
+        if attempt % 2 == 0 {
+            let (first, rest): (Vec<usize>, Vec<usize>) =
+                order.iter().partition(|&&i| last[i].is_none());
+            order = first.into_iter().chain(rest).collect();
+        } else {
+            // Fisher–Yates with a xorshift generator.
+            for i in (1..order.len()).rev() {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                order.swap(i, (seed % (i as u64 + 1)) as usize);
+            }
+        }
+        last = place_in_order(points, sizes, dot_radius, bounds, &order);
+        if missing(&last) < missing(&best) {
+            best = last.clone();
+        }
+    }
+    best
+}
+
+/// One greedy pass of [`place_labels`], taking the labels in `order`; the result is by label.
+fn place_in_order(
+    points: &[(f64, f64)],
+    sizes: &[(f64, f64)],
+    dot_radius: f64,
+    bounds: PixelBox,
+    order: &[usize],
+) -> Vec<Option<PlacedLabel>> {
     let dots: Vec<PixelBox> = points
         .iter()
         .map(|&p| PixelBox::around(p, dot_radius))
         .collect();
-    let mut placed: Vec<PixelBox> = Vec::new();
-    points
-        .iter()
-        .zip(sizes)
-        .map(|(&(px, py), &(w, h))| {
-            let free = |b: &PixelBox| {
+    let mut placed: Vec<PlacedLabel> = Vec::new();
+    let mut out = vec![None; order.len()];
+    for &i in order {
+        let ((px, py), (w, h)) = (points[i], sizes[i]);
+        out[i] = {
+            let free = |label: &PlacedLabel| {
+                let b = &label.text_box;
                 bounds.contains(b)
-                    && !placed.iter().any(|p| p.intersects(b))
                     && !dots.iter().any(|d| d.intersects(b))
+                    && !placed.iter().any(|p| {
+                        p.text_box.intersects(b)
+                            || p.leader.is_some_and(|l| segment_meets(l, b))
+                            || label.leader.is_some_and(|l| segment_meets(l, &p.text_box))
+                    })
+                    // A leader crosses no other dot, except those its own dot touches (it
+                    // cannot get out without).
+                    && label.leader.is_none_or(|l| {
+                        dots.iter()
+                            .all(|d| d.intersects(&dots[i]) || !segment_meets(l, d))
+                    })
             };
-            let found = (0..LABEL_RINGS)
-                .flat_map(|ring| {
-                    let d = dot_radius + 3.0 + ring as f64 * (h + 2.0);
-                    let diag = d * std::f64::consts::FRAC_1_SQRT_2;
-                    [
-                        (px + d, py - h / 2.0),
-                        (px - d - w, py - h / 2.0),
-                        (px - w / 2.0, py - d - h),
-                        (px - w / 2.0, py + d),
-                        (px + diag, py - diag - h),
-                        (px + diag, py + diag),
-                        (px - diag - w, py - diag - h),
-                        (px - diag - w, py + diag),
-                    ]
+            let found = candidates((px, py), (w, h), dot_radius)
+                .map(|(text_box, away)| PlacedLabel {
+                    text_box,
+                    leader: away.then(|| ((px, py), text_box.nearest((px, py)))),
                 })
-                .map(|(x, y)| PixelBox { x, y, w, h })
                 .find(free);
-            if let Some(b) = found {
-                placed.push(b);
+            if let Some(label) = found {
+                placed.push(label);
             }
             found
-        })
-        .collect()
+        };
+    }
+    out
+}
+
+/// The places tried for a label of size `(w, h)` at point `(px, py)`, best first, each with
+/// whether it is away from the point (and needs a leader line): the 8 directions right beside
+/// the dot; then, ring by ring one label height farther out, 16 directions, and stacks of
+/// places above and below those right and left of the point (where crowded labels line up).
+fn candidates(
+    (px, py): (f64, f64),
+    (w, h): (f64, f64),
+    dot_radius: f64,
+) -> impl Iterator<Item = (PixelBox, bool)> {
+    let around = move |d: f64, degrees: f64| {
+        let (sin, cos) = f64::to_radians(degrees).sin_cos();
+        // The box's side (or corner) nearest the point faces it, `d` away.
+        let (ax, ay) = (px + d * cos, py - d * sin);
+        let x = if cos > 0.3 {
+            ax
+        } else if cos < -0.3 {
+            ax - w
+        } else {
+            ax - w / 2.0
+        };
+        let y = if sin > 0.3 {
+            ay - h
+        } else if sin < -0.3 {
+            ay
+        } else {
+            ay - h / 2.0
+        };
+        PixelBox { x, y, w, h }
+    };
+    let step = h + 2.0;
+    let beside = LABEL_ANGLES[..8]
+        .iter()
+        .map(move |&a| (around(dot_radius + 3.0, a), false));
+    let farther = (1..LABEL_RINGS).flat_map(move |ring| {
+        let d = dot_radius + 3.0 + ring as f64 * step;
+        let ring_places = LABEL_ANGLES.map(|a| around(d, a));
+        let stacks = (1..=LABEL_RINGS as i32).flat_map(move |row| {
+            [-row, row].into_iter().flat_map(move |row| {
+                let y = py - h / 2.0 + f64::from(row) * step;
+                [
+                    PixelBox { x: px + d, y, w, h },
+                    PixelBox {
+                        x: px - d - w,
+                        y,
+                        w,
+                        h,
+                    },
+                ]
+            })
+        });
+        ring_places.into_iter().chain(stacks).map(|b| (b, true))
+    });
+    beside.chain(farther)
 }
 
 /// Fits a range to `values` and 0, with a margin beyond the data.
@@ -406,31 +554,36 @@ fn draw_labels(
             texts.push((label, s.color));
         }
     }
-    let labelled = points.len();
     let radius = f64::from(SCATTER_DOT_RADIUS.max(DOT_RADIUS));
     points.extend(&obstacles);
     // The unlabelled dots take part as points without a label (a zero-size label never
     // placed: `sizes` is shorter than `points`).
-    let boxes = place_labels(&points, &sizes, radius, bounds);
-    for ((placed, &(text, color)), &point) in boxes.iter().zip(&texts).zip(&points[..labelled]) {
-        let Some(b) = placed else { continue };
+    let placed = place_labels(&points, &sizes, radius, bounds);
+    for (label, &(text, color)) in placed.iter().zip(&texts) {
+        let Some(PlacedLabel {
+            text_box: b,
+            leader,
+        }) = label
+        else {
+            continue;
+        };
         let color = series_color(color);
-        let near = b.nearest(point);
-        if (near.0 - point.0).hypot(near.1 - point.1) > radius + 6.0 {
+        if let Some((from, to)) = leader {
             root.draw(&PathElement::new(
                 vec![
-                    (point.0 as i32, point.1 as i32),
-                    (near.0 as i32, near.1 as i32),
+                    (from.0.round() as i32, from.1.round() as i32),
+                    (to.0.round() as i32, to.1.round() as i32),
                 ],
                 color.mix(0.8).stroke_width(1),
             ))?;
         }
+        // Centred on the box's middle: the SVG's `dy="0.5ex"` puts the x-height there.
         root.draw(&Text::new(
             text.to_owned(),
-            (b.x.round() as i32, b.y.round() as i32),
+            (b.x.round() as i32, (b.y + b.h / 2.0).round() as i32),
             TextStyle::from(("sans-serif", LABEL_FONT).into_font())
                 .color(&BLACK)
-                .pos(Pos::new(HPos::Left, VPos::Top)),
+                .pos(Pos::new(HPos::Left, VPos::Center)),
         ))?;
     }
     Ok(())
@@ -469,10 +622,10 @@ fn draw_legend(
         }
         root.draw(&Text::new(
             series.name.clone(),
-            (x + 32, y),
+            (x + 32, mid),
             TextStyle::from(("sans-serif", LABEL_FONT).into_font())
                 .color(&BLACK)
-                .pos(Pos::new(HPos::Left, VPos::Top)),
+                .pos(Pos::new(HPos::Left, VPos::Center)),
         ))?;
     }
     Ok(())
@@ -536,33 +689,66 @@ mod tests {
 
     #[test]
     fn crowded_labels_never_overlap_labels_or_points() {
+        // Six arms with nearly the same figures (dots overlapping), three with the same.
+        let mut points: Vec<(f64, f64)> = (0..6)
+            .map(|i| {
+                (
+                    400.0 + f64::from(i % 3) * 8.0,
+                    250.0 + f64::from(i / 3) * 8.0,
+                )
+            })
+            .collect();
+        points.extend([(100.0, 100.0); 3]);
+        let labels = check_placement(&points);
+        assert!(
+            labels.iter().all(Option::is_some),
+            "room for every label: {labels:?}"
+        );
+        assert!(
+            labels.iter().flatten().any(|l| l.leader.is_some()),
+            "crowded, some labels move out: {labels:?}"
+        );
+    }
+
+    #[test]
+    fn labels_never_overlap_even_where_some_find_no_room() {
+        // Sixteen dots in a 12-pixel square: not every label fits, none that is drawn overlaps.
+        let points: Vec<(f64, f64)> = (0..16)
+            .map(|i| {
+                (
+                    400.0 + f64::from(i % 4) * 4.0,
+                    250.0 + f64::from(i / 4) * 4.0,
+                )
+            })
+            .collect();
+        let labels = check_placement(&points);
+        assert!(labels.iter().flatten().count() >= 8, "{labels:?}");
+    }
+
+    /// Places a label per point in an 800 × 500 chart and checks what placement promises:
+    /// inside the chart, the label's size, no two labels meet, no label covers a dot, and no
+    /// leader line crosses another label.
+    fn check_placement(points: &[(f64, f64)]) -> Vec<Option<PlacedLabel>> {
         let bounds = PixelBox {
             x: 0.0,
             y: 0.0,
             w: 800.0,
             h: 500.0,
         };
-        // Nine points within 12 pixels of each other, and three on top of one another.
-        let mut points: Vec<(f64, f64)> = (0..9)
-            .map(|i| {
-                (
-                    400.0 + f64::from(i % 3) * 6.0,
-                    250.0 + f64::from(i / 3) * 6.0,
-                )
-            })
-            .collect();
-        points.extend([(100.0, 100.0); 3]);
         let sizes: Vec<(f64, f64)> = (0..points.len())
             .map(|i| text_size(&format!("collapse seed n={i}"), LABEL_FONT))
             .collect();
-        let placed = place_labels(&points, &sizes, 6.0, bounds);
-        let boxes: Vec<PixelBox> = placed
+        let placed = place_labels(points, &sizes, 6.0, bounds);
+        assert_eq!(placed.len(), points.len());
+        let boxes: Vec<(usize, PixelBox)> = placed
             .iter()
-            .map(|b| b.expect("room for every label"))
+            .enumerate()
+            .filter_map(|(i, l)| l.map(|l| (i, l.text_box)))
             .collect();
-        assert_eq!(overlaps(&boxes), [], "{boxes:?}");
-        for (i, b) in boxes.iter().enumerate() {
-            assert!(bounds.contains(b), "label {i} outside: {b:?}");
+        let only: Vec<PixelBox> = boxes.iter().map(|b| b.1).collect();
+        assert_eq!(overlaps(&only), [], "{boxes:?}");
+        for &(i, b) in &boxes {
+            assert!(bounds.contains(&b), "label {i} outside: {b:?}");
             assert_eq!((b.w, b.h), sizes[i]);
             for (j, &p) in points.iter().enumerate() {
                 assert!(
@@ -571,6 +757,38 @@ mod tests {
                 );
             }
         }
+        for (i, l) in placed.iter().enumerate() {
+            let Some(leader) = l.and_then(|l| l.leader) else {
+                continue;
+            };
+            assert_eq!(leader.0, points[i]);
+            for &(j, b) in &boxes {
+                assert!(
+                    j == i || !segment_meets(leader, &b),
+                    "leader {i} crosses label {j}"
+                );
+            }
+        }
+        placed
+    }
+
+    #[test]
+    fn segments_through_boxes() {
+        let b = PixelBox {
+            x: 10.0,
+            y: 10.0,
+            w: 10.0,
+            h: 10.0,
+        };
+        assert!(segment_meets(((0.0, 15.0), (30.0, 15.0)), &b), "across");
+        assert!(
+            segment_meets(((15.0, 15.0), (40.0, 40.0)), &b),
+            "from inside"
+        );
+        assert!(segment_meets(((0.0, 0.0), (30.0, 30.0)), &b), "diagonal");
+        assert!(!segment_meets(((0.0, 0.0), (9.0, 30.0)), &b), "left of it");
+        assert!(!segment_meets(((0.0, 25.0), (30.0, 25.0)), &b), "below it");
+        assert!(!segment_meets(((0.0, 10.0), (8.0, 0.0)), &b), "short of it");
     }
 
     #[test]
@@ -586,17 +804,20 @@ mod tests {
         let placed = place_labels(&[(100.0, 50.0)], &[size], 3.0, bounds);
         assert_eq!(
             placed,
-            [Some(PixelBox {
-                x: 106.0,
-                y: 50.0 - size.1 / 2.0,
-                w: size.0,
-                h: size.1
+            [Some(PlacedLabel {
+                text_box: PixelBox {
+                    x: 106.0,
+                    y: 50.0 - size.1 / 2.0,
+                    w: size.0,
+                    h: size.1
+                },
+                leader: None
             })]
         );
         // Near the right edge: the label goes left of its point.
         let size = text_size("khugepaged-fast", LABEL_FONT);
         let placed = place_labels(&[(295.0, 50.0)], &[size], 3.0, bounds);
-        let b = placed[0].unwrap();
+        let b = placed[0].unwrap().text_box;
         assert!(bounds.contains(&b));
         assert!(b.x + b.w <= 295.0 - 3.0, "{b:?}");
         // A label wider than the chart has nowhere to go.

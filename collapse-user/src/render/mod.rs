@@ -8,8 +8,8 @@ use collapse_common::consts::PAGE_SIZE;
 
 pub use self::{
     chart::{
-        Chart, ChartError, Mark, PixelBox, Series, Spread, chart_svg, place_labels, series_rgb,
-        text_size,
+        Chart, ChartError, Mark, PixelBox, PlacedLabel, Segment, Series, Spread, chart_svg,
+        place_labels, series_rgb, text_size,
     },
     table::Table,
 };
