@@ -15,6 +15,7 @@ use std::{
 use anyhow::Context as _;
 use clap::{Parser as _, error::ErrorKind};
 use collapse::{
+    bench::report,
     demo,
     kernel::thp::ThpSettings,
     pipeline::{self, RunJob, RunOutput},
@@ -27,7 +28,7 @@ use collapse::{
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use self::{
-    args::{Cli, Command, PlanArgs, RunArgs, TraceArgs},
+    args::{Cli, Command, PlanArgs, ReportArgs, RunArgs, TraceArgs},
     convert::PlanInput,
 };
 
@@ -50,6 +51,7 @@ pub fn main() -> ExitCode {
         Command::Plan(args) => plan(&args),
         Command::Run(args) => run(&args),
         Command::Demo(args) => demo(args.duration),
+        Command::Report(args) => rerender(&args),
         Command::Workload(args) => workload::run(convert::workload(args.kind)),
     };
     match result {
@@ -191,6 +193,20 @@ fn demo(duration: f64) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `collapse report DIR`: report.md and report.html again from DIR/report.json, and the
+/// summary table on stdout.
+fn rerender(args: &ReportArgs) -> anyhow::Result<ExitCode> {
+    let bench = report::read(&args.dir)?;
+    let files = report::write_rendered(&args.dir, &bench)?;
+    print!("{}", report::summary_table(&bench));
+    println!(
+        "\nwrote {} and {}",
+        files.markdown.display(),
+        files.html.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// SIGINT and SIGTERM, caught: both stop the command cleanly.
 struct StopSignals {
     int: Signal,
@@ -239,8 +255,19 @@ fn usage_error(err: clap::Error) -> ExitCode {
         };
     }
     let text = err.render().to_string();
-    let first = text.lines().next().unwrap_or("bad arguments");
-    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let mut lines = text.lines();
+    let first = lines.next().unwrap_or("bad arguments");
+    let mut first = first.strip_prefix("error: ").unwrap_or(first).to_owned();
+    // "the following required arguments were not provided:" lists them on the lines below.
+    if first.ends_with(':') {
+        let listed: Vec<&str> = lines
+            .take_while(|l| l.starts_with("  "))
+            .map(str::trim)
+            .collect();
+        if !listed.is_empty() {
+            first = format!("{first} {}", listed.join(" "));
+        }
+    }
     eprintln!("collapse: {first} (see --help)");
     ExitCode::from(2)
 }
