@@ -10,6 +10,11 @@
 //! report and `workload` the built-in test and bench workloads. The command line lives in the
 //! binary; nothing here knows it.
 
+// The report's sample (bench/report/sample.rs) names the library `collapse` wherever it is
+// included, its own unit tests too.
+#[cfg(test)]
+extern crate self as collapse;
+
 pub mod bench;
 pub mod demo;
 pub mod executor;

@@ -17,6 +17,7 @@ pub mod figures;
 mod measure;
 pub mod model;
 mod redis;
+pub mod report;
 pub mod sampler;
 
 use std::{

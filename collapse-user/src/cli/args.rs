@@ -28,6 +28,8 @@ pub(crate) enum Command {
     Bench(BenchArgs),
     /// Built-in demo: a workload with dense, sparse and half-full regions, traced live.
     Demo(DemoArgs),
+    /// Re-render a bench report: report.md and report.html from DIR/report.json.
+    Report(ReportArgs),
     /// Test and benchmark workload (used by tests/ and `cargo xtask bench`).
     #[command(hide = true)]
     Workload(WorkloadArgs),
@@ -244,6 +246,13 @@ pub(crate) struct DemoArgs {
     /// How long to trace the demo workload, in seconds.
     #[arg(long, default_value_t = 15.0, value_name = "S")]
     pub(crate) duration: f64,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReportArgs {
+    /// The directory `collapse bench --out DIR` wrote.
+    #[arg(value_name = "DIR")]
+    pub(crate) dir: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -15,6 +15,7 @@ use std::{
 use anyhow::Context as _;
 use clap::{Parser as _, error::ErrorKind};
 use collapse::{
+    bench::report,
     demo,
     kernel::{journal, thp::ThpSettings},
     pipeline::{self, RunJob, RunOutput},
@@ -27,7 +28,7 @@ use collapse::{
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use self::{
-    args::{BenchArgs, Cli, Command, PlanArgs, RunArgs, TraceArgs},
+    args::{BenchArgs, Cli, Command, PlanArgs, ReportArgs, RunArgs, TraceArgs},
     convert::PlanInput,
 };
 
@@ -52,6 +53,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run(&args),
         Command::Bench(args) => bench(&args),
         Command::Demo(args) => demo(args.duration),
+        Command::Report(args) => rerender(&args),
         Command::Workload(args) => convert::workload(args.kind).and_then(|w| Ok(workload::run(w)?)),
     };
     match result {
@@ -199,7 +201,7 @@ fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         let stop = std::sync::Arc::clone(&stop);
         std::thread::spawn(move || collapse::bench::run(&job, &stop))
     };
-    let report = rt.block_on(async {
+    let bench = rt.block_on(async {
         let waiting = tokio::task::spawn_blocking(move || worker.join());
         tokio::pin!(waiting);
         tokio::select! {
@@ -210,28 +212,17 @@ fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
             }
         }
     });
-    let report = report
+    let bench = bench
         .context("waiting for the bench")?
         .map_err(|_| anyhow::anyhow!("the bench panicked"))??;
-    let path = args.out.join("report.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&report)?)
-        .with_context(|| format!("writing {}", path.display()))?;
-    for a in &report.arms {
-        println!(
-            "{:<22} perf {:>12.0}  t90 {:>6}  final {:>5.1}%  ovh {:>8}  cpu {:?} {:?} ok {:?}",
-            a.name,
-            a.median.perf.unwrap_or(0.0),
-            a.median
-                .time_to_90_s
-                .map_or("-".into(), |t| format!("{t:.1}")),
-            100.0 * a.median.final_coverage.unwrap_or(0.0),
-            a.median.overhead_bytes.unwrap_or(0) >> 20,
-            a.median.cpu_khugepaged_s,
-            a.median.cpu_collapse_s,
-            a.median.checksum_ok
-        );
-    }
-    eprintln!("collapse bench: report in {}", path.display());
+    let files = report::write(&args.out, &bench)?;
+    print!("{}", report::summary_table(&bench));
+    eprintln!(
+        "collapse bench: report in {} ({} and {} beside it)",
+        files.html.display(),
+        files.markdown.display(),
+        files.json.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -272,6 +263,20 @@ fn recover_sysfs() {
         }
         Err(err) => eprintln!("collapse: warning: {err}"),
     }
+}
+
+/// `collapse report DIR`: report.md and report.html again from DIR/report.json, and the
+/// summary table on stdout.
+fn rerender(args: &ReportArgs) -> anyhow::Result<ExitCode> {
+    let bench = report::read(&args.dir)?;
+    let files = report::write_rendered(&args.dir, &bench)?;
+    print!("{}", report::summary_table(&bench));
+    println!(
+        "\nwrote {} and {}",
+        files.markdown.display(),
+        files.html.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// SIGINT and SIGTERM, caught: both stop the command cleanly.
@@ -322,8 +327,19 @@ fn usage_error(err: clap::Error) -> ExitCode {
         };
     }
     let text = err.render().to_string();
-    let first = text.lines().next().unwrap_or("bad arguments");
-    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let mut lines = text.lines();
+    let first = lines.next().unwrap_or("bad arguments");
+    let mut first = first.strip_prefix("error: ").unwrap_or(first).to_owned();
+    // "the following required arguments were not provided:" lists them on the lines below.
+    if first.ends_with(':') {
+        let listed: Vec<&str> = lines
+            .take_while(|l| l.starts_with("  "))
+            .map(str::trim)
+            .collect();
+        if !listed.is_empty() {
+            first = format!("{first} {}", listed.join(" "));
+        }
+    }
     eprintln!("collapse: {first} (see --help)");
     ExitCode::from(2)
 }

@@ -18,7 +18,7 @@ use super::{
     tally::Tally,
 };
 use crate::{
-    render::{ChartError, LineChart, Series, Table, count, line_chart_svg, mib, size_name},
+    render::{Chart, ChartError, Series, Table, chart_svg, count, mib, size_name},
     snapshot::SnapshotRegion,
 };
 
@@ -183,13 +183,15 @@ fn render_svg(points: &[SweepPoint], policies: &[Policy]) -> Result<String, Char
                 color: i,
                 points,
                 labels,
+                ..Series::default()
             }
         })
         .collect();
-    line_chart_svg(&LineChart {
+    chart_svg(&Chart {
         title: "collapse plan --sweep: coverage against bloat",
         x_desc: "bloat (MiB of zero-filled pages)",
         y_desc: "coverage (% of populated memory)",
+        x_range: None,
         y_range: Some((0.0, 105.0)),
         series: &series,
         size: (960, 640),

@@ -7,7 +7,10 @@ mod table;
 use collapse_common::consts::PAGE_SIZE;
 
 pub use self::{
-    chart::{ChartError, LineChart, Series, line_chart_svg},
+    chart::{
+        Chart, ChartError, Mark, PixelBox, PlacedLabel, Segment, Series, Spread, chart_svg,
+        place_labels, series_rgb, text_size,
+    },
     table::Table,
 };
 
