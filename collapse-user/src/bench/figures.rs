@@ -130,8 +130,11 @@ pub fn damon_summary(arms: &[ArmReport]) -> Vec<DamonSummary> {
         .filter(|a| a.kind == ArmKind::Collapse)
         .map(|a| {
             let mut notes = Vec::new();
-            let overhead_removed = match (a.median.overhead_fraction, k.median.overhead_fraction) {
-                (Some(arm), Some(kh)) if kh.abs() > rss_noise => Some(1.0 - arm / kh),
+            // Dividing makes sense only by a real overhead and a real speedup: one within
+            // noise, or a slowdown, is said instead.
+            let overhead_removed = match (a.median.overhead_fraction, k.median.overhead_fraction)
+            {
+                (Some(arm), Some(kh)) if kh > rss_noise => Some(1.0 - arm / kh),
                 (_, Some(kh)) => {
                     notes.push(format!(
                         "khugepaged's memory overhead ({:+.1} %) is within noise ({:.1} %)",
@@ -143,7 +146,14 @@ pub fn damon_summary(arms: &[ArmReport]) -> Vec<DamonSummary> {
                 _ => None,
             };
             let speedup_kept = match (a.median.gain, k.median.gain) {
-                (Some(arm), Some(kh)) if kh.abs() > perf_noise => Some(arm / kh),
+                (Some(arm), Some(kh)) if kh > perf_noise => Some(arm / kh),
+                (_, Some(kh)) if kh < -perf_noise => {
+                    notes.push(format!(
+                        "khugepaged made the workload slower ({:+.1} %): there is no speedup to keep",
+                        100.0 * kh
+                    ));
+                    None
+                }
                 (_, Some(kh)) => {
                     notes.push(format!(
                         "khugepaged's speedup ({:+.1} %) is within noise ({:.1} %)",
@@ -275,5 +285,18 @@ mod tests {
         let d = damon_summary(&arms);
         assert_eq!(d[0].speedup_kept, None);
         assert!(d[0].note.as_deref().unwrap().contains("within noise"));
+        // A slowdown is no speedup to keep.
+        let arms = [
+            arm(ArmKind::None, "none", 0.0, 0.0),
+            arm(ArmKind::Khugepaged, "khugepaged", -0.2, 0.40),
+            arm(ArmKind::Collapse, "collapse", 0.15, 0.10),
+        ];
+        let d = damon_summary(&arms);
+        assert_eq!(d[0].speedup_kept, None);
+        assert!(
+            d[0].note.as_deref().unwrap().contains("slower"),
+            "{:?}",
+            d[0].note
+        );
     }
 }
