@@ -220,7 +220,12 @@ pub fn run(job: &BenchJob, stop: &AtomicBool) -> Result<BenchReport, BenchError>
             "{mthp_sizes} mTHP sizes are enabled at fault time here"
         ));
     }
-    notes.push("no khugepaged-mthp arm: this kernel's khugepaged collapses to PMD size only (mTHP collapse needs 7.2); the modelled outcome shows what each policy would build".to_owned());
+    let tracefs = crate::kernel::tracefs::find();
+    notes.push(if tracefs.is_some_and(|r| crate::kernel::tracefs::khugepaged_collapses_mthp(&r)) {
+        "this kernel's khugepaged collapses to mTHP sizes, but the bench has no khugepaged-mthp arm yet: the modelled outcome shows what each policy would build".to_owned()
+    } else {
+        "no khugepaged-mthp arm: this kernel's khugepaged collapses to PMD size only (mTHP collapse needs 7.2); the modelled outcome shows what each policy would build".to_owned()
+    });
     let mut progress = Progress {
         terminal: std::io::stderr().is_terminal(),
         started: Instant::now(),

@@ -147,6 +147,13 @@ pub fn exists_in(root: &Path, category: &str, name: &str) -> bool {
     root.join("events").join(category).join(name).is_dir()
 }
 
+/// Whether khugepaged collapses to mTHP sizes on this kernel (7.2+): its
+/// `mm_collapse_huge_page` event under `root` carries an `order` field.
+pub fn khugepaged_collapses_mthp(root: &Path) -> bool {
+    TracepointFormat::read(root, "huge_memory", "mm_collapse_huge_page")
+        .is_ok_and(|f| f.field("order").is_ok())
+}
+
 /// One field of a tracepoint record, as its `format` file describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Field {

@@ -15,7 +15,7 @@ pub use self::probe::ProbeError;
 use crate::kernel::{
     btf::{self, BtfError},
     thp::{ThpError, ThpSettings},
-    tracefs::{self, TracefsError, TracepointFormat},
+    tracefs::{self, TracefsError},
 };
 
 /// Tracepoints `collapse trace` needs to keep bitmaps exact: faults populate, syscalls and
@@ -139,10 +139,9 @@ impl Status {
                 ((c, n), found)
             })
             .collect();
-        let khugepaged_mthp = tracefs_root.as_ref().is_some_and(|r| {
-            TracepointFormat::read(r, "huge_memory", "mm_collapse_huge_page")
-                .is_ok_and(|f| f.field("order").is_ok())
-        });
+        let khugepaged_mthp = tracefs_root
+            .as_ref()
+            .is_some_and(|r| tracefs::khugepaged_collapses_mthp(r));
         let kprobe_events = tracefs_root
             .as_ref()
             .filter(|_| readable)
