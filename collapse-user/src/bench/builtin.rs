@@ -11,12 +11,10 @@ use super::{
     arm::ArmSpec,
     child::{Owned, die_with_us, expect_line, lines},
     error::BenchError,
-    figures,
     measure::{
-        RunContext, RunResult, Shared, finish_sysfs, lock, regime, sample_until, start_collapse,
+        KhugepagedCpu, RunContext, RunResult, Shared, finish_sysfs, lock, regime, run_figures,
+        sample_until, start_collapse, stop_collapse,
     },
-    model::ArmFigures,
-    sampler,
 };
 use crate::workload::BuiltIn;
 
@@ -104,9 +102,8 @@ pub(super) fn run(
     } else {
         Vec::new()
     };
-    let kh = sampler::khugepaged_pid();
-    let kh_cpu0 = kh.and_then(sampler::cpu_seconds);
-    let mut collapse = match arm {
+    let khugepaged = KhugepagedCpu::start();
+    let collapse = match arm {
         ArmSpec::Collapse {
             policy,
             max_ptes_none,
@@ -119,31 +116,19 @@ pub(super) fn run(
     let (samples, _) = sample_until(ctx, &[w.pid], &shared, from_vmstat, &mut |s| {
         s.result.is_some()
     });
-    let cpu_collapse = collapse
-        .as_ref()
-        .and_then(|c| sampler::cpu_seconds(c.pid()));
-    if let Some(c) = &mut collapse {
-        c.terminate(Duration::from_secs(10));
-    }
-    // The summary line arrives as `run` stops.
-    std::thread::sleep(Duration::from_millis(100));
-    let kh_cpu1 = kh.and_then(sampler::cpu_seconds);
+    let collapse_cpu = stop_collapse(collapse);
     let _ = writeln!(w.stdin, "exit");
     w.child.terminate(Duration::from_secs(10));
     let changes = finish_sysfs(sysfs);
     let s = lock(&shared);
-    let mut figures = ArmFigures {
-        perf: s.result.map(|r| r.0),
-        checksum_ok: s.result.map(|r| r.1),
-        cpu_khugepaged_s: kh_cpu0.zip(kh_cpu1).map(|(a, b)| b - a),
-        cpu_collapse_s: cpu_collapse,
-        zero_filled_pages: s
-            .summary
-            .as_ref()
-            .and_then(|v| v["zero_filled_pages"].as_u64()),
-        ..ArmFigures::default()
-    };
-    figures::from_samples(&samples, &mut figures);
+    let figures = run_figures(
+        &s,
+        &samples,
+        s.result.map(|r| r.0),
+        s.result.map(|r| r.1),
+        &khugepaged,
+        collapse_cpu,
+    );
     if ctx.stop.load(Ordering::Relaxed) {
         return Err(BenchError::Stopped);
     }

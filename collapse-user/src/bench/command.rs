@@ -4,19 +4,17 @@
 use std::{
     process::{Command, Stdio},
     sync::{Arc, Mutex, atomic::Ordering},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use super::{
     arm::ArmSpec,
     child::{Owned, die_with_us, thp_off},
     error::BenchError,
-    figures,
     measure::{
-        RunContext, RunResult, Shared, finish_sysfs, lock, regime, sample_until, start_collapse,
+        KhugepagedCpu, RunContext, RunResult, Shared, finish_sysfs, lock, regime, run_figures,
+        sample_until, start_collapse, stop_collapse,
     },
-    model::ArmFigures,
-    sampler,
 };
 
 pub(super) fn run(
@@ -26,8 +24,7 @@ pub(super) fn run(
 ) -> Result<RunResult, BenchError> {
     let shared = Arc::new(Mutex::new(Shared::default()));
     let sysfs = regime(arm, true)?;
-    let kh = sampler::khugepaged_pid();
-    let kh_cpu0 = kh.and_then(sampler::cpu_seconds);
+    let khugepaged = KhugepagedCpu::start();
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .stdin(Stdio::null())
@@ -42,7 +39,7 @@ pub(super) fn run(
         source: e,
     })?);
     let pid = child.pid();
-    let mut collapse = match arm {
+    let collapse = match arm {
         ArmSpec::Collapse {
             policy,
             max_ptes_none,
@@ -61,29 +58,19 @@ pub(super) fn run(
     while samples.len() > 1 && samples.last().is_some_and(|s| s.anon_rss_bytes == 0) {
         samples.pop();
     }
-    let cpu_collapse = collapse
-        .as_ref()
-        .and_then(|c| sampler::cpu_seconds(c.pid()));
-    if let Some(c) = &mut collapse {
-        c.terminate(Duration::from_secs(10));
-    }
-    let kh_cpu1 = kh.and_then(sampler::cpu_seconds);
+    let collapse_cpu = stop_collapse(collapse);
     let changes = finish_sysfs(sysfs);
     if ctx.stop.load(Ordering::Relaxed) {
         return Err(BenchError::Stopped);
     }
-    let mut figures = ArmFigures {
-        perf: Some(runtime),
-        checksum_ok: status.map(|s| s.success()),
-        cpu_khugepaged_s: kh_cpu0.zip(kh_cpu1).map(|(a, b)| b - a),
-        cpu_collapse_s: cpu_collapse,
-        zero_filled_pages: lock(&shared)
-            .summary
-            .as_ref()
-            .and_then(|v| v["zero_filled_pages"].as_u64()),
-        ..ArmFigures::default()
-    };
-    figures::from_samples(&samples, &mut figures);
+    let figures = run_figures(
+        &lock(&shared),
+        &samples,
+        Some(runtime),
+        status.map(|s| s.success()),
+        &khugepaged,
+        collapse_cpu,
+    );
     Ok(RunResult {
         samples,
         figures,

@@ -185,3 +185,60 @@ pub(super) fn sample_until(
     }
     (samples, started)
 }
+
+/// khugepaged's CPU over an arm: its thread's utime + stime at the start, read again at the end.
+pub(super) struct KhugepagedCpu {
+    pid: Option<i32>,
+    start: Option<f64>,
+}
+
+impl KhugepagedCpu {
+    pub(super) fn start() -> Self {
+        let pid = sampler::khugepaged_pid();
+        Self {
+            pid,
+            start: pid.and_then(sampler::cpu_seconds),
+        }
+    }
+
+    /// CPU seconds since [`KhugepagedCpu::start`].
+    pub(super) fn since(&self) -> Option<f64> {
+        let now = self.pid.and_then(sampler::cpu_seconds)?;
+        Some(now - self.start?)
+    }
+}
+
+/// Stops `collapse run`, its CPU read first (while it still runs); waits for its summary
+/// line. Returns that CPU.
+pub(super) fn stop_collapse(collapse: Option<Owned>) -> Option<f64> {
+    let mut collapse = collapse?;
+    let cpu = sampler::cpu_seconds(collapse.pid());
+    collapse.terminate(Duration::from_secs(10));
+    // The summary line is read on another thread as `run` stops.
+    std::thread::sleep(Duration::from_millis(100));
+    cpu
+}
+
+/// A run's figures from its samples and what its threads gathered.
+pub(super) fn run_figures(
+    shared: &Shared,
+    samples: &[BenchSample],
+    perf: Option<f64>,
+    checksum_ok: Option<bool>,
+    khugepaged: &KhugepagedCpu,
+    collapse_cpu: Option<f64>,
+) -> ArmFigures {
+    let mut f = ArmFigures {
+        perf,
+        checksum_ok,
+        cpu_khugepaged_s: khugepaged.since(),
+        cpu_collapse_s: collapse_cpu,
+        zero_filled_pages: shared
+            .summary
+            .as_ref()
+            .and_then(|v| v["zero_filled_pages"].as_u64()),
+        ..ArmFigures::default()
+    };
+    super::figures::from_samples(samples, &mut f);
+    f
+}

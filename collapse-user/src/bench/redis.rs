@@ -14,12 +14,10 @@ use super::{
     arm::ArmSpec,
     child::{Owned, die_with_us, thp_off},
     error::BenchError,
-    figures,
     measure::{
-        RunContext, RunResult, Shared, finish_sysfs, lock, regime, sample_until, start_collapse,
+        KhugepagedCpu, RunContext, RunResult, Shared, finish_sysfs, lock, regime, run_figures,
+        sample_until, start_collapse, stop_collapse,
     },
-    model::ArmFigures,
-    sampler,
 };
 
 /// Value size of each key, in bytes.
@@ -173,9 +171,8 @@ pub(super) fn run(ctx: &mut RunContext<'_>, arm: ArmSpec) -> Result<RunResult, B
         ],
     )?;
     let digest = cli(port, &["DEBUG", "DIGEST"]);
-    let kh = sampler::khugepaged_pid();
-    let kh_cpu0 = kh.and_then(sampler::cpu_seconds);
-    let mut collapse = match arm {
+    let khugepaged = KhugepagedCpu::start();
+    let collapse = match arm {
         ArmSpec::Collapse {
             policy,
             max_ptes_none,
@@ -230,14 +227,7 @@ pub(super) fn run(ctx: &mut RunContext<'_>, arm: ArmSpec) -> Result<RunResult, B
     let loaded = load
         .join()
         .map_err(|_| BenchError::Workload("the load thread panicked".into()))?;
-    let cpu_collapse = collapse
-        .as_ref()
-        .and_then(|c| sampler::cpu_seconds(c.pid()));
-    if let Some(c) = &mut collapse {
-        c.terminate(Duration::from_secs(10));
-    }
-    std::thread::sleep(Duration::from_millis(100));
-    let kh_cpu1 = kh.and_then(sampler::cpu_seconds);
+    let collapse_cpu = stop_collapse(collapse);
     let intact = digest.is_some() && cli(port, &["DEBUG", "DIGEST"]) == digest;
     server.terminate(Duration::from_secs(10));
     let changes = finish_sysfs(sysfs);
@@ -246,18 +236,14 @@ pub(super) fn run(ctx: &mut RunContext<'_>, arm: ArmSpec) -> Result<RunResult, B
         return Err(BenchError::Stopped);
     }
     let s = lock(&shared);
-    let mut f = ArmFigures {
-        perf: s.result.map(|r| r.0),
-        checksum_ok: Some(intact),
-        cpu_khugepaged_s: kh_cpu0.zip(kh_cpu1).map(|(a, b)| b - a),
-        cpu_collapse_s: cpu_collapse,
-        zero_filled_pages: s
-            .summary
-            .as_ref()
-            .and_then(|v| v["zero_filled_pages"].as_u64()),
-        ..ArmFigures::default()
-    };
-    figures::from_samples(&samples, &mut f);
+    let f = run_figures(
+        &s,
+        &samples,
+        s.result.map(|r| r.0),
+        Some(intact),
+        &khugepaged,
+        collapse_cpu,
+    );
     Ok(RunResult {
         samples,
         figures: f,

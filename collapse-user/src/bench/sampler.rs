@@ -3,7 +3,10 @@
 use std::{collections::BTreeMap, fs, time::Instant};
 
 use super::model::BenchSample;
-use crate::kernel::{procs, thp::THP_ROOT};
+use crate::kernel::{
+    procs,
+    thp::{THP_ROOT, size_dir_kib},
+};
 
 /// CPU seconds (utime + stime) of `pid` so far; `None` once it is gone.
 pub fn cpu_seconds(pid: i32) -> Option<f64> {
@@ -71,13 +74,7 @@ pub fn nr_anon_by_size() -> BTreeMap<u64, u64> {
         return out;
     };
     for d in dirs.filter_map(Result::ok) {
-        let name = d.file_name();
-        let Some(kb) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("hugepages-"))
-            .and_then(|n| n.strip_suffix("kB"))
-            .and_then(|n| n.parse::<u64>().ok())
-        else {
+        let Some(kb) = size_dir_kib(&d.file_name()) else {
             continue;
         };
         if let Ok(v) = fs::read_to_string(d.path().join("stats/nr_anon"))

@@ -227,13 +227,7 @@ fn read_sizes(root: &Path) -> Result<Vec<SizeSetting>, ThpError> {
             path: root.to_path_buf(),
             source,
         })?;
-        let name = entry.file_name();
-        let Some(size_kib) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("hugepages-"))
-            .and_then(|n| n.strip_suffix("kB"))
-            .and_then(|n| n.parse::<u64>().ok())
-        else {
+        let Some(size_kib) = size_dir_kib(&entry.file_name()) else {
             continue;
         };
         let path = entry.path().join("enabled");
@@ -258,6 +252,15 @@ fn read_sizes(root: &Path) -> Result<Vec<SizeSetting>, ThpError> {
     }
     sizes.sort_by_key(|s| s.size_kib);
     Ok(sizes)
+}
+
+/// The size in KiB a `hugepages-<size>kB` directory is for.
+pub fn size_dir_kib(name: &std::ffi::OsStr) -> Option<u64> {
+    name.to_str()?
+        .strip_prefix("hugepages-")?
+        .strip_suffix("kB")?
+        .parse()
+        .ok()
 }
 
 /// The current value of a sysfs file: the bracketed word of a selection file
