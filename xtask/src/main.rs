@@ -1,6 +1,7 @@
 //! `cargo xtask`: set up the machine, build, run, test, lint and benchmark collapse.
 //! Every task first runs `setup`, so a fresh machine needs nothing but rustup and cargo.
 
+mod child;
 mod cmd;
 mod setup;
 mod tasks;
