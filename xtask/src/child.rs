@@ -15,7 +15,7 @@ use nix::{
     unistd::Pid,
 };
 
-use crate::cmd::say;
+use crate::{cmd::say, interrupt};
 
 /// Exiting after the stop signal: detaching, restoring sysfs, printing a summary.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -41,6 +41,11 @@ impl Spawned {
             what: what.to_owned(),
             stop_signal,
         })
+    }
+
+    /// The pid we spawned; only meaningful until the child is reaped.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub(crate) fn stdin(&mut self) -> Result<ChildStdin> {
@@ -145,15 +150,24 @@ impl LineReader {
         }
     }
 
-    /// The next line; `None` at end of output.
+    /// The next line; `None` at end of output. A stop signal caught by `interrupt` ends the
+    /// wait with an error within a tenth of a second.
     pub(crate) fn next(&self, timeout: Duration) -> Result<Option<String>> {
-        match self.rx.recv_timeout(timeout) {
-            Ok(line) => line
-                .map(Some)
-                .with_context(|| format!("read {}'s stdout", self.what)),
-            Err(RecvTimeoutError::Disconnected) => Ok(None),
-            Err(RecvTimeoutError::Timeout) => {
-                bail!("{} printed nothing for {timeout:?}", self.what)
+        let deadline = Instant::now() + timeout;
+        loop {
+            interrupt::check()?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left.min(Duration::from_millis(100))) {
+                Ok(line) => {
+                    return line
+                        .map(Some)
+                        .with_context(|| format!("read {}'s stdout", self.what));
+                }
+                Err(RecvTimeoutError::Disconnected) => return Ok(None),
+                Err(RecvTimeoutError::Timeout) if left.is_zero() => {
+                    bail!("{} printed nothing for {timeout:?}", self.what)
+                }
+                Err(RecvTimeoutError::Timeout) => {}
             }
         }
     }
