@@ -42,8 +42,10 @@ pub(crate) const TARGET_COVERAGE: f64 = 0.9;
 const SETTLE: Duration = Duration::from_secs(3);
 /// `collapse run` printing its summary after SIGTERM.
 const SUMMARY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Attempts of a khugepaged arm whose settings someone else keeps changing.
+/// Attempts of an arm whose settings someone else keeps changing.
 const DISTURBED_ATTEMPTS: u32 = 3;
+/// How long an arm waits for someone else to put THP `enabled` back to `madvise`.
+pub(crate) const ENABLED_WAIT: Duration = Duration::from_secs(120);
 /// khugepaged's settings that "default" means (kernel-facts.md; `mm/khugepaged.c`).
 pub(crate) const KHUGEPAGED_DEFAULTS: [(&str, &str); 3] = [
     ("scan_sleep_millisecs", "10000"),
@@ -184,10 +186,49 @@ pub(crate) struct Bench<'a> {
     pub(crate) khugepaged_stat: PathBuf,
 }
 
-/// khugepaged's settings were changed by someone else during its arm (other engineers' tests
-/// share the machine): the run says nothing about the settings it was meant to measure.
+/// THP `enabled` or khugepaged's settings were changed by someone else during an arm (other
+/// engineers' tests share the machine): the run says nothing about the settings it was meant
+/// to measure. With `enabled` at `always`, for one, the children's plain mappings get THPs at
+/// fault and khugepaged may collapse them.
 #[derive(Debug)]
 struct Disturbed(String);
+
+/// An error of type [`Disturbed`] unless THP `enabled` is `madvise`.
+fn check_enabled() -> Result<()> {
+    let now = sysfs::read(&sysfs::thp("enabled"))?;
+    if now != "madvise" {
+        return Err(Disturbed(format!(
+            "THP `enabled` was changed to {now} by someone else (the bench needs madvise)"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// Waits up to `limit` for THP `enabled` to be `madvise` (someone else's test may hold it
+/// at another value for a while); whether it is.
+pub(crate) fn wait_for_madvise(limit: Duration) -> Result<bool> {
+    let until = Instant::now() + limit;
+    let mut said = false;
+    loop {
+        if check_enabled().is_ok() {
+            return Ok(true);
+        }
+        if Instant::now() >= until {
+            return Ok(false);
+        }
+        if !said {
+            say!(
+                "bench executor: THP `enabled` is not madvise (someone else changed it); \
+                 waiting up to {:.0} s for it to come back",
+                limit.as_secs_f64()
+            );
+            said = true;
+        }
+        interrupt::check()?;
+        thread::sleep(Duration::from_millis(200));
+    }
+}
 
 impl std::fmt::Display for Disturbed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -198,31 +239,49 @@ impl std::fmt::Display for Disturbed {
 impl std::error::Error for Disturbed {}
 
 impl Bench<'_> {
-    /// One run of `arm`; `None` when a khugepaged arm was disturbed [`DISTURBED_ATTEMPTS`]
-    /// times running, which the report then says.
+    /// One run of `arm`; `None` when it was disturbed [`DISTURBED_ATTEMPTS`] times running,
+    /// which the report then says.
     pub(crate) fn measure(&self, arm: Arm, round: u32) -> Result<Option<ArmRun>> {
-        let s = self.settings;
-        match arm {
-            Arm::CollapseRun => self.collapse_run(arm, round, &[s.size_mib], None).map(Some),
-            Arm::Jobs(n) => self
-                .collapse_run(arm, round, &[s.jobs_size_mib, s.jobs_size_mib], Some(n))
-                .map(Some),
-            Arm::PlainMadvise => self.plain(round).map(Some),
-            Arm::KhugepagedFast | Arm::KhugepagedDefault => {
-                for attempt in 1..=DISTURBED_ATTEMPTS {
-                    match self.khugepaged(arm, round) {
-                        Err(e) if e.downcast_ref::<Disturbed>().is_some() => {
-                            say!(
-                                "bench executor: warning: {e}; attempt {attempt}/\
-                                 {DISTURBED_ATTEMPTS} of this arm is void"
-                            );
-                        }
-                        other => return other.map(Some),
-                    }
+        for attempt in 1..=DISTURBED_ATTEMPTS {
+            if !wait_for_madvise(ENABLED_WAIT)? {
+                bail!(
+                    "THP `enabled` has not been madvise for {:.0} s: something else on this \
+                     machine holds it",
+                    ENABLED_WAIT.as_secs_f64()
+                );
+            }
+            match self.measure_once(arm, round) {
+                Err(e) if e.downcast_ref::<Disturbed>().is_some() => {
+                    say!(
+                        "bench executor: warning: {e}; attempt {attempt}/{DISTURBED_ATTEMPTS} \
+                         of this arm is void"
+                    );
                 }
-                Ok(None)
+                other => return other.map(Some),
             }
         }
+        Ok(None)
+    }
+
+    fn measure_once(&self, arm: Arm, round: u32) -> Result<ArmRun> {
+        let s = self.settings;
+        match arm {
+            Arm::CollapseRun => self.collapse_run(arm, round, &[s.size_mib], None),
+            Arm::Jobs(n) => {
+                self.collapse_run(arm, round, &[s.jobs_size_mib, s.jobs_size_mib], Some(n))
+            }
+            Arm::PlainMadvise => self.plain(round),
+            Arm::KhugepagedFast | Arm::KhugepagedDefault => self.khugepaged(arm, round),
+        }
+    }
+
+    /// A populated child; a child that starts out huge because THP `enabled` was changed
+    /// meanwhile is a disturbance, not a failure.
+    fn populate(&self, mib: u64, mapping: Mapping) -> Result<Workload> {
+        Workload::populated(self.bin, mib, mapping).map_err(|e| match check_enabled() {
+            Err(disturbed) => disturbed.context(format!("{e:#}")),
+            Ok(()) => e,
+        })
     }
 
     /// Waits `--settle` between populating the children and starting the arm. On this VM
@@ -260,7 +319,7 @@ impl Bench<'_> {
     ) -> Result<ArmRun> {
         let mut children = sizes
             .iter()
-            .map(|&mib| Workload::populated(self.bin, mib, Mapping::Plain))
+            .map(|&mib| self.populate(mib, Mapping::Plain))
             .collect::<Result<Vec<_>>>()?;
         self.settle()?;
         let limit = self.settings.timeout;
@@ -290,7 +349,8 @@ impl Bench<'_> {
             if let Some(status) = run.exited()? {
                 bail!("collapse run ended during the arm ({status})");
             }
-            children.iter_mut().try_for_each(Workload::check_alive)
+            children.iter_mut().try_for_each(Workload::check_alive)?;
+            check_enabled()
         })?;
         let samples = sampler.finish()?;
         let status = run.stop()?;
@@ -307,8 +367,9 @@ impl Bench<'_> {
     /// process_madvise(MADV_COLLAPSE) per PMD over the child's area from this thread, timed
     /// with this thread's CPU (which includes the kernel time of the calls).
     fn plain(&self, round: u32) -> Result<ArmRun> {
-        let mut child = Workload::populated(self.bin, self.settings.size_mib, Mapping::Plain)?;
+        let mut child = self.populate(self.settings.size_mib, Mapping::Plain)?;
         self.settle()?;
+        check_enabled()?;
         let before = Before::now(Arm::PlainMadvise, round, self.settings.timeout)?;
         let pidfd = open_pidfd(child.pid())?;
         let start = Instant::now();
@@ -318,8 +379,11 @@ impl Bench<'_> {
         )?;
         let mut results: BTreeMap<String, u64> = BTreeMap::new();
         let (addr, len) = (child.addr(), child.area_bytes());
-        for pmd in (addr..addr + len).step_by(PMD_SIZE as usize) {
+        for (i, pmd) in (addr..addr + len).step_by(PMD_SIZE as usize).enumerate() {
             interrupt::check()?;
+            if i % 64 == 0 {
+                check_enabled()?;
+            }
             // EAGAIN is transient (kernel-facts.md): one retry, as the executor does.
             let result = match collapse(&pidfd, pmd) {
                 Err(Errno::EAGAIN) => collapse(&pidfd, pmd),
@@ -335,6 +399,7 @@ impl Bench<'_> {
         // One more sample, now that the loop is idle, to hold all of its CPU.
         thread::sleep(self.settings.sample_interval * 2);
         child.check_alive()?;
+        check_enabled()?;
         let samples = sampler.finish()?;
         let mut r = before.finish(&[child], End::LoopDone, Some(done), samples)?;
         r.plain_results = results;
@@ -342,8 +407,7 @@ impl Bench<'_> {
     }
 
     fn khugepaged(&self, arm: Arm, round: u32) -> Result<ArmRun> {
-        let mut child =
-            Workload::populated(self.bin, self.settings.size_mib, Mapping::NoHugeThenHuge)?;
+        let mut child = self.populate(self.settings.size_mib, Mapping::NoHugeThenHuge)?;
         self.settle()?;
         // Restored as soon as the watch is over, and by drop on any error before that.
         let mut guards = Vec::new();
@@ -362,6 +426,7 @@ impl Bench<'_> {
         }
         // Someone else's change is seen within one watch step; the run is then void.
         let unchanged = || -> Result<()> {
+            check_enabled()?;
             for (path, value) in &wanted {
                 let now = sysfs::read(path)?;
                 if now != *value {

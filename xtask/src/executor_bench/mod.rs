@@ -56,6 +56,9 @@ pub(crate) struct Settings {
     pub(crate) settle: Duration,
 }
 
+/// How long the bench waits for THP `enabled` to become `madvise` before it sets it itself.
+const ENABLED_TAKEOVER: Duration = Duration::from_secs(30);
+
 /// The arms of every round, in the order of round 1.
 const ROUND: [Arm; 5] = [
     Arm::CollapseRun,
@@ -127,8 +130,8 @@ pub(crate) fn run(ws: &Workspace, settings: &Settings) -> Result<()> {
         print!("{}", report.render(&heading));
         for v in context["void_runs"].as_array().into_iter().flatten() {
             println!(
-                "note: {} of round {} was not measured: khugepaged's settings were changed by \
-                 someone else in each of its attempts",
+                "note: {} of round {} was not measured: THP or khugepaged settings were changed \
+                 by someone else in each of its attempts",
                 v["arm"].as_str().unwrap_or("?"),
                 v["round"]
             );
@@ -177,7 +180,9 @@ fn measure_all(bin: &Path, settings: &Settings) -> Result<(Vec<ArmRun>, serde_js
     let enabled = sysfs::read(&enabled_path)?;
     // khugepaged must not see the plain mappings of the collapse arms (see `arms`), yet must
     // see the MADV_HUGEPAGE ones: that is `madvise`.
-    let _enabled = (enabled != "madvise")
+    // Someone else's test may hold it at another value for a while: wait for that to end
+    // before taking it over.
+    let _enabled = (enabled != "madvise" && !arms::wait_for_madvise(ENABLED_TAKEOVER)?)
         .then(|| SysfsGuard::set(enabled_path, "madvise"))
         .transpose()?;
     let khugepaged = probe::khugepaged_pid()?;
@@ -255,8 +260,8 @@ fn measure_all(bin: &Path, settings: &Settings) -> Result<(Vec<ArmRun>, serde_js
                 .with_context(|| format!("round {round}, arm {}", arm.label()))?
             else {
                 say!(
-                    "bench executor: round {round}: {} not measured: khugepaged's settings \
-                     were changed by someone else in every attempt",
+                    "bench executor: round {round}: {} not measured: THP or khugepaged \
+                     settings were changed by someone else in every attempt",
                     arm.label()
                 );
                 void.push((arm, round));
