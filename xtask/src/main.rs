@@ -1,12 +1,16 @@
 //! `cargo xtask`: set up the machine, build, run, test, lint and benchmark collapse.
 //! Every task first runs `setup`, so a fresh machine needs nothing but rustup and cargo.
 
+mod child;
 mod cmd;
+mod executor_bench;
+mod interrupt;
 mod setup;
+mod sysfs;
 mod tasks;
 mod tracer_bench;
 
-use std::{ffi::OsString, process::ExitCode};
+use std::{ffi::OsString, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -67,6 +71,56 @@ enum Bench {
     },
     /// Cost of tracing per page fault: a fault storm untraced, traced by pid, traced --all.
     Tracer(TracerBenchArgs),
+    /// Time to 90 % huge and CPU cost on dense memory: `collapse run`, a plain
+    /// process_madvise loop, khugepaged (scan_sleep 0 and default), and --jobs 1 vs 2.
+    Executor(ExecutorBenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct ExecutorBenchArgs {
+    /// Dense memory in the child of each single-target arm (e.g. 1G, 512M).
+    #[arg(long, default_value = "1G", value_parser = parse_mib)]
+    size: u64,
+    /// Dense memory in each of the two children of the --jobs arms.
+    #[arg(long, default_value = "1G", value_parser = parse_mib)]
+    jobs_size: u64,
+    /// Rounds of the arms, interleaved against drift.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    /// Runs of khugepaged at its default settings (each up to --default-timeout).
+    #[arg(long, default_value_t = 1)]
+    default_runs: u32,
+    /// Seconds after which khugepaged at its default settings is given up on.
+    #[arg(long, default_value_t = 120)]
+    default_timeout: u64,
+    /// Seconds after which any other arm is given up on.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+    /// Milliseconds between coverage samples.
+    #[arg(long, default_value_t = 50)]
+    sample_ms: u64,
+    /// Seconds each arm waits between populating its children and starting, so that free
+    /// memory has been reported to the host (virtio-balloon) as it is for every arm.
+    #[arg(long, default_value_t = 5)]
+    settle: u64,
+}
+
+/// `1G`, `512M`, `512MiB`, or a bare number of MiB.
+fn parse_mib(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a size such as 1G or 512M"))?;
+    let mib = match unit.to_ascii_uppercase().as_str() {
+        "" | "M" | "MB" | "MIB" => n,
+        "G" | "GB" | "GIB" => n * 1024,
+        _ => return Err(format!("{s:?}: the unit must be M or G")),
+    };
+    if mib % 2 != 0 {
+        return Err(format!("{s:?}: must be a whole number of 2 MiB PMDs"));
+    }
+    Ok(mib)
 }
 
 #[derive(Debug, Args)]
@@ -108,6 +162,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             bench: Bench::Tracer(TracerBenchArgs { size, runs, rounds }),
         } => tracer_bench::run(&ws, &tracer_bench::Settings { size, runs, rounds })
             .map(|()| ExitCode::SUCCESS),
+        Task::Bench {
+            bench:
+                Bench::Executor(ExecutorBenchArgs {
+                    size,
+                    jobs_size,
+                    rounds,
+                    default_runs,
+                    default_timeout,
+                    timeout,
+                    sample_ms,
+                    settle,
+                }),
+        } => executor_bench::run(
+            &ws,
+            &executor_bench::Settings {
+                size_mib: size,
+                jobs_size_mib: jobs_size,
+                rounds,
+                default_runs,
+                default_timeout: Duration::from_secs(default_timeout),
+                timeout: Duration::from_secs(timeout),
+                sample_interval: Duration::from_millis(sample_ms),
+                settle: Duration::from_secs(settle),
+            },
+        )
+        .map(|()| ExitCode::SUCCESS),
     }
 }
 
@@ -179,5 +259,32 @@ mod tests {
             panic!("parsed as {:?}", cli.task);
         };
         assert_eq!((size.as_str(), runs, rounds), ("1G", 5, 3));
+    }
+
+    #[test]
+    fn bench_executor_defaults_and_sizes() {
+        let cli = Cli::try_parse_from(["cargo xtask", "bench", "executor"]).unwrap();
+        let Task::Bench {
+            bench: Bench::Executor(a),
+        } = cli.task
+        else {
+            panic!("parsed as {:?}", cli.task);
+        };
+        assert_eq!(
+            (
+                a.size,
+                a.jobs_size,
+                a.rounds,
+                a.default_runs,
+                a.default_timeout
+            ),
+            (1024, 1024, 3, 1, 120)
+        );
+        assert_eq!(parse_mib("512M"), Ok(512));
+        assert_eq!(parse_mib("2GiB"), Ok(2048));
+        assert_eq!(parse_mib("64"), Ok(64));
+        assert!(parse_mib("3M").is_err());
+        assert!(parse_mib("1T").is_err());
+        assert!(parse_mib("G").is_err());
     }
 }

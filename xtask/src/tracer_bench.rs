@@ -13,22 +13,18 @@
 
 use std::{
     fs,
-    io::{BufRead as _, BufReader, Read, Write as _},
+    io::Write as _,
     path::Path,
-    process::{Child, ChildStdin, Command, ExitStatus, Stdio},
-    sync::mpsc::{self, Receiver, RecvTimeoutError},
-    thread,
-    time::{Duration, Instant},
+    process::{ChildStdin, Command, Stdio},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
-};
+use nix::sys::signal::Signal;
 use serde_json::json;
 
 use crate::{
+    child::{LineReader, Spawned},
     cmd::{self, Workspace, say},
     setup::setup,
 };
@@ -39,8 +35,6 @@ const TARGET_OVERHEAD_PCT: f64 = 10.0;
 const STORM_LINE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Loading the programs and seeding the target's bitmaps from pagemap.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(120);
-/// Detaching and restoring sysfs after SIGTERM.
-const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(crate) struct Settings {
     pub(crate) size: String,
@@ -213,13 +207,16 @@ fn measure(bin: &Path, size: &str, runs: u32, arm: Arm) -> Result<StormResult> {
     say!("bench tracer: $ {}", cmd::describe(&trace, Path::new("")));
     let mut trace = Spawned::spawn(&mut trace, &what, Signal::SIGTERM)?;
     let lines = LineReader::new(trace.stdout()?, &what);
-    lines.wait_attached(ATTACH_TIMEOUT).map_err(|err| {
-        let status = trace
-            .stop()
-            .map(|s| s.to_string())
-            .unwrap_or_else(|e| format!("{e:#}"));
-        err.context(format!("{what} did not attach (it ended with: {status})"))
-    })?;
+    lines
+        .wait_for_type("attached", ATTACH_TIMEOUT)
+        .map(drop)
+        .map_err(|err| {
+            let status = trace
+                .stop()
+                .map(|s| s.to_string())
+                .unwrap_or_else(|e| format!("{e:#}"));
+            err.context(format!("{what} did not attach (it ended with: {status})"))
+        })?;
     // The reader thread keeps draining trace's stdout so the pipe never fills.
     drop(lines);
 
@@ -267,7 +264,7 @@ impl Storm {
         let what = "collapse workload storm";
         say!("bench tracer: $ {}", cmd::describe(&c, Path::new("")));
         let mut process = Spawned::spawn(&mut c, what, Signal::SIGKILL)?;
-        let stdin = process.child.stdin.take();
+        let stdin = if wait { Some(process.stdin()?) } else { None };
         let lines = LineReader::new(process.stdout()?, what);
         Ok(Self {
             process,
@@ -353,155 +350,5 @@ impl Storm {
             "collapse workload storm failed ({status})"
         );
         Ok(StormResult { runs, best })
-    }
-}
-
-/// A child that is stopped (with `stop_signal`, then SIGKILL) if it is still running when
-/// this is dropped, so an error half-way leaves nothing behind.
-struct Spawned {
-    child: Child,
-    /// Reaped: its pid may belong to another process now, so it must not be signalled.
-    reaped: bool,
-    what: String,
-    stop_signal: Signal,
-}
-
-impl Spawned {
-    fn spawn(cmd: &mut Command, what: &str, stop_signal: Signal) -> Result<Self> {
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("could not start {what}"))?;
-        Ok(Self {
-            child,
-            reaped: false,
-            what: what.to_owned(),
-            stop_signal,
-        })
-    }
-
-    fn stdout(&mut self) -> Result<impl Read + Send + 'static> {
-        self.child
-            .stdout
-            .take()
-            .with_context(|| format!("{}: stdout not piped", self.what))
-    }
-
-    /// `Some(status)` when the child has ended.
-    fn exited(&mut self) -> Result<Option<ExitStatus>> {
-        let status = self
-            .child
-            .try_wait()
-            .with_context(|| format!("wait for {}", self.what))?;
-        self.reaped |= status.is_some();
-        Ok(status)
-    }
-
-    fn wait(&mut self, timeout: Duration) -> Result<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.exited()? {
-                return Ok(status);
-            }
-            if Instant::now() >= deadline {
-                bail!("{} still running after {timeout:?}", self.what);
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Sends the stop signal to the pid we spawned (never by name) and waits for the exit.
-    fn stop(&mut self) -> Result<ExitStatus> {
-        if let Some(status) = self.exited()? {
-            return Ok(status);
-        }
-        let pid = Pid::from_raw(self.child.id().cast_signed());
-        kill(pid, self.stop_signal)
-            .with_context(|| format!("kill({pid}, {}) for {}", self.stop_signal, self.what))?;
-        let status = self.wait(STOP_TIMEOUT);
-        if status.is_err() {
-            self.kill_now();
-        }
-        status
-    }
-
-    fn kill_now(&mut self) {
-        if !self.reaped {
-            // Errors here mean it has already gone; there is nothing else to do.
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-            self.reaped = true;
-        }
-    }
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        if self.reaped {
-            return;
-        }
-        if self.stop_signal != Signal::SIGKILL
-            && let Err(err) = self.stop()
-        {
-            say!("bench tracer: {err:#}; killing it");
-        }
-        self.kill_now();
-    }
-}
-
-/// Reads a child's stdout on a thread, one line at a time, so the pipe never fills; the
-/// thread keeps draining after this is dropped, until the child closes its stdout.
-struct LineReader {
-    rx: Receiver<std::io::Result<String>>,
-    what: String,
-}
-
-impl LineReader {
-    fn new(stdout: impl Read + Send + 'static, what: &str) -> Self {
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let failed = line.is_err();
-                // Once nobody listens, lines are read and dropped.
-                let _ = tx.send(line);
-                if failed {
-                    break;
-                }
-            }
-        });
-        Self {
-            rx,
-            what: what.to_owned(),
-        }
-    }
-
-    /// The next line; `None` at end of output.
-    fn next(&self, timeout: Duration) -> Result<Option<String>> {
-        match self.rx.recv_timeout(timeout) {
-            Ok(line) => line
-                .map(Some)
-                .with_context(|| format!("read {}'s stdout", self.what)),
-            Err(RecvTimeoutError::Disconnected) => Ok(None),
-            Err(RecvTimeoutError::Timeout) => {
-                bail!("{} printed nothing for {timeout:?}", self.what)
-            }
-        }
-    }
-
-    /// Skips lines until the JSON object with `"type": "attached"`.
-    fn wait_attached(&self, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self
-                .next(left)?
-                .ok_or_else(|| anyhow!("{} ended its output", self.what))?;
-            let value: serde_json::Value = match serde_json::from_str(&line) {
-                Ok(value) => value,
-                Err(_) => continue,
-            };
-            if value.get("type").and_then(|t| t.as_str()) == Some("attached") {
-                return Ok(());
-            }
-        }
     }
 }
