@@ -87,10 +87,20 @@ pub(super) fn run_target(
         }
         Err(_) => return all(CollapseResult::Failed(Failure::Unreadable)),
     };
+    // The VMA list once per pass, not once per read: a range unmapped since reads as not
+    // populated (`unmapped`).
+    let anon = match reader.anon_vmas() {
+        Ok(a) => a,
+        Err(PagemapError::NoProcess { .. }) => {
+            return all(CollapseResult::Skipped(SkipReason::Exited));
+        }
+        Err(_) => return all(CollapseResult::Failed(Failure::Unreadable)),
+    };
     let mut out = Vec::with_capacity(plans.len());
     let mut target = Target {
         pidfd,
         vmas: &vmas,
+        anon: &anon,
         reader: &mut reader,
     };
     for (n, &(i, plan)) in plans.iter().enumerate() {
@@ -146,6 +156,8 @@ fn target_facts(pid: i32) -> Result<TargetFacts, EligibilityError> {
 struct Target<'a> {
     pidfd: &'a Pidfd,
     vmas: &'a CollapseVmas,
+    /// Its anonymous VMAs as of the start of the pass.
+    anon: &'a [std::ops::Range<u64>],
     reader: &'a mut PagemapReader,
 }
 
@@ -277,7 +289,7 @@ impl Target<'_> {
     /// The region's truth, or the result that reading it implies (`exited`, `unreadable`).
     fn read(&mut self, addr: u64) -> Result<RegionTruth, CollapseResult> {
         let exited = CollapseResult::Skipped(SkipReason::Exited);
-        match self.reader.read_region(addr) {
+        match self.reader.read_region_within(self.anon, addr) {
             // The VMA list behind a read is looked up by pid number: see `run_target`.
             Ok(t) if self.pidfd.is_alive() => Ok(t),
             Ok(_) | Err(PagemapError::NoProcess { .. }) => Err(exited),

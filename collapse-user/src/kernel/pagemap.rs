@@ -274,10 +274,22 @@ impl PagemapReader {
 
     /// See [`read_region`].
     pub fn read_region(&mut self, addr: u64) -> Result<RegionTruth> {
-        let vmas = merge(anon_vmas(self.pid)?);
+        let vmas = self.anon_vmas()?;
+        self.read_region_within(&vmas, addr)
+    }
+
+    /// The process's anonymous VMAs now, merged where they touch: read them once, then
+    /// [`PagemapReader::read_region_within`] many regions.
+    pub fn anon_vmas(&self) -> Result<Vec<Range<u64>>> {
+        Ok(merge(anon_vmas(self.pid)?))
+    }
+
+    /// [`PagemapReader::read_region`] with the VMAs as `vmas` (from [`PagemapReader::anon_vmas`])
+    /// said they were: a range unmapped since reads as not populated.
+    pub fn read_region_within(&mut self, vmas: &[Range<u64>], addr: u64) -> Result<RegionTruth> {
         let addr = addr & PMD_MASK;
         Ok(self
-            .read_truths(&vmas, &[addr])?
+            .read_truths(vmas, &[addr])?
             .pop()
             .unwrap_or(RegionTruth::empty(addr)))
     }
