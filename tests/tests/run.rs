@@ -12,10 +12,8 @@ mod common;
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead as _, BufReader},
     os::unix::process::CommandExt as _,
-    process::{Child, Command, ExitStatus, Stdio},
-    sync::mpsc,
+    process::{Command, ExitStatus},
     time::{Duration, Instant},
 };
 
@@ -328,52 +326,16 @@ fn dry_run_changes_nothing() {
 }
 
 /// `collapse run ARGS --json` in the background, its lines read as they come.
-struct Daemon {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<Value>,
-}
+/// `collapse run ... --json` in the background.
+struct Daemon(Tracer);
 
 impl Daemon {
     fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(collapse_bin())
-            .arg("run")
-            .args(args)
-            .arg("--json")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn collapse run");
-        let (tx, lines) = mpsc::channel();
-        let stdout = child.stdout.take().expect("stdout");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
+        Self(Tracer::spawn("run", args, &[]))
     }
 
-    /// Reads lines until one satisfies `pred` (returned) or `timeout` passes (`None`).
     fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.checked_duration_since(Instant::now())?;
-            let line = self.lines.recv_timeout(left).ok()?;
-            let v: Value =
-                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"));
-            self.seen.push(v.clone());
-            if pred(&v) {
-                return Some(v);
-            }
-        }
+        self.0.wait_for(timeout, pred)
     }
 
     /// Waits for `collapsed` lines for every region of `area` of `pid`; the lines seen.
@@ -389,7 +351,7 @@ impl Daemon {
                     "{} of {pid} not all collapsed ({} left); lines: {:?}",
                     area.name,
                     left.len(),
-                    self.seen
+                    self.0.seen
                 );
             };
             if let Some(i) = left.iter().position(|&r| r == addr_of(&v)) {
@@ -399,7 +361,7 @@ impl Daemon {
                     "{} of {pid}: {v}{}; lines: {:?}",
                     area.name,
                     thp_changed(),
-                    self.seen
+                    self.0.seen
                 );
                 left.remove(i);
                 found.push(v);
@@ -414,8 +376,8 @@ impl Daemon {
         self.wait_collapsed(pid, area, Duration::from_secs(30));
         let reporting = self
             .wait_for(Duration::from_secs(30), |v| v["type"] == "pass")
-            .unwrap_or_else(|| panic!("no pass line after the collapse: {:?}", self.seen));
-        let before = self.seen[..self.seen.len() - 1]
+            .unwrap_or_else(|| panic!("no pass line after the collapse: {:?}", self.0.seen));
+        let before = self.0.seen[..self.0.seen.len() - 1]
             .iter()
             .rev()
             .find(|v| v["type"] == "pass")
@@ -425,29 +387,12 @@ impl Daemon {
     }
 
     fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.0.is_running()
     }
 
     /// SIGTERM, then the rest of its lines and its exit status.
-    fn stop(mut self) -> (ExitStatus, Vec<Value>) {
-        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).expect("SIGTERM run");
-        let status = self.child.wait().expect("wait for collapse run");
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
-            self.seen.push(
-                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}")),
-            );
-        }
-        (status, std::mem::take(&mut self.seen))
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            // Only the process this test started, by its pid.
-            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
-            let _ = self.child.wait();
-        }
+    fn stop(self) -> (ExitStatus, Vec<Value>) {
+        self.0.stop()
     }
 }
 
@@ -497,14 +442,14 @@ fn a_target_killed_mid_run_leaves_the_daemon_running() {
     assert!(
         only_alive.is_some(),
         "no pass without the dead target: {:?}",
-        run.seen
+        run.0.seen
     );
     for _ in 0..3 {
         assert!(
             run.wait_for(Duration::from_secs(10), |v| v["type"] == "pass")
                 .is_some(),
             "no more passes after the kill: {:?}",
-            run.seen
+            run.0.seen
         );
     }
     assert!(run.is_running(), "collapse run ended with its target");

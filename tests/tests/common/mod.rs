@@ -133,7 +133,8 @@ impl Drop for Workload {
     }
 }
 
-/// `collapse trace ... --json` running in the background.
+/// `collapse SUBCOMMAND ... --json` running in the background, its lines read as they come
+/// (`trace`, `run`).
 pub struct Tracer {
     child: Child,
     lines: mpsc::Receiver<String>,
@@ -141,6 +142,25 @@ pub struct Tracer {
 }
 
 impl Tracer {
+    /// Starts `collapse SUBCOMMAND ARGS --json` (with extra environment variables).
+    pub fn spawn(subcommand: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(collapse_bin())
+            .arg(subcommand)
+            .args(args)
+            .envs(env.iter().copied())
+            .arg("--json")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn collapse {subcommand}: {e}"));
+        let lines = line_reader(child.stdout.take().expect("stdout"));
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
     /// Starts `collapse trace ARGS --json` and waits until it reports it is attached.
     pub fn start(args: &[&str]) -> Self {
         Self::start_with_env(args, &[])
@@ -148,21 +168,7 @@ impl Tracer {
 
     /// [`Tracer::start`] with extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(collapse_bin())
-            .arg("trace")
-            .args(args)
-            .envs(env.iter().copied())
-            .arg("--json")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn collapse trace");
-        let lines = line_reader(child.stdout.take().expect("stdout"));
-        let mut tracer = Self {
-            child,
-            lines,
-            seen: Vec::new(),
-        };
+        let mut tracer = Self::spawn("trace", args, env);
         let attached = tracer.wait_for(Duration::from_secs(60), |v| v["type"] == "attached");
         assert!(
             attached.is_some(),
@@ -187,11 +193,14 @@ impl Tracer {
         }
     }
 
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// SIGTERM, then the rest of the output and the exit status.
     pub fn stop(mut self) -> (ExitStatus, Vec<Value>) {
-        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM)
-            .expect("SIGTERM collapse trace");
-        let status = self.child.wait().expect("wait for collapse trace");
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).expect("SIGTERM collapse");
+        let status = self.child.wait().expect("wait for collapse");
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
             self.seen.push(
                 serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}")),
