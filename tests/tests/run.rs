@@ -498,6 +498,58 @@ fn a_target_killed_mid_run_leaves_the_daemon_running() {
     );
 }
 
+/// Ctrl-C in the middle of a pass ends it at its next region, not at its end: with `--max-rate`
+/// 16 MiB/s and a 4 s interval the pass takes 32 PMDs and about 4 s of waiting for tokens, and
+/// a SIGINT after its first PMDs leaves most of them alone. The summary still comes, status 0.
+#[test]
+fn a_signal_stops_a_pass_in_progress() {
+    skip_if!(needs_root_tests());
+    skip_if!(thp_not_madvise());
+    let mut w = Workload::spawn();
+    let a = Area::map(&mut w, "a", 128, "plain");
+    w.cmd("fill a 0 32768");
+    let pid = w.pid.to_string();
+    let mut args = vec![
+        "--once",
+        "--json",
+        "--pid",
+        &pid,
+        "--max-rate",
+        "16",
+        "--interval",
+        "4",
+    ];
+    args.extend_from_slice(&POLICY);
+    let child = Command::new(collapse_bin())
+        .arg("run")
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("collapse run");
+    // Attaching takes well under a second here; the pass then needs about 4 s of tokens.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while a.regions().all(|r| !pmd_mapped(w.pid, r)) {
+        assert!(Instant::now() < deadline, "the pass never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).expect("SIGINT");
+    let out = child.wait_with_output().expect("collapse run");
+    assert!(
+        out.status.success(),
+        "collapse run after SIGINT: {}",
+        out.status
+    );
+    let lines = json_lines(&out);
+    let summary = lines.last().expect("lines");
+    assert_eq!(summary["type"], "summary", "{lines:?}");
+    let collapsed = summary["results"]["collapsed"].as_u64().unwrap();
+    // The rate allows 32 PMDs in this pass; the signal came after the first.
+    assert!(
+        (1..24).contains(&collapsed),
+        "{collapsed} PMDs collapsed after a SIGINT early in a pass of 32"
+    );
+}
+
 /// A collapsed PMD that the target splits again (MADV_DONTNEED of part of it) and that still
 /// qualifies is collapsed again, and that second collapse is reported and counted like the
 /// first: a `collapsed` line, and a summary whose counts, bytes and latencies agree.

@@ -13,6 +13,10 @@ use std::{
     collections::{BTreeMap, HashMap, HashSet},
     future::Future,
     io::Write as _,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -514,6 +518,38 @@ impl TickHandler for Pipeline {
     }
 }
 
+/// While it lives, SIGINT and SIGTERM also set the executor's stop flag: a pass in progress
+/// (which holds the event loop) ends at its next region, and the loop then sees the signal.
+struct StopOnSignal(Vec<signal_hook_registry::SigId>);
+
+impl StopOnSignal {
+    fn install(stop: Arc<AtomicBool>) -> Self {
+        let ids = [libc::SIGINT, libc::SIGTERM]
+            .into_iter()
+            .filter_map(|signal| {
+                let stop = Arc::clone(&stop);
+                // SAFETY: the action only stores to an atomic, which is async-signal-safe; the
+                // registry chains it with tokio's own handler.
+                unsafe {
+                    signal_hook_registry::register(signal, move || {
+                        stop.store(true, Ordering::Relaxed);
+                    })
+                }
+                .ok()
+            })
+            .collect();
+        Self(ids)
+    }
+}
+
+impl Drop for StopOnSignal {
+    fn drop(&mut self) {
+        for id in self.0.drain(..) {
+            signal_hook_registry::unregister(id);
+        }
+    }
+}
+
 /// `collapse run`: traces `target`, and on every tick plans and collapses; with `once`, one
 /// pass over the current regions. Prints the summary at the end (also after a signal).
 pub async fn run(
@@ -536,6 +572,7 @@ pub async fn run(
     }
     let mut session = Session::start(target, job.capacity)?;
     let mut pipeline = Pipeline::new(&job.settings, job.rails, job.output);
+    let _stop_on_signal = StopOnSignal::install(pipeline.executor.stop_flag());
     if job.once {
         pipeline.each_outcome = true;
         session.refresh()?;
