@@ -187,46 +187,51 @@ pub(super) fn run(ctx: &mut RunContext<'_>, arm: ArmSpec) -> Result<RunResult, B
     };
     // The measured phase runs on its own thread; the sampler watches it finish.
     let run_for = ctx.run_for;
-    let load = {
-        let shared = Arc::clone(&shared);
-        std::thread::spawn(move || -> Result<(), BenchError> {
-            let started = Instant::now();
-            let (mut requests, mut busy) = (0f64, 0f64);
-            while started.elapsed() < run_for {
-                let t = Instant::now();
-                let out = benchmark(
-                    port,
-                    &[
-                        "-t",
-                        "get",
-                        "-n",
-                        &CHUNK.to_string(),
-                        "-r",
-                        &keys_s,
-                        "-P",
-                        "16",
-                    ],
-                )?;
-                let secs = t.elapsed().as_secs_f64();
-                if parse_rps(&out).is_some() {
-                    requests += CHUNK as f64;
-                    busy += secs;
+    let stop = ctx.stop;
+    // The measured phase runs on a thread of its own, which the sampler watches finish. It
+    // always says it is done (a result, even after an error or a stop), so nothing waits for it.
+    let load = || -> Result<(), BenchError> {
+        let started = Instant::now();
+        let (mut requests, mut busy) = (0f64, 0f64);
+        let chunk = CHUNK.to_string();
+        let args = ["-t", "get", "-n", &chunk, "-r", &keys_s, "-P", "16"];
+        let mut failed = None;
+        while started.elapsed() < run_for && !stop.load(Ordering::Relaxed) {
+            let t = Instant::now();
+            let out = match benchmark(port, &args) {
+                Ok(out) => out,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
                 }
-                lock(&shared).progress =
-                    (started.elapsed().as_secs_f64() / run_for.as_secs_f64()).min(1.0);
+            };
+            let secs = t.elapsed().as_secs_f64();
+            if parse_rps(&out).is_none() {
+                failed = Some(BenchError::Workload(
+                    "redis-benchmark gave no GET figure (is redis-server still up?)".into(),
+                ));
+                break;
             }
-            let mut s = lock(&shared);
-            s.result = Some((requests / busy.max(1e-9), true));
-            Ok(())
-        })
+            requests += CHUNK as f64;
+            busy += secs;
+            lock(&shared).progress =
+                (started.elapsed().as_secs_f64() / run_for.as_secs_f64()).min(1.0);
+        }
+        lock(&shared).result = Some((requests / busy.max(1e-9), failed.is_none()));
+        failed.map_or(Ok(()), Err)
     };
     let from_vmstat = collapse.is_none();
-    let (samples, _) = sample_until(ctx, &[server.pid()], &shared, from_vmstat, &mut |s| {
-        s.result.is_some()
+    let (samples, loaded) = std::thread::scope(|scope| {
+        let load = scope.spawn(load);
+        let (samples, _) = sample_until(ctx, &[server.pid()], &shared, from_vmstat, &mut |s| {
+            s.result.is_some()
+        });
+        let loaded = load
+            .join()
+            .map_err(|_| BenchError::Workload("the load thread panicked".into()))
+            .and_then(|r| r);
+        (samples, loaded)
     });
-    let loaded = load
-        .join()
-        .map_err(|_| BenchError::Workload("the load thread panicked".into()))?;
     let collapse_cpu = stop_collapse(collapse);
     let intact = digest.is_some() && cli(port, &["DEBUG", "DIGEST"]) == digest;
     server.terminate(Duration::from_secs(10));

@@ -45,12 +45,16 @@ struct JournalFile {
     entries: Vec<JournalEntry>,
 }
 
-/// This process's journal.
+/// This process's journal. Every journalled change of the process goes to the one file, so
+/// several restorers (a bench and its arms) share it: see [`Journal::shared`].
 #[derive(Debug)]
 pub struct Journal {
     path: PathBuf,
     file: JournalFile,
 }
+
+/// The process's journal, made at its first use.
+static SHARED: std::sync::Mutex<Option<Journal>> = std::sync::Mutex::new(None);
 
 /// What [`recover`] did with one journal left by a process that is gone.
 #[derive(Debug, PartialEq, Eq)]
@@ -98,6 +102,12 @@ impl Journal {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Runs `f` on the process's one journal (a poisoned lock still holds a usable journal).
+    pub fn shared<T>(f: impl FnOnce(&mut Journal) -> T) -> T {
+        let mut guard = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+        f(guard.get_or_insert_with(Journal::for_this_process))
     }
 
     /// Notes, durably, that `path` is about to change from `previous` to `value`.
@@ -179,7 +189,11 @@ pub fn recover() -> Result<Vec<Recovered>, JournalError> {
                 Err(e) => rec.failed.push((entry, e.to_string())),
             }
         }
-        fs::remove_file(&path).map_err(io_err(&path))?;
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&path)(e)),
+        }
         out.push(rec);
     }
     Ok(out)

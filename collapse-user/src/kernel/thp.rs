@@ -364,7 +364,8 @@ impl Drop for SysfsGuard {
 #[must_use = "dropping it restores every value at once"]
 pub struct SysfsRestore {
     guards: Vec<SysfsGuard>,
-    journal: Option<Journal>,
+    /// Changes go to the process's restore journal first.
+    journalled: bool,
 }
 
 impl SysfsRestore {
@@ -376,22 +377,23 @@ impl SysfsRestore {
     pub fn journalled() -> Self {
         Self {
             guards: Vec::new(),
-            journal: Some(Journal::for_this_process()),
+            journalled: true,
         }
     }
 
     /// Changes `path` to `value`, to be restored with the rest.
     pub fn set(&mut self, path: impl Into<PathBuf>, value: &str) -> Result<(), ThpError> {
         let path = path.into();
-        if let Some(journal) = &mut self.journal {
+        if self.journalled {
             let previous = read_value(&path)?;
-            journal
-                .record(JournalEntry {
+            Journal::shared(|j| {
+                j.record(JournalEntry {
                     path: path.clone(),
                     previous,
                     value: value.to_owned(),
                 })
-                .map_err(ThpError::Journal)?;
+            })
+            .map_err(ThpError::Journal)?;
         }
         match SysfsGuard::set(&path, value) {
             Ok(guard) => {
@@ -399,8 +401,8 @@ impl SysfsRestore {
                 Ok(())
             }
             Err(err) => {
-                if let Some(journal) = &mut self.journal {
-                    let _ = journal.forget(&path);
+                if self.journalled {
+                    let _ = Journal::shared(|j| j.forget(&path));
                 }
                 Err(err)
             }
@@ -433,8 +435,8 @@ impl SysfsRestore {
             let result = guard.restore();
             // A value that could not be written back stays in the journal for the next start.
             if result.is_ok()
-                && let Some(journal) = &mut self.journal
-                && let Err(err) = journal.forget(&path)
+                && self.journalled
+                && let Err(err) = Journal::shared(|j| j.forget(&path))
             {
                 eprintln!("collapse: warning: {err}");
             }

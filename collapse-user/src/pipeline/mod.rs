@@ -306,6 +306,10 @@ impl Pipeline {
             .iter()
             .map(|r| ((r.pid, r.addr), r.state.present.count()))
             .collect();
+        let occupied: HashMap<(i32, u64), u32> = regions
+            .iter()
+            .map(|r| ((r.pid, r.addr), r.state.occupied().count()))
+            .collect();
         let mut results: BTreeMap<&'static str, u64> = BTreeMap::new();
         let mut out = std::io::stdout().lock();
         for o in &pass.outcomes {
@@ -314,9 +318,12 @@ impl Pipeline {
                 r => (r.result_name(), r.reason()),
             };
             let key = (o.pid, o.addr);
+            // A region waiting out its back-off keeps its reported failure: the same failure
+            // after the back-off is no news, and the wait itself is not reported.
+            if o.result == CollapseResult::Skipped(SkipReason::BackingOff) {
+                continue;
+            }
             let changed = self.reported.get(&key).is_none_or(|rep| rep.state != state);
-            // A region waiting out its back-off says so once, after its failure.
-            let waiting = o.result == CollapseResult::Skipped(SkipReason::BackingOff);
             self.reported.insert(
                 key,
                 Reported {
@@ -325,13 +332,15 @@ impl Pipeline {
                     at: now,
                 },
             );
-            if !changed || waiting {
+            if !changed {
                 continue;
             }
             self.tally.record(o);
             if o.result == CollapseResult::Collapsed {
-                let present = present.get(&key).copied().unwrap_or(0);
-                self.tally.zero_filled_pages += u64::from(PTES_PER_PMD as u32 - present.min(512));
+                // Swapped-out PTEs are swapped in, not zero-filled.
+                let occupied = occupied.get(&key).copied().unwrap_or(0);
+                self.tally.zero_filled_pages +=
+                    u64::from(PTES_PER_PMD as u32 - occupied.min(PTES_PER_PMD as u32));
             }
             *results.entry(o.result.result_name()).or_default() += 1;
             match self.output {
@@ -354,13 +363,14 @@ impl Pipeline {
             }
         }
         drop(out);
+        // What `tick_now` compares with: the programs' own bitmaps (file-backed private pages
+        // included), not the anonymous view the plan was made on.
         self.counts_at_pass = session
-            .current()
-            .iter()
-            .flat_map(|(&t, rs)| {
-                rs.iter()
-                    .map(move |r| ((t, r.addr), r.state.present.count()))
-            })
+            .bpf()
+            .regions()
+            .map_err(TracerError::from)?
+            .into_iter()
+            .map(|(key, bits)| ((key.tgid, key.addr), bits.count()))
             .collect();
         let collapsed = self.tally.count("collapsed");
         self.last = view::PassView {
@@ -387,6 +397,13 @@ impl Pipeline {
         let budget = (rate as f64 * rails.base_interval.as_secs_f64() / PMD_SIZE as f64)
             .ceil()
             .max(1.0) as usize;
+        // Regions whose last attempt failed (they may be backing off) go last, so that they never
+        // take the budget from the rest.
+        plans.sort_by_key(|p| {
+            self.reported
+                .get(&(p.pid, p.addr))
+                .is_some_and(|r| r.state.0 == "failed")
+        });
         let mut pmds = 0;
         plans.retain(|p| {
             if !p.is_pmd() {
