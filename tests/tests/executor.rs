@@ -32,8 +32,6 @@ use nix::{
     unistd::Pid,
 };
 
-const PAGES_PER_PMD: u64 = 512;
-
 /// `pmd` with max_ptes_none 255: a PMD qualifies iff at least 257 of its PTEs are present.
 fn planner() -> Planner {
     Planner::new(
@@ -50,57 +48,6 @@ fn rails() -> GuardRails {
         psi_limit: 100.0,
         ..GuardRails::default()
     }
-}
-
-/// An area of a workload child: its name, start and size in pages.
-#[derive(Clone, Copy, Debug)]
-struct Area {
-    name: &'static str,
-    addr: u64,
-    pages: u64,
-}
-
-impl Area {
-    fn regions(&self) -> impl Iterator<Item = u64> + '_ {
-        (0..self.pages / PAGES_PER_PMD).map(|r| self.addr + r * PMD_SIZE)
-    }
-}
-
-fn map(w: &mut Workload, name: &'static str, mib: u64, advice: &str) -> Area {
-    let addr = w.map_advised(name, mib, advice);
-    Area {
-        name,
-        addr,
-        pages: mib * 256,
-    }
-}
-
-/// The layout of the main test: 4 dense PMDs (512/512 pages), 4 at 40 % (205 pages), 4 sparse
-/// (8 pages), and 2 dense PMDs under MADV_NOHUGEPAGE; every populated page filled with its own
-/// contents.
-fn populate(w: &mut Workload) -> Vec<Area> {
-    let dense = map(w, "dense", 8, "plain");
-    let forty = map(w, "forty", 8, "plain");
-    let sparse = map(w, "sparse", 8, "plain");
-    let nh = map(w, "nh", 4, "nohuge");
-    w.cmd("fill dense 0 2048");
-    for r in 0..4 {
-        let base = r * PAGES_PER_PMD;
-        w.cmd(&format!("fill forty {base} {}", base + 205));
-        for k in 0..8 {
-            let p = base + k * 64;
-            w.cmd(&format!("fill sparse {p} {}", p + 1));
-        }
-    }
-    w.cmd("fill nh 0 1024");
-    vec![dense, forty, sparse, nh]
-}
-
-fn checksums(w: &mut Workload, areas: &[Area]) -> Vec<String> {
-    areas
-        .iter()
-        .map(|a| w.cmd(&format!("checksum {} 0 {}", a.name, a.pages)))
-        .collect()
 }
 
 /// Region plans of `pid` from pagemap now, for the regions inside `areas` only.
@@ -275,7 +222,7 @@ fn regions_changed_since_planning_are_rechecked() {
     skip_if!(needs_root_tests());
     let planner = planner();
     let mut w = Workload::spawn();
-    let d = map(&mut w, "d", 12, "plain");
+    let d = Area::map(&mut w, "d", 12, "plain");
     w.cmd("fill d 0 3072");
     let planned = plans(&planner, w.pid, &[d]);
     let r: Vec<u64> = d.regions().collect();
@@ -315,7 +262,7 @@ fn a_collapse_split_right_after_is_unconfirmed_and_backs_off() {
     skip_if!(needs_root_tests());
     let planner = planner();
     let mut w = Workload::spawn();
-    let c = map(&mut w, "c", 8, "plain");
+    let c = Area::map(&mut w, "c", 8, "plain");
     w.cmd("fill c 0 2048");
     // A thread of the child keeps dropping page 0: the PMD MADV_COLLAPSE installs there is
     // split again as soon as the child gets the mmap lock back, so process_madvise returns 0
@@ -412,7 +359,7 @@ fn a_target_killed_before_executing_is_exited() {
     let mut ex = Executor::new(rails(), planner);
     let mut alive_area = None;
     for w in [&mut doomed, &mut alive] {
-        let a = map(w, "a", 8, "plain");
+        let a = Area::map(w, "a", 8, "plain");
         w.cmd("fill a 0 2048");
         planned.extend(plans(&planner, w.pid, &[a]));
         ex.select(w.pid).expect("select");
@@ -636,7 +583,7 @@ fn the_rate_limit_spaces_collapses_and_slow_passes_grow_the_interval() {
     skip_if!(needs_root_tests());
     let planner = planner();
     let mut w = Workload::spawn();
-    let a = map(&mut w, "a", 8, "plain");
+    let a = Area::map(&mut w, "a", 8, "plain");
     w.cmd("fill a 0 2048");
     let mut ex = Executor::new(
         GuardRails {
@@ -690,7 +637,7 @@ fn measure_executor_against_a_plain_loop() {
     };
     let fresh = |name: &'static str| {
         let mut w = Workload::spawn();
-        let a = map(&mut w, name, MIB, "plain");
+        let a = Area::map(&mut w, name, MIB, "plain");
         w.cmd(&format!("populate {name} 0 {}", a.pages));
         (w, a)
     };

@@ -32,27 +32,6 @@ use serde_json::Value;
 /// The policy of every run here: a PMD qualifies iff at least 257 of its 512 PTEs are present.
 const POLICY: [&str; 4] = ["--policy", "pmd", "--max-ptes-none", "255"];
 
-/// The layout of the main tests: 4 dense PMDs (512/512 pages), 4 at 40 % (205 pages), 4 sparse
-/// (8 pages), and 2 dense PMDs under MADV_NOHUGEPAGE; every populated page filled with its own
-/// contents. Returns the areas in that order.
-fn populate(w: &mut Workload) -> Vec<Area> {
-    let dense = Area::map(w, "dense", 8, "plain");
-    let forty = Area::map(w, "forty", 8, "plain");
-    let sparse = Area::map(w, "sparse", 8, "plain");
-    let nh = Area::map(w, "nh", 4, "nohuge");
-    w.cmd("fill dense 0 2048");
-    for r in 0..4 {
-        let base = r * PAGES_PER_PMD;
-        w.cmd(&format!("fill forty {base} {}", base + 205));
-        for k in 0..8 {
-            let p = base + k * 64;
-            w.cmd(&format!("fill sparse {p} {}", p + 1));
-        }
-    }
-    w.cmd("fill nh 0 1024");
-    vec![dense, forty, sparse, nh]
-}
-
 /// `collapse run ARGS --json` to completion: exit status, stdout lines, stderr.
 fn run_once(args: &[&str]) -> (ExitStatus, Vec<Value>, String) {
     let mut all = vec!["run"];

@@ -70,6 +70,22 @@ impl Workspace {
         self.target_dir().join(profile).join("collapse")
     }
 
+    /// Builds the release `collapse` binary (the benches measure it) and returns its path.
+    pub(crate) fn build_release_collapse(&self) -> anyhow::Result<PathBuf> {
+        run(
+            &mut self.cargo([
+                "build",
+                "--release",
+                "-p",
+                "collapse-user",
+                "--bin",
+                "collapse",
+            ]),
+            &self.root,
+        )?;
+        Ok(self.collapse_bin(true))
+    }
+
     /// `cargo ARGS` run from the workspace root. `cargo` is the rustup proxy on PATH, so that
     /// `+nightly` works.
     pub(crate) fn cargo<I, S>(&self, args: I) -> Command

@@ -95,18 +95,7 @@ pub(crate) fn run(ws: &Workspace, settings: &Settings) -> Result<()> {
     if !cmd::is_root() {
         bail!("bench tracer loads eBPF programs and needs root; run it as root");
     }
-    cmd::run(
-        &mut ws.cargo([
-            "build",
-            "--release",
-            "-p",
-            "collapse-user",
-            "--bin",
-            "collapse",
-        ]),
-        &ws.root,
-    )?;
-    let bin = ws.collapse_bin(true);
+    let bin = ws.build_release_collapse()?;
 
     // results[arm][round]
     let mut results: Vec<Vec<StormResult>> = Arm::ALL.iter().map(|_| Vec::new()).collect();

@@ -164,20 +164,13 @@ pub fn run(
             register(advice, [&hot, &cold, &mid])?;
             // The measured phase: dependent loads over the hot array.
             let words = hot.words_mut();
-            let started = Instant::now();
-            let (mut i, mut ops, mut shown) = (0usize, 0u64, Instant::now());
-            while started.elapsed() < run_for {
+            let mut i = 0usize;
+            let (ops, secs) = measured_phase(&mut out, run_for, || {
                 for _ in 0..100_000 {
                     i = words[i] as usize;
                 }
-                ops += 100_000;
-                if shown.elapsed() >= Duration::from_millis(250) {
-                    shown = Instant::now();
-                    let f = started.elapsed().as_secs_f64() / run_for.as_secs_f64();
-                    line(&mut out, &format!("progress {:.3}", f.min(1.0)))?;
-                }
-            }
-            let secs = started.elapsed().as_secs_f64();
+                100_000
+            })?;
             // A permutation of 0..len: its sum and the touched patterns say the data is intact.
             let sum: u128 = words.iter().map(|&w| u128::from(w)).sum();
             let mut ok = sum == u128::from(len) * u128::from(len - 1) / 2 && i < len as usize;
@@ -210,20 +203,15 @@ pub fn run(
             }
             register(advice, [&area])?;
             let w = area.words_mut();
-            let started = Instant::now();
-            let (mut ops, mut shown, mut acc) = (0u64, Instant::now(), 0u64);
-            while started.elapsed() < run_for {
+            let mut acc = 0u64;
+            let (ops, secs) = measured_phase(&mut out, run_for, || {
+                let mut n = 0;
                 for page in (0..pages).step_by(stride as usize) {
                     acc = acc.wrapping_add(w[(page * PAGE_SIZE / 8) as usize]);
-                    ops += 1;
+                    n += 1;
                 }
-                if shown.elapsed() >= Duration::from_millis(250) {
-                    shown = Instant::now();
-                    let f = started.elapsed().as_secs_f64() / run_for.as_secs_f64();
-                    line(&mut out, &format!("progress {:.3}", f.min(1.0)))?;
-                }
-            }
-            let secs = started.elapsed().as_secs_f64();
+                n
+            })?;
             std::hint::black_box(acc);
             let ok = (0..pages)
                 .step_by(stride as usize)
@@ -241,6 +229,26 @@ fn register<const N: usize>(advice: Advice, areas: [&Area; N]) -> Result<(), Are
         }
     }
     Ok(())
+}
+
+/// Runs `batch` (which returns the operations it did) over and over for `run_for`, printing
+/// `progress F` about 4 times a second; the operations done and the seconds taken.
+fn measured_phase(
+    out: &mut impl io::Write,
+    run_for: Duration,
+    mut batch: impl FnMut() -> u64,
+) -> io::Result<(u64, f64)> {
+    let started = Instant::now();
+    let (mut ops, mut shown) = (0u64, Instant::now());
+    while started.elapsed() < run_for {
+        ops += batch();
+        if shown.elapsed() >= Duration::from_millis(250) {
+            shown = Instant::now();
+            let f = started.elapsed().as_secs_f64() / run_for.as_secs_f64();
+            line(out, &format!("progress {:.3}", f.min(1.0)))?;
+        }
+    }
+    Ok((ops, started.elapsed().as_secs_f64()))
 }
 
 fn finish(out: &mut impl io::Write, ops: u64, secs: f64, ok: bool) -> Result<(), WorkloadError> {

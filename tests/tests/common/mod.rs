@@ -472,6 +472,27 @@ pub fn thp_changed() -> String {
     })
 }
 
+/// The layout of the main tests: 4 dense PMDs (512/512 pages), 4 at 40 % (205 pages), 4 sparse
+/// (8 pages), and 2 dense PMDs under MADV_NOHUGEPAGE; every populated page filled with its own
+/// contents. Returns the areas in that order.
+pub fn populate(w: &mut Workload) -> Vec<Area> {
+    let dense = Area::map(w, "dense", 8, "plain");
+    let forty = Area::map(w, "forty", 8, "plain");
+    let sparse = Area::map(w, "sparse", 8, "plain");
+    let nh = Area::map(w, "nh", 4, "nohuge");
+    w.cmd("fill dense 0 2048");
+    for r in 0..4 {
+        let base = r * PAGES_PER_PMD;
+        w.cmd(&format!("fill forty {base} {}", base + 205));
+        for k in 0..8 {
+            let p = base + k * 64;
+            w.cmd(&format!("fill sparse {p} {}", p + 1));
+        }
+    }
+    w.cmd("fill nh 0 1024");
+    vec![dense, forty, sparse, nh]
+}
+
 /// `checksum NAME 0 PAGES` of every area.
 pub fn checksums(w: &mut Workload, areas: &[Area]) -> Vec<String> {
     areas

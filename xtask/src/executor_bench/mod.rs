@@ -101,18 +101,7 @@ pub(crate) fn run(ws: &Workspace, settings: &Settings) -> Result<()> {
              khugepaged's sysfs values; run it as root"
         );
     }
-    cmd::run(
-        &mut ws.cargo([
-            "build",
-            "--release",
-            "-p",
-            "collapse-user",
-            "--bin",
-            "collapse",
-        ]),
-        &ws.root,
-    )?;
-    let bin = ws.collapse_bin(true);
+    let bin = ws.build_release_collapse()?;
 
     // From here on a stop signal is an error, so the guards below are dropped on the way out.
     let _catch = CatchStop::install()?;
