@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 pub mod btf;
 pub mod eligibility;
+pub mod features;
 pub mod journal;
 pub mod pagemap;
 pub mod pidfd;

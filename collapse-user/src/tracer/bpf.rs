@@ -18,6 +18,7 @@ use collapse_common::{
 
 use crate::kernel::{
     btf::{self, BtfError},
+    features::Feature,
     tracefs::{TracefsError, TracepointFormat},
 };
 
@@ -435,8 +436,8 @@ struct Btfs {
 impl Btfs {
     /// `Err` says why the fast path is off.
     fn open() -> Result<Self, String> {
-        if std::env::var_os("COLLAPSE_CLASSIC_TRACEPOINTS").is_some_and(|v| v == "1") {
-            return Err("COLLAPSE_CLASSIC_TRACEPOINTS=1".into());
+        if Feature::BtfTracepoints.forced_off() {
+            return Err(crate::kernel::features::FORCED.into());
         }
         let kernel = btf::KernelBtf::open().map_err(|e| e.to_string())?;
         let aya = aya::Btf::from_sys_fs().map_err(|e| format!("loading kernel BTF: {e}"))?;
