@@ -2,7 +2,10 @@
 //! target cgroup), and forgetting a process at exit or exec.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_task,
+        bpf_probe_read_kernel,
+    },
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -85,10 +88,34 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Whether the exiting task is the last of its thread group: the tracepoint's `group_dead`
+/// (6.16+), else `current->signal->live == 0`, which `do_exit` decrements (with
+/// atomic_dec_and_test, the same test that sets `group_dead`) before the tracepoint fires
+/// (`kernel/exit.c`).
+#[inline(always)]
+fn group_dead(ctx: &TracePointContext) -> bool {
+    if conf!(exit_by_live) == 0 {
+        return field::<u8>(ctx, conf!(exit_group_dead)) != 0;
+    }
+    let (signal_offset, live_offset) = (conf!(task_signal) as usize, conf!(signal_live) as usize);
+    // SAFETY: reading kernel fields of the current task with the checked helper.
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let Ok(signal) = bpf_probe_read_kernel(task.add(signal_offset) as *const u64) else {
+            return false;
+        };
+        if signal == 0 {
+            return false;
+        }
+        let live: Result<i32, _> =
+            bpf_probe_read_kernel((signal as *const u8).add(live_offset).cast());
+        live == Ok(0)
+    }
+}
+
 #[tracepoint]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
-    let group_dead: u8 = field(&ctx, conf!(exit_group_dead));
-    if group_dead == 0 {
+    if !group_dead(&ctx) {
         return 0;
     }
     let tgid = current_tgid();

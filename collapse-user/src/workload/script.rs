@@ -29,6 +29,8 @@ use super::{Area, WorkloadError};
 /// checksum NAME START END      -> sum HEX (FNV-1a over the pages' words; reads map the zero page)
 /// churn NAME START END         -> ok      (a thread MADV_DONTNEEDs the range in a loop until exit)
 /// thp off|on                   -> ok      (prctl(PR_SET_THP_DISABLE, 1 | 0))
+/// fork NAME                    -> forked NAME PID   (a child sharing every page copy-on-write,
+///                                          idle in pause() until killed or this process exits)
 /// exit                         -> (exits 0)
 /// ```
 /// Errors reply `error <message>`, and the process keeps going.
@@ -84,6 +86,9 @@ impl Script {
                 refuse!("prctl(PR_SET_THP_DISABLE): {}", io::Error::last_os_error());
             }
             return Ok("ok".into());
+        }
+        if verb == "fork" {
+            return Ok(format!("forked {name} {}", fork_idle_child()?));
         }
         if verb == "map" {
             let advice = match words.get(3).copied() {
@@ -166,5 +171,21 @@ impl Script {
             other => refuse!("unknown command {other}"),
         }
         Ok("ok".into())
+    }
+}
+
+/// Forks a child that keeps the parent's memory copy-on-write and stays idle: no fault, no
+/// syscall but pause(). It dies with its parent (PR_SET_PDEATHSIG).
+fn fork_idle_child() -> Result<i32, WorkloadError> {
+    // SAFETY: the child calls only async-signal-safe functions (prctl, pause, _exit).
+    match unsafe { libc::fork() } {
+        -1 => refuse!("fork: {}", io::Error::last_os_error()),
+        0 => unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+            loop {
+                libc::pause();
+            }
+        },
+        child => Ok(child),
     }
 }
