@@ -11,8 +11,7 @@ use collapse_common::{
 };
 
 use crate::state::{
-    PENDING_ISOLATE, conf, count_drop, count_khugepaged, emit, field,
-    mm_owner, now,
+    PENDING_ISOLATE, conf, count_drop, count_khugepaged, emit, field, mm_owner, now,
 };
 
 #[inline(always)]

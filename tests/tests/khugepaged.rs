@@ -161,8 +161,11 @@ fn khugepaged_events_of_a_forked_child_are_its_own() {
         "0.5",
         "--events",
     ]);
-    let scanned = |pid: i32| move |v: &serde_json::Value| v["event"] == "scan_pmd" && v["pid"] == pid;
-    let seen_child = tracer.wait_for(Duration::from_secs(60), scanned(child)).is_some()
+    let scanned =
+        |pid: i32| move |v: &serde_json::Value| v["event"] == "scan_pmd" && v["pid"] == pid;
+    let seen_child = tracer
+        .wait_for(Duration::from_secs(60), scanned(child))
+        .is_some()
         || tracer.seen.iter().any(scanned(child));
     let seen_parent = tracer.seen.iter().any(scanned(w.pid))
         || tracer
@@ -170,8 +173,14 @@ fn khugepaged_events_of_a_forked_child_are_its_own() {
             .is_some();
     let (status, all) = tracer.stop();
     assert!(status.success());
-    assert!(seen_child, "no khugepaged scan attributed to the child: {all:?}");
-    assert!(seen_parent, "no khugepaged scan attributed to the parent: {all:?}");
+    assert!(
+        seen_child,
+        "no khugepaged scan attributed to the child: {all:?}"
+    );
+    assert!(
+        seen_parent,
+        "no khugepaged scan attributed to the parent: {all:?}"
+    );
     for v in all.iter().filter(|v| v["event"] == "scan_pmd") {
         assert!(v["pid"] == w.pid || v["pid"] == child, "{v}");
     }

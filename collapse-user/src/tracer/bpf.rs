@@ -312,7 +312,11 @@ const SCHED_SWITCH: &str = "sched_switch";
 
 /// Builds the program configuration from the tracefs formats and BTF; `fallbacks` gets the
 /// features this kernel lacks (or that were forced off) that the configuration works around.
-fn config(root: &Path, sel: &Selection, fallbacks: &mut Vec<Fallback>) -> Result<(Config, StatusNames)> {
+fn config(
+    root: &Path,
+    sel: &Selection,
+    fallbacks: &mut Vec<Fallback>,
+) -> Result<(Config, StatusNames)> {
     let fmt = |cat: &str, name: &str| -> Result<TracepointFormat> {
         Ok(TracepointFormat::read(root, cat, name)?)
     };
@@ -549,9 +553,12 @@ fn load_task_iter(ebpf: &mut Ebpf, btfs: Option<&Btfs>, config: &Config) -> Resu
         .ok_or_else(|| format!("program {TASK_ITER} is missing from the eBPF object"))?
         .try_into()
         .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-    program
-        .load("task", btf)
-        .map_err(|e| format!("loading the task iterator: {}", crate::render::error_chain(&e)))
+    program.load("task", btf).map_err(|e| {
+        format!(
+            "loading the task iterator: {}",
+            crate::render::error_chain(&e)
+        )
+    })
 }
 
 /// The `task_iter` fallback: `sched:sched_switch` learns the `mm` of a traced task as it is
