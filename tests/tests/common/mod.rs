@@ -454,11 +454,13 @@ pub fn shape(w: &mut Workload, name: &str) {
 }
 
 /// Maps the ranges `shape` unmapped again, empty (MAP_FIXED_NOREPLACE at their old
-/// addresses). The snapshot is masked to the VMAs that exist: only over a VMA can it show a
-/// bit an unmap failed to clear.
+/// addresses), and touches page 1124 in the region it unmapped whole. The snapshot has only
+/// regions with a page in an anonymous VMA now, masked to those VMAs: only there can it show
+/// a bit an unmap failed to clear.
 pub fn remap_shape_holes(w: &mut Workload, name: &str) {
     w.cmd(&format!("remap {name} 1800 1900"));
     w.cmd(&format!("remap {name} 1024 1536"));
+    w.cmd(&format!("touch {name} 1124 1125"));
 }
 
 /// `collapse trace --pid` on a workload, writing a snapshot at the end.
