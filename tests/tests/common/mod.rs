@@ -421,6 +421,10 @@ pub fn assert_same_mapping_and_process(
     addr: u64,
     len: u64,
 ) {
+    assert!(
+        !within(truth, addr, len).is_empty(),
+        "{what}: pagemap has no page there, so the comparison would be over nothing"
+    );
     assert_same(what, &within(traced, addr, len), &within(truth, addr, len));
     assert_same("every region of the child", traced, truth);
 }
