@@ -18,7 +18,9 @@ const KHUGEPAGED: &str = "/sys/kernel/mm/transparent_hugepage/khugepaged";
 /// MADV_HUGEPAGE memory, for the test's lifetime: the guards restore everything when they
 /// drop, also if an assertion fails (unwinding runs Drop).
 fn fast_khugepaged() -> (ThpSetup, SysfsGuard) {
-    let thp = ThpSetup::default().pmd_in_advised_memory().fast_khugepaged();
+    let thp = ThpSetup::default()
+        .pmd_in_advised_memory()
+        .fast_khugepaged();
     let none =
         SysfsGuard::set(format!("{KHUGEPAGED}/max_ptes_none"), "64").expect("set max_ptes_none");
     (thp, none)

@@ -18,8 +18,16 @@ use common::{
 fn assert_map_is_pagemap(what: &str, session: &Session, pid: i32, area: &Area) {
     let len = area.pages * 4096;
     let truth = within(&truth(pid), area.addr, len);
-    assert!(!truth.is_empty(), "{what}: pid {pid} has no pages in {}", area.name);
-    assert_same(what, &within(&map_regions(session, pid), area.addr, len), &truth);
+    assert!(
+        !truth.is_empty(),
+        "{what}: pid {pid} has no pages in {}",
+        area.name
+    );
+    assert_same(
+        what,
+        &within(&map_regions(session, pid), area.addr, len),
+        &truth,
+    );
 }
 
 /// Asserts that the programs' map has no bit of `pid` in `[addr, addr + len)`.
@@ -48,13 +56,19 @@ fn a_forked_child_starts_with_its_parents_pages_then_keeps_its_own() {
     let alias = Alias::new(&comm);
     let mut parent = Workload::spawn_as(&alias.path);
     let mut session = session(TargetSpec::Comm(comm), SMALL);
-    assert!(session.traces(parent.pid as u32), "the parent is not traced");
+    assert!(
+        session.traces(parent.pid as u32),
+        "the parent is not traced"
+    );
     let a = Area::map(&mut parent, "a", 8, "nohuge");
     parent.cmd("touch a 0 1024");
     parent.cmd("touch a 1536 1600");
     let mut child = parent.fork();
     assert!(
-        session.bpf().is_tracked(child.pid as u32).expect("tracked bit"),
+        session
+            .bpf()
+            .is_tracked(child.pid as u32)
+            .expect("tracked bit"),
         "the programs did not start tracing the child at fork"
     );
     // Its fork record makes userspace seed it: the pages it shares with its parent.
@@ -205,7 +219,10 @@ fn comm_target_follows_exec_into_and_out_of_the_name() {
         "exec into the name did not start tracing"
     );
     session.poll().expect("poll");
-    assert!(session.traces(w.pid as u32), "the session did not pick the process up");
+    assert!(
+        session.traces(w.pid as u32),
+        "the session did not pick the process up"
+    );
     let a = Area::map(&mut w, "a", 8, "nohuge");
     shape(&mut w, "a");
     assert_map_is_pagemap("under the name", &session, w.pid, &a);
@@ -225,7 +242,13 @@ fn comm_target_follows_exec_into_and_out_of_the_name() {
     assert!(!session.traces(w.pid as u32), "the session still traces it");
     let after = Area::map(&mut w, "after", 4, "nohuge");
     w.cmd("touch after 0 1024");
-    assert_map_empty("after exec out of the name", &session, w.pid, after.addr, 4 << 20);
+    assert_map_empty(
+        "after exec out of the name",
+        &session,
+        w.pid,
+        after.addr,
+        4 << 20,
+    );
 }
 
 /// `--all`: a process started after the session is recorded from its first fault without
@@ -241,8 +264,9 @@ fn all_records_a_fresh_process_but_not_itself() {
     assert_map_is_pagemap("a fresh process under --all", &session, w.pid, &a);
     // Our own memory, faulted while we trace everything.
     let me = std::process::id() as i32;
-    let own = collapse::workload::Area::map(8 << 20, Some(nix::sys::mman::MmapAdvise::MADV_NOHUGEPAGE))
-        .expect("map in the test process");
+    let own =
+        collapse::workload::Area::map(8 << 20, Some(nix::sys::mman::MmapAdvise::MADV_NOHUGEPAGE))
+            .expect("map in the test process");
     own.touch(0, 2048).expect("touch in the test process");
     assert!(
         within(&truth(me), own.addr(), 8 << 20).len() == 4,
@@ -250,7 +274,10 @@ fn all_records_a_fresh_process_but_not_itself() {
     );
     assert_map_empty("the tracer's own faults", &session, me, own.addr(), 8 << 20);
     session.rescan().expect("rescan");
-    assert!(session.traces(w.pid as u32), "the rescan did not pick up the fresh process");
+    assert!(
+        session.traces(w.pid as u32),
+        "the rescan did not pick up the fresh process"
+    );
     assert!(!session.traces(me as u32), "the session traces itself");
     assert_map_is_pagemap("a fresh process after a rescan", &session, w.pid, &a);
     assert!(

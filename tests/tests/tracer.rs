@@ -304,7 +304,11 @@ fn mthp_faults_set_the_whole_folio() {
         16 * 16,
         "the kernel did not fault 64 KiB folios here: {mapping:?}"
     );
-    assert_same("64 KiB folios as the programs set them", &recorded, &mapping);
+    assert_same(
+        "64 KiB folios as the programs set them",
+        &recorded,
+        &mapping,
+    );
     let seen = session.poll().expect("poll");
     assert_eq!(
         inproc::large_folios(&seen, w.pid, 4),

@@ -20,7 +20,9 @@ use common::{
 #[test]
 fn untracked_processes_never_appear_in_the_maps() {
     skip_if!(needs_root_tests());
-    let _thp = ThpSetup::default().pmd_in_advised_memory().fast_khugepaged();
+    let _thp = ThpSetup::default()
+        .pmd_in_advised_memory()
+        .fast_khugepaged();
     let mut traced = Workload::spawn();
     let mut other = Workload::spawn();
     let mut session = session_for(traced.pid);

@@ -143,7 +143,9 @@ impl Workload {
                         return f;
                     }
                     // ENXIO: no reader yet on the other side of a FIFO opened for writing.
-                    Err(e) if e.raw_os_error() == Some(libc::ENXIO) && Instant::now() < deadline => {
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::ENXIO) && Instant::now() < deadline =>
+                    {
                         std::thread::sleep(Duration::from_millis(10))
                     }
                     Err(e) => panic!("open {}: {e}", path.display()),
