@@ -285,3 +285,46 @@ fn all_records_a_fresh_process_but_not_itself() {
         "the tracer's own regions are in the map"
     );
 }
+
+/// The same through the binary: `collapse trace --comm NAME` picks up a process started under
+/// that name after it attached, says so, and its snapshot equals pagemap.
+#[test]
+fn trace_comm_picks_up_a_process_started_later() {
+    skip_if!(needs_root_tests());
+    let comm = unique_comm("ctrace");
+    let alias = Alias::new(&comm);
+    let dir = temp_dir("trace-comm");
+    let snap = dir.join("snap.jsonl");
+    let mut tracer = Tracer::start(&[
+        "--comm",
+        &comm,
+        "--interval",
+        "0.2",
+        "--events",
+        "--snapshot",
+        snap.to_str().expect("UTF-8 temp path"),
+    ]);
+    let mut w = Workload::spawn_as(&alias.path);
+    let traced = tracer.wait_for(std::time::Duration::from_secs(30), |v| {
+        v["event"] == "traced" && v["pid"] == w.pid
+    });
+    assert!(
+        traced.is_some(),
+        "no `traced` line for the process named {comm}: {:?}",
+        tracer.seen
+    );
+    let a = Area::map(&mut w, "a", 8, "nohuge");
+    shape(&mut w, "a");
+    remap_shape_holes(&mut w, "a");
+    let (status, _) = tracer.stop();
+    assert!(status.success(), "collapse trace exited with {status}");
+    let snapshot = snapshot_regions(&snap, w.pid);
+    assert_same_mapping_and_process(
+        "a process traced by its comm",
+        &snapshot,
+        &truth(w.pid),
+        a.addr,
+        8 << 20,
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
