@@ -7,25 +7,28 @@ use std::time::Duration;
 
 use collapse::kernel::thp::SysfsGuard;
 use common::{
-    skip::{needs_root_tests, skip_if, thp_never},
+    skip::{needs_root_tests, skip_if},
+    thp::ThpSetup,
     *,
 };
 
 const KHUGEPAGED: &str = "/sys/kernel/mm/transparent_hugepage/khugepaged";
 
-/// khugepaged scanning every 100 ms with max_ptes_none 64, for the test's lifetime: the guards
-/// restore both when they drop, also if an assertion fails (unwinding runs Drop).
-fn fast_khugepaged() -> (SysfsGuard, SysfsGuard) {
-    let sleep = SysfsGuard::set(format!("{KHUGEPAGED}/scan_sleep_millisecs"), "100")
-        .expect("set scan_sleep_millisecs");
+/// khugepaged scanning every 100 ms with max_ptes_none 64, and PMD THPs allowed in
+/// MADV_HUGEPAGE memory, for the test's lifetime: the guards restore everything when they
+/// drop, also if an assertion fails (unwinding runs Drop).
+fn fast_khugepaged() -> (ThpSetup, SysfsGuard) {
+    let thp = ThpSetup::default()
+        .pmd_in_advised_memory()
+        .fast_khugepaged();
     let none =
         SysfsGuard::set(format!("{KHUGEPAGED}/max_ptes_none"), "64").expect("set max_ptes_none");
-    (sleep, none)
+    (thp, none)
 }
 
 #[test]
 fn khugepaged_events_are_attributed_with_status_names() {
-    skip_if!(needs_root_tests().or_else(thp_never));
+    skip_if!(needs_root_tests());
     let _khugepaged = fast_khugepaged();
 
     let mut w = Workload::spawn();
@@ -36,7 +39,7 @@ fn khugepaged_events_are_attributed_with_status_names() {
     w.cmd("touch k 0 512");
     w.cmd("touch k 512 522");
     // The same in an untraced process, which must never show up.
-    bystander.map("k", 4, false);
+    let bystander_addr = bystander.map("k", 4, false);
     bystander.cmd("touch k 0 512");
     let mut traced_run = TracedWorkload::start("khugepaged", &w, &["--events"]);
     // Now register both with khugepaged.
@@ -52,6 +55,17 @@ fn khugepaged_events_are_attributed_with_status_names() {
     let exceed = traced_run.tracer.wait_for(Duration::from_secs(60), |v| {
         v["event"] == "scan_pmd" && v["status"] == "exceed_none_pte"
     });
+    // Only once khugepaged has collapsed the bystander's dense region (it scanned it) can
+    // its absence from the stream mean anything.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while !pmd_mapped(bystander.pid, bystander_addr) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "khugepaged did not collapse the bystander's dense region in 90 s{}",
+            thp_changed()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // The sparse region may be scanned before the dense one: look at everything seen so far.
     let (traced, truth, seen) = traced_run.finish();
     let khugepaged: Vec<_> = seen
@@ -111,7 +125,7 @@ fn khugepaged_events_are_attributed_with_status_names() {
 /// blocked in a read): the task iterator learned its `mm` when it was attached.
 #[test]
 fn khugepaged_events_of_an_idle_process_are_attributed() {
-    skip_if!(needs_root_tests().or_else(thp_never));
+    skip_if!(needs_root_tests());
     let _khugepaged = fast_khugepaged();
     let mut w = Workload::spawn();
     // 10 pages at the start of a region: every scan of it ends exceed_none_pte, with a page
@@ -136,7 +150,7 @@ fn khugepaged_events_of_an_idle_process_are_attributed() {
 /// both are idle after the tracer attaches, and each one's khugepaged scans are its own.
 #[test]
 fn khugepaged_events_of_a_forked_child_are_its_own() {
-    skip_if!(needs_root_tests().or_else(thp_never));
+    skip_if!(needs_root_tests());
     let _khugepaged = fast_khugepaged();
     let mut w = Workload::spawn();
     // 10 pages at the start of a region, registered with khugepaged, then shared with a child:
@@ -144,13 +158,8 @@ fn khugepaged_events_of_a_forked_child_are_its_own() {
     w.map("k", 4, false);
     w.cmd("touch k 0 10");
     w.cmd("huge k 0 1024");
-    let reply = w.cmd("fork k");
-    let child: i32 = reply
-        .split_whitespace()
-        .nth(2)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("forked NAME PID: {reply}"));
-    let _child = KillOnDrop(child);
+    let child_w = w.fork();
+    let child = child_w.pid;
     let (parent_s, child_s) = (w.pid.to_string(), child.to_string());
     let mut tracer = Tracer::start(&[
         "--pid",
@@ -191,7 +200,7 @@ fn khugepaged_events_of_a_forked_child_are_its_own() {
 /// fault or a hooked syscall (a prctl, then blocking in its read of stdin).
 #[test]
 fn khugepaged_attribution_with_the_sched_switch_fallback() {
-    skip_if!(needs_root_tests().or_else(thp_never));
+    skip_if!(needs_root_tests());
     let _khugepaged = fast_khugepaged();
     let mut w = Workload::spawn();
     w.map("k", 4, false);
@@ -224,15 +233,4 @@ fn khugepaged_attribution_with_the_sched_switch_fallback() {
         seen.is_some(),
         "no khugepaged scan attributed on the sched_switch fallback: {all:?}"
     );
-}
-
-/// Kills a process this test started, by its pid, when the test ends.
-struct KillOnDrop(i32);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.0);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        let _ = nix::sys::wait::waitpid(pid, None);
-    }
 }
