@@ -13,7 +13,7 @@ use collapse_common::{consts::CLONE_THREAD, event::EventKind};
 
 use crate::state::{
     CONFIG, TRACKED, bit_clear, bit_set, clear_pending_all, conf, current_tgid, emit_range, field,
-    forget_mm, is_tracked,
+    forget_mm, is_tracked, learn_mm,
 };
 
 /// Whether the current task's comm is the `--comm` target.
@@ -69,6 +69,7 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
             // New to us: userspace seeds it whole, nothing to forget.
             bit_set(&TRACKED, tgid);
             forget_mm(tgid);
+            learn_mm(tgid);
             emit_range(EventKind::Attach, tgid, 0, 0);
             return 0;
         } else if !matches && tracked && conf!(all) == 0 {
@@ -80,8 +81,10 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
         }
     }
     if tracked {
-        // A new address space: a new mm to learn; userspace re-reads the regions.
+        // A new address space (fs/exec.c exec_mmap has installed it before this tracepoint):
+        // learned here, in the process's own context; userspace re-reads the regions.
         forget_mm(tgid);
+        learn_mm(tgid);
         clear_pending_all(tgid);
         emit_range(EventKind::Exec, tgid, 0, 0);
     }

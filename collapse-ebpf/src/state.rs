@@ -450,8 +450,8 @@ pub fn emit_range(kind: EventKind, tgid: u32, addr: u64, len: u64) {
 }
 
 /// Remembers `current->mm` → `tgid` once per process, so khugepaged events (which carry only
-/// the `mm`) can be attributed. Called in the process's own context (after an exec, and on the
-/// `task_iter` fallback's context switches).
+/// the `mm`) can be attributed. Called in the process's own context: at exec, and on the
+/// `task_iter` fallback's context switches.
 #[inline(always)]
 pub fn learn_mm(tgid: u32) {
     if mm_known(tgid) {
