@@ -580,6 +580,12 @@ fn closed_stdout_still_writes_the_snapshot() {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
+    // Before reading stderr: a command left running holds it open.
+    let left_running = Path::new(&format!("/proc/{cmd_pid}")).exists();
+    if left_running {
+        // Ours (collapse's child), by its pid.
+        let _ = kill(Pid::from_raw(cmd_pid), Signal::SIGKILL);
+    }
     let mut stderr = String::new();
     use std::io::Read as _;
     let _ = child.stderr.take().expect("stderr").read_to_string(&mut stderr);
@@ -588,11 +594,6 @@ fn closed_stdout_still_writes_the_snapshot() {
         "collapse exited with {status} (a signal: SIGPIPE killed it): {stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
-    let left_running = Path::new(&format!("/proc/{cmd_pid}")).exists();
-    if left_running {
-        // Ours (collapse's child), by its pid.
-        let _ = kill(Pid::from_raw(cmd_pid), Signal::SIGKILL);
-    }
     assert!(!left_running, "the traced command {cmd_pid} still runs");
     assert!(snap.is_file(), "no snapshot written: {stderr}");
     let _ = std::fs::remove_dir_all(dir);
