@@ -598,3 +598,26 @@ fn closed_stdout_still_writes_the_snapshot() {
     assert!(snap.is_file(), "no snapshot written: {stderr}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Deleting a region the programs have deleted already (a munmap got there first, between
+/// userspace listing the keys and deleting them) is done, not an error: `trace --all` under a
+/// storm of mapping and unmapping processes used to stop on `bpf_map_delete_elem: ENOENT`.
+#[test]
+fn deleting_a_region_already_gone_is_done() {
+    skip_if!(needs_root_tests());
+    use collapse::tracer::{Bpf, Capacity, Selection};
+    use collapse_common::{OccupancyBitmap, maps::RegionKey};
+    let mut bpf = Bpf::load(&Selection::default(), Capacity::default()).expect("load programs");
+    let key = RegionKey::new(std::process::id(), 0x7000_0000_0000);
+    assert_eq!(bpf.region(&key).expect("read"), None);
+    bpf.set_region(&key, &OccupancyBitmap::EMPTY)
+        .expect("deleting an absent region");
+    let mut one = OccupancyBitmap::EMPTY;
+    one.set(3);
+    bpf.set_region(&key, &one).expect("write");
+    assert_eq!(bpf.region(&key).expect("read"), Some(one));
+    assert_eq!(bpf.prune(|_, _| false).expect("prune"), 1);
+    assert_eq!(bpf.region(&key).expect("read"), None);
+    bpf.set_region(&key, &OccupancyBitmap::EMPTY)
+        .expect("deleting it again");
+}

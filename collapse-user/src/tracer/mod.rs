@@ -19,7 +19,7 @@ mod view;
 use std::{future::Future, path::PathBuf, time::Duration};
 
 pub use self::{
-    bpf::{Bpf, BpfError, Capacity, StatusNames},
+    bpf::{Bpf, BpfError, Capacity, Selection, StatusNames},
     error::{TargetError, TracerError},
     event_loop::{Stop, TickHandler, Ticks, run},
     json::TraceLine,
