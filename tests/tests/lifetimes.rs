@@ -329,9 +329,8 @@ fn cgroup2_root() -> Option<PathBuf> {
         .iter()
         .map(PathBuf::from)
         .find(|p| {
-            nix::sys::statfs::statfs(p.as_path()).is_ok_and(|fs| {
-                fs.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC
-            })
+            nix::sys::statfs::statfs(p.as_path())
+                .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
         })
 }
 
@@ -397,11 +396,18 @@ impl Drop for TestCgroup {
 fn cgroup_covers_its_subtree() {
     skip_if!(needs_root_tests());
     let Some(root) = cgroup2_root() else {
-        skip!("no cgroup v2 mount at {:?}", collapse::kernel::procs::CGROUP_ROOTS);
+        skip!(
+            "no cgroup v2 mount at {:?}",
+            collapse::kernel::procs::CGROUP_ROOTS
+        );
     };
     let cg = TestCgroup::make(
         &root,
-        &[&format!("collapse-test-{}", std::process::id()), "mid", "leaf"],
+        &[
+            &format!("collapse-test-{}", std::process::id()),
+            "mid",
+            "leaf",
+        ],
     );
     let mut first = Workload::spawn();
     TestCgroup::enter(cg.leaf(), first.pid);
@@ -443,9 +449,15 @@ fn cgroup_covers_its_subtree() {
 fn removed_cgroup_is_a_drop() {
     skip_if!(needs_root_tests());
     let Some(root) = cgroup2_root() else {
-        skip!("no cgroup v2 mount at {:?}", collapse::kernel::procs::CGROUP_ROOTS);
+        skip!(
+            "no cgroup v2 mount at {:?}",
+            collapse::kernel::procs::CGROUP_ROOTS
+        );
     };
-    let mut cg = TestCgroup::make(&root, &[&format!("collapse-test-gone-{}", std::process::id())]);
+    let mut cg = TestCgroup::make(
+        &root,
+        &[&format!("collapse-test-gone-{}", std::process::id())],
+    );
     let w = Workload::spawn();
     TestCgroup::enter(cg.leaf(), w.pid);
     let path = cg.leaf().to_str().expect("UTF-8").to_owned();
@@ -493,7 +505,10 @@ fn all_survives_a_process_storm() {
             })
             .collect();
         let mut shell = Command::new("/bin/sh")
-            .args(["-c", "i=0; while [ $i -lt 3000 ]; do /bin/true; i=$((i+1)); done"])
+            .args([
+                "-c",
+                "i=0; while [ $i -lt 3000 ]; do /bin/true; i=$((i+1)); done",
+            ])
             .spawn()
             .expect("sh");
         let mut args = vec!["trace", "--all", "--duration", "20", "--interval", "0.5"];
@@ -524,7 +539,10 @@ fn all_survives_a_process_storm() {
                 Some("end".into()),
                 "no end line: {stderr}"
             );
-            assert_eq!(lines.last().map(|v| v["reason"].clone()), Some("duration".into()));
+            assert_eq!(
+                lines.last().map(|v| v["reason"].clone()),
+                Some("duration".into())
+            );
         }
     }
 }
@@ -588,7 +606,11 @@ fn closed_stdout_still_writes_the_snapshot() {
     }
     let mut stderr = String::new();
     use std::io::Read as _;
-    let _ = child.stderr.take().expect("stderr").read_to_string(&mut stderr);
+    let _ = child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr);
     assert!(
         status.success(),
         "collapse exited with {status} (a signal: SIGPIPE killed it): {stderr}"

@@ -306,7 +306,8 @@ impl Session {
     /// Whether the process traced as `tgid` still holds that pid (not ended, not replaced by
     /// a process that reused the pid).
     fn still_there(p: &TracedProcess) -> bool {
-        procs::start_time(p.tgid as i32).is_ok_and(|t| t == p.start_time) && procs::exists(p.tgid as i32)
+        procs::start_time(p.tgid as i32).is_ok_and(|t| t == p.start_time)
+            && procs::exists(p.tgid as i32)
     }
 
     /// The process with pid `tgid` now, named by its start time and generation; `None` if no
@@ -518,10 +519,7 @@ impl Session {
                 } else {
                     tgid
                 };
-                let known = self
-                    .procs
-                    .get(&child)
-                    .is_some_and(Self::still_there);
+                let known = self.procs.get(&child).is_some_and(Self::still_there);
                 if known || !self.add(child)? {
                     None
                 } else {
@@ -841,8 +839,9 @@ impl Session {
     fn sweep(&mut self) -> Result<()> {
         self.dead.clear();
         let procs = &self.procs;
-        self.bpf
-            .prune(|tgid, generation| procs.get(&tgid).is_some_and(|p| p.generation == generation))?;
+        self.bpf.prune(|tgid, generation| {
+            procs.get(&tgid).is_some_and(|p| p.generation == generation)
+        })?;
         Ok(())
     }
 
