@@ -85,6 +85,11 @@ fn trace(args: &TraceArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.snapshot {
         tracer::check_snapshot_path(path)?;
     }
+    // A closed stdout must not kill us before the snapshot is written and the command stopped:
+    // writes fail with EPIPE instead, and the trace ends on it. (The command gets the default
+    // back before it execs.)
+    // SAFETY: setting a signal disposition before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     let target = Target::resolve(&convert::target_spec(&args.target)?)?;
     let output = if args.json {
         TraceOutput::Json {
@@ -105,8 +110,13 @@ fn trace(args: &TraceArgs) -> anyhow::Result<ExitCode> {
     // Ctrl-C and SIGTERM are caught from here on: one during seeding still ends with a
     // snapshot.
     let (rt, mut signals) = runtime()?;
-    rt.block_on(tracer::trace(target, job, signals.recv()))?;
-    Ok(ExitCode::SUCCESS)
+    match rt.block_on(tracer::trace(target, job, signals.recv())) {
+        // Whoever read us went away (`| head -1`): the snapshot is written and the command
+        // stopped; like other tools in a pipeline, end quietly.
+        Err(tracer::TracerError::OutputClosed) => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(e.into()),
+        Ok(_) => Ok(ExitCode::SUCCESS),
+    }
 }
 
 fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
