@@ -9,15 +9,24 @@
 pub enum Feature {
     /// BTF-typed raw tracepoints for the hot programs (else classic tracepoints).
     BtfTracepoints,
+    /// `PAGEMAP_SCAN` on /proc/PID/pagemap (Linux 6.7+): populated ranges by category, so a
+    /// tick reads only regions that changed (else every entry of every anonymous VMA is read,
+    /// and a changed process is read whole).
+    PagemapScan,
+    /// `BPF_MAP_LOOKUP_BATCH` (Linux 5.6+): the region map in a few calls per tick (else one
+    /// `get_next_key` and one lookup per region).
+    MapBatch,
 }
 
 impl Feature {
-    pub const ALL: &[Self] = &[Self::BtfTracepoints];
+    pub const ALL: &[Self] = &[Self::BtfTracepoints, Self::PagemapScan, Self::MapBatch];
 
     /// The name `COLLAPSE_FALLBACKS` and the reports use.
     pub const fn name(self) -> &'static str {
         match self {
             Self::BtfTracepoints => "btf_tracepoints",
+            Self::PagemapScan => "pagemap_scan",
+            Self::MapBatch => "map_batch",
         }
     }
 

@@ -187,7 +187,9 @@ impl PagemapReader {
             pagemap,
             pagemap_path,
             kpageflags,
-            use_scan: true,
+            // Probed at the first scan (ENOTTY before 6.7); COLLAPSE_FALLBACKS=pagemap_scan
+            // forces the fallback here.
+            use_scan: !super::features::Feature::PagemapScan.forced_off(),
         })
     }
 
