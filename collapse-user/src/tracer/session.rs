@@ -29,6 +29,8 @@ use crate::{
     snapshot::SnapshotRegion,
 };
 
+mod refresh;
+
 type Result<T, E = TracerError> = std::result::Result<T, E>;
 
 /// Whether faults can map large folios, from the THP settings: at least one size `always`;
@@ -157,6 +159,9 @@ pub struct Session {
     /// The last regions of processes that ended while traced: a command traced to its end
     /// still has a snapshot.
     ended_regions: BTreeMap<u32, Vec<TracedRegion>>,
+    /// What each traced process looked like at its last read from pagemap (the tick re-reads
+    /// only what changed).
+    views: refresh::Views,
 }
 
 /// Every record waiting in the ring buffer.
@@ -260,6 +265,7 @@ impl Session {
             ring_lost: 0,
             current: BTreeMap::new(),
             ended_regions: BTreeMap::new(),
+            views: refresh::Views::default(),
         };
         // Tracking starts before seeding, so no page populated in between is missed.
         for tgid in target.initial_tgids()? {
@@ -345,6 +351,7 @@ impl Session {
         if !self.target.all && self.bpf.is_tracked(tgid).unwrap_or(false) {
             let _ = self.bpf.set_tracked(tgid, false);
         }
+        self.views.forget(tgid);
         if let Some(regions) = self.current.remove(&tgid) {
             self.ended_regions.insert(tgid, regions);
         }
@@ -417,6 +424,8 @@ impl Session {
             }
             EventKind::Fork | EventKind::Attach => {
                 let child = if kind == EventKind::Fork {
+                    // The parent's pages are shared with the child now.
+                    self.views.mark(tgid);
                     ev.addr as u32
                 } else {
                     tgid
@@ -563,6 +572,7 @@ impl Session {
         // One walk of the map for all of them.
         let mut before = self.regions_by_tgid()?;
         for (tgid, whole, ranges) in todo {
+            self.views.mark(tgid);
             let before = before.remove(&tgid).unwrap_or_default();
             // Many ranges (a large folio on every fault with an mTHP size `always`): one read of
             // the whole process is cheaper than one per range.
@@ -644,41 +654,6 @@ impl Session {
         Ok(())
     }
 
-    /// Every traced process's regions as they are now: present bits from the programs, masked
-    /// to anonymous VMAs; swap, shared and whether a PMD maps it from pagemap. By tgid.
-    fn traced_regions(&self) -> Result<BTreeMap<u32, Vec<TracedRegion>>> {
-        let mut by_tgid = self.regions_by_tgid()?;
-        by_tgid.retain(|tgid, _| self.procs.contains_key(tgid));
-        let mut out = BTreeMap::new();
-        for (tgid, regions) in by_tgid {
-            // A process may exit at any point here: skip it rather than fail.
-            let Ok(truths) = pagemap::read_regions(tgid as i32) else {
-                continue;
-            };
-            let traced: Vec<TracedRegion> = truths
-                .into_iter()
-                .filter_map(|t| {
-                    // A swapped-out PTE is not present, whatever its last fault said.
-                    let present = regions
-                        .get(&t.addr)?
-                        .intersection(&t.vma_mask)
-                        .difference(&t.swap);
-                    (!present.is_empty()).then_some(TracedRegion {
-                        addr: t.addr,
-                        state: RegionState {
-                            present,
-                            swap: t.swap,
-                            shared: t.shared,
-                        },
-                        pmd_mapped: t.pmd_mapped,
-                    })
-                })
-                .collect();
-            out.insert(tgid, traced);
-        }
-        Ok(out)
-    }
-
     /// Handles what the programs have reported so far, without an event loop (one-shot use,
     /// tests): the same as `collapse trace` does as records arrive.
     pub fn poll(&mut self) -> Result<Vec<Observed>> {
@@ -719,16 +694,37 @@ impl Session {
         Ok(())
     }
 
-    /// Re-reads every traced process's regions into [`Session::current`].
+    /// Re-reads what changed of the traced processes' regions into [`Session::current`], within
+    /// the tick's budget (see `refresh.rs`).
     pub fn refresh(&mut self) -> Result<()> {
-        self.current = self.traced_regions()?;
+        self.refresh_views(false)
+    }
+
+    /// ORs `mask` into `tgid`'s region at `addr`: bits userspace learned from pagemap that no
+    /// fault of the process set. The one place such bits are written back.
+    pub(crate) fn add_bits(&mut self, tgid: u32, addr: u64, mask: &OccupancyBitmap) -> Result<()> {
+        let key = RegionKey::new(tgid, addr);
+        let now = self.bpf.region(&key)?.unwrap_or_default();
+        let new = now.union(mask);
+        if new != now {
+            self.bpf.set_region(&key, &new)?;
+        }
         Ok(())
+    }
+
+    /// The THP coverage of `tgid`'s anonymous memory as of its last read (read now if it has
+    /// none).
+    pub fn memory_coverage(&self, tgid: u32) -> Option<procs::MemoryCoverage> {
+        self.views
+            .coverage(tgid)
+            .or_else(|| procs::memory_coverage(tgid as i32).ok())
     }
 
     /// The region snapshot (DESIGN.md) of every traced process, and of those that ended while
     /// traced as they were at the last refresh before they did.
     pub fn snapshot(&mut self) -> Result<Vec<SnapshotRegion>> {
-        self.refresh()?;
+        // Every process read now, whatever the tick's budget: the snapshot is exact.
+        self.refresh_views(true)?;
         let mut all = self.current.clone();
         all.extend(self.ended_regions.iter().map(|(t, r)| (*t, r.clone())));
         Ok(all
