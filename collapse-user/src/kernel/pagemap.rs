@@ -164,6 +164,14 @@ pub fn maps_pfn(pid: i32, pfn: u64) -> Result<bool> {
     PagemapReader::open(pid)?.maps_pfn(pfn)
 }
 
+/// Whether `PAGEMAP_SCAN` is used here: the kernel has it (6.7+; probed on our own pagemap)
+/// and `COLLAPSE_FALLBACKS` does not force its fallback.
+pub fn scan_works() -> bool {
+    PagemapReader::open(std::process::id() as i32)
+        .and_then(|mut r| r.scan(0..PAGE_SIZE, 0, 0))
+        .is_ok_and(|runs| runs.is_some())
+}
+
 /// Open pagemap and kpageflags files of one process, for repeated reads.
 pub struct PagemapReader {
     pid: i32,

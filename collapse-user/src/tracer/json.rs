@@ -23,6 +23,8 @@ pub enum TraceLine<'a> {
         fast_path: &'a [&'static str],
         slow_path: &'a [String],
         large_folio_hook: Option<&'static str>,
+        /// Probed features whose fallback is in use (kernel::features names).
+        fallbacks: Vec<&'static str>,
     },
     Sample(SampleLine<'a>),
     Event(EventLine<'a>),
@@ -120,6 +122,7 @@ impl<'a> TraceLine<'a> {
             fast_path: bpf.fast_path(),
             slow_path: bpf.slow_path(),
             large_folio_hook: bpf.large_folio_hook(),
+            fallbacks: session.fallbacks(),
         }
     }
 

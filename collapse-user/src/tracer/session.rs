@@ -229,6 +229,20 @@ impl Session {
         &self.current
     }
 
+    /// The probed features whose fallback this session uses, by name.
+    pub fn fallbacks(&self) -> Vec<&'static str> {
+        use crate::kernel::features::Feature;
+        Feature::ALL
+            .iter()
+            .filter(|f| match f {
+                Feature::BtfTracepoints => self.bpf.fast_path().is_empty(),
+                Feature::PagemapScan => !pagemap::scan_works(),
+                Feature::MapBatch => !self.bpf.reads_in_batches(),
+            })
+            .map(|f| f.name())
+            .collect()
+    }
+
     /// The pid of the command the session spawned (`-- CMD`), if any.
     pub fn child_pid(&self) -> Option<u32> {
         self.child.as_ref().map(CommandChild::pid)

@@ -28,6 +28,7 @@ use super::{Area, WorkloadError};
 /// fill NAME START END          -> ok      (write every byte of each page, distinct per page)
 /// checksum NAME START END      -> sum HEX (FNV-1a over the pages' words; reads map the zero page)
 /// churn NAME START END         -> ok      (a thread MADV_DONTNEEDs the range in a loop until exit)
+/// uffd NAME START END          -> ok      (pages filled by UFFDIO_COPY: present without a fault)
 /// thp off|on                   -> ok      (prctl(PR_SET_THP_DISABLE, 1 | 0))
 /// exit                         -> (exits 0)
 /// ```
@@ -123,6 +124,7 @@ impl Script {
             "populate" => a.advise(start, end, MmapAdvise::MADV_POPULATE_WRITE)?,
             "unmap" => a.unmap(start, end)?,
             "lock" => a.lock(start, end)?,
+            "uffd" => a.fill_by_uffd_copy(start, end)?,
             "fill" => {
                 a.page_ptr(end)?;
                 for page in start..end {
