@@ -792,7 +792,13 @@ impl Bpf {
             HashMap::try_from(self.map_mut(names::REGIONS)?)?;
         if bits.is_empty() {
             match map.remove(key) {
+                // Deleted meanwhile by the programs (a clear or an exit): what was asked.
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+                {
+                    Ok(())
+                }
                 Err(e) => Err(e.into()),
             }
         } else {

@@ -603,7 +603,13 @@ impl Session {
                 // process named on the command line must be readable; one picked up by
                 // --all / --comm / --cgroup that is not (pid 1 under a security module, another
                 // user namespace) is traced from events alone, with a warning.
-                if !procs::exists(tgid as i32) {
+                // pagemap says the mm is gone before /proc does (an exit in progress).
+                if !procs::exists(tgid as i32)
+                    || matches!(
+                        err,
+                        TracerError::Pagemap(pagemap::PagemapError::NoProcess { .. })
+                    )
+                {
                     continue;
                 }
                 let err = TracerError::Seed {

@@ -94,6 +94,9 @@ impl Script {
                 Some("plain") => None,
                 Some(other) => refuse!("unknown advice {other}"),
             };
+            // The old area of that name goes first: mapped after it was unmapped, the new one
+            // may reuse its address, and dropping the old one then would unmap the new one.
+            self.areas.remove(name);
             let a = Area::map(num(2)? << 20, advice)?;
             let reply = format!("mapped {name} {:#x} {}", a.addr(), a.pages());
             self.areas.insert(name.to_owned(), a);
