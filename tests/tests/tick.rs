@@ -68,11 +68,9 @@ fn pages_filled_without_a_fault(test: &str, env: &[(&str, &str)]) -> Vec<Value> 
     // 150 pages came without a fault: without their bits the count stays 600 KiB short. A
     // little slack for the workload's own heap moving meanwhile.
     let pid = w.pid;
-    let seen_at_tick = traced_run
-        .tracer
-        .wait_for(Duration::from_secs(20), |v| {
-            populated_of(v, pid).is_some_and(|n| n + 16 * PAGE_SIZE >= total)
-        });
+    let seen_at_tick = traced_run.tracer.wait_for(Duration::from_secs(20), |v| {
+        populated_of(v, pid).is_some_and(|n| n + 16 * PAGE_SIZE >= total)
+    });
     assert!(
         seen_at_tick.is_some(),
         "no sample counted the {total} bytes pagemap shows populated; last samples: {:?}",

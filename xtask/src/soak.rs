@@ -147,7 +147,9 @@ fn memory_churn(bin: &Path, i: usize, stop: Arc<AtomicBool>) -> Result<u64> {
     let mut child = Spawned::spawn(&mut c, &what, Signal::SIGKILL)?;
     let mut stdin = child.stdin()?;
     let lines = LineReader::new(child.stdout()?, &what);
-    lines.next(Duration::from_secs(30))?.context("no ready line")?;
+    lines
+        .next(Duration::from_secs(30))?
+        .context("no ready line")?;
     let script = [
         "map m 64 plain",
         "touch m 0 16384",
@@ -191,7 +193,13 @@ pub(crate) fn run(ws: &Workspace, settings: &Settings) -> Result<ExitCode> {
 
     let mut trace = Command::new(&bin);
     trace
-        .args(["trace", "--all", "--json", "--interval", &interval.to_string()])
+        .args([
+            "trace",
+            "--all",
+            "--json",
+            "--interval",
+            &interval.to_string(),
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
     let what = "collapse trace --all";
@@ -383,7 +391,10 @@ pub(crate) fn run(ws: &Workspace, settings: &Settings) -> Result<ExitCode> {
 
     let fmt = |x: Option<f64>| x.map_or("-".into(), |v| format!("{v:.2}"));
     println!("soak: collapse trace --all for {minutes} min, --interval {interval}");
-    println!("  ticks              {ticks}, ended: {}", end_reason.as_deref().unwrap_or("(no end line)"));
+    println!(
+        "  ticks              {ticks}, ended: {}",
+        end_reason.as_deref().unwrap_or("(no end line)")
+    );
     println!(
         "  RSS                {} KiB at {:.0} s, {} KiB at the end ({} %)",
         baseline.map_or(0, |b| b.rss_kib),
@@ -391,7 +402,11 @@ pub(crate) fn run(ws: &Workspace, settings: &Settings) -> Result<ExitCode> {
         last.map_or(0, |l| l.rss_kib),
         fmt(rss_change.map(|c| c * 100.0))
     );
-    println!("  CPU per tick       median {} ms, p95 {} ms", fmt(median), fmt(p95));
+    println!(
+        "  CPU per tick       median {} ms, p95 {} ms",
+        fmt(median),
+        fmt(p95)
+    );
     println!(
         "  drops              {}",
         if drops.values().all(|&n| n == 0) {
@@ -435,9 +450,17 @@ mod tests {
             ticks,
         };
         // 0.1 s over 10 ticks, then nothing ticked (skipped), then 0.3 s over 10.
-        let probes = [p(0.0, 0.0, 0), p(5.0, 0.1, 10), p(10.0, 0.2, 10), p(15.0, 0.5, 20)];
+        let probes = [
+            p(0.0, 0.0, 0),
+            p(5.0, 0.1, 10),
+            p(10.0, 0.2, 10),
+            p(15.0, 0.5, 20),
+        ];
         let ms = cpu_per_tick_ms(&probes);
         assert_eq!(ms.len(), 2);
-        assert!((ms[0] - 10.0).abs() < 1e-9 && (ms[1] - 30.0).abs() < 1e-9, "{ms:?}");
+        assert!(
+            (ms[0] - 10.0).abs() < 1e-9 && (ms[1] - 30.0).abs() < 1e-9,
+            "{ms:?}"
+        );
     }
 }

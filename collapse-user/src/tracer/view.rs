@@ -13,10 +13,7 @@ use collapse_common::{
 
 use super::session::{Observed, SCAN_SUCCEED, Session};
 use crate::{
-    kernel::{
-        procs::MemoryCoverage,
-        thp::ThpSettings,
-    },
+    kernel::{procs::MemoryCoverage, thp::ThpSettings},
     render::{count, mib},
 };
 

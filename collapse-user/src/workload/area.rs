@@ -227,7 +227,9 @@ impl Area {
             ioctl("UFFDIO_COPY", unsafe { uffd::copy(raw, &mut copy) })?;
         }
         let mut range = uffd::Range { start: dst, len };
-        ioctl("UFFDIO_UNREGISTER", unsafe { uffd::unregister(raw, &mut range) })?;
+        ioctl("UFFDIO_UNREGISTER", unsafe {
+            uffd::unregister(raw, &mut range)
+        })?;
         Ok(())
     }
 

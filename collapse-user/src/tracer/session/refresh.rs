@@ -281,17 +281,12 @@ impl Session {
         let coverage = procs::memory_coverage(tgid as i32).ok();
         Ok((truths, coverage))
     }
-
 }
 
 /// The bits pagemap says a region must have: its present pages (not the zero page, inside
 /// anonymous VMAs), all 512 when a PMD maps it.
 fn wanted(t: &RegionTruth) -> OccupancyBitmap {
-    if t.pmd_mapped {
-        t.vma_mask
-    } else {
-        t.present
-    }
+    if t.pmd_mapped { t.vma_mask } else { t.present }
 }
 
 #[cfg(test)]
