@@ -7,6 +7,7 @@ mod executor_bench;
 mod interrupt;
 mod kernels;
 mod setup;
+mod soak;
 mod sysfs;
 mod tasks;
 mod tracer_bench;
@@ -55,6 +56,10 @@ enum Task {
     },
     /// Setup, then rustfmt (nightly), clippy on the host crates, clippy on the eBPF crate.
     Lint,
+    /// A long `collapse trace --all` (release) on a busy host: short processes started all
+    /// along and 4 processes churning memory; checks it never aborts, RSS stays flat within
+    /// 10 %, counts drops and CPU per tick; writes target/bench/soak.json.
+    Soak(SoakArgs),
     /// Boot Debian's 6.1 and 6.12 LTS kernels in qemu (downloaded, not installed) and run
     /// `collapse status` and the tracer's root tests inside each; as root.
     Kernels(KernelsArgs),
@@ -142,6 +147,19 @@ fn parse_mib(s: &str) -> Result<u64, String> {
 }
 
 #[derive(Debug, Args)]
+struct SoakArgs {
+    /// How long to trace, in minutes.
+    #[arg(long, default_value_t = 10.0)]
+    minutes: f64,
+    /// collapse trace's --interval, in seconds.
+    #[arg(long, default_value_t = 0.5)]
+    interval: f64,
+    /// Short processes (`/bin/true`) started per second (40: 24,000 in 10 minutes).
+    #[arg(long, default_value_t = 40)]
+    spawn_rate: u32,
+}
+
+#[derive(Debug, Args)]
 struct TracerBenchArgs {
     /// Memory each storm run touches, in 4 KiB pages (passed to `collapse workload storm`).
     #[arg(long, default_value = "1G")]
@@ -173,6 +191,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Task::Test => tasks::test(&ws),
         Task::Run { release, args } => tasks::run(&ws, release, args),
         Task::Lint => tasks::lint(&ws).map(|()| ExitCode::SUCCESS),
+        Task::Soak(SoakArgs {
+            minutes,
+            interval,
+            spawn_rate,
+        }) => soak::run(
+            &ws,
+            &soak::Settings {
+                minutes,
+                interval,
+                spawn_rate,
+            },
+        ),
         Task::Kernels(KernelsArgs {
             kernels,
             tests,
@@ -284,6 +314,15 @@ mod tests {
             run_args(&["run", "--", "--help"]),
             (false, vec!["--help".into()])
         );
+    }
+
+    #[test]
+    fn soak_defaults() {
+        let cli = Cli::try_parse_from(["cargo xtask", "soak"]).unwrap();
+        let Task::Soak(a) = cli.task else {
+            panic!("parsed as {:?}", cli.task);
+        };
+        assert_eq!((a.minutes, a.interval, a.spawn_rate), (10.0, 0.5, 40));
     }
 
     #[test]

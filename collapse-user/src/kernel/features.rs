@@ -24,8 +24,13 @@ pub enum Feature {
     /// `sched_process_exit`'s `group_dead` field (6.16+; else `current->signal->live == 0`,
     /// read through BTF offsets).
     ExitGroupDead,
-    /// The `PAGEMAP_SCAN` ioctl (6.7+; else every PTE of every anonymous VMA is read).
+    /// `PAGEMAP_SCAN` on /proc/PID/pagemap (Linux 6.7+): populated ranges by category, so a
+    /// tick reads only regions that changed (else every entry of every anonymous VMA is read,
+    /// and a changed process is read whole).
     PagemapScan,
+    /// `BPF_MAP_LOOKUP_BATCH` (Linux 5.6+): the region map in a few calls per tick (else one
+    /// `get_next_key` and one lookup per region).
+    MapBatch,
 }
 
 impl Feature {
@@ -34,6 +39,7 @@ impl Feature {
         Self::TaskIter,
         Self::ExitGroupDead,
         Self::PagemapScan,
+        Self::MapBatch,
     ];
 
     /// The name `COLLAPSE_FALLBACKS` and the reports use.
@@ -43,6 +49,7 @@ impl Feature {
             Self::TaskIter => "task_iter",
             Self::ExitGroupDead => "exit_group_dead",
             Self::PagemapScan => "pagemap_scan",
+            Self::MapBatch => "map_batch",
         }
     }
 
@@ -56,6 +63,7 @@ impl Feature {
             }
             Self::ExitGroupDead => "a process has ended when current->signal->live is 0",
             Self::PagemapScan => "pagemap is read PTE by PTE over every anonymous VMA (slower)",
+            Self::MapBatch => "the region map is read one get_next_key and lookup per region",
         }
     }
 
@@ -99,6 +107,9 @@ impl Feature {
                     Err("no PAGEMAP_SCAN ioctl (before 6.7)".into())
                 }
             }
+            // Since 5.6, older than any kernel collapse loads on; the tracer still falls back
+            // when a batch call is refused.
+            Self::MapBatch => Ok(()),
         }
     }
 

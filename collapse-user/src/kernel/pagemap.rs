@@ -158,6 +158,14 @@ pub fn folio_orders(pid: i32, addr: u64) -> Result<FolioOrders> {
     PagemapReader::open(pid)?.folio_orders(addr)
 }
 
+/// Whether `PAGEMAP_SCAN` is used here: the kernel has it (6.7+; probed on our own pagemap)
+/// and `COLLAPSE_FALLBACKS` does not force its fallback.
+pub fn scan_works() -> bool {
+    PagemapReader::open(std::process::id() as i32)
+        .and_then(|mut r| r.scan(0..PAGE_SIZE, 0, 0))
+        .is_ok_and(|runs| runs.is_some())
+}
+
 /// Open pagemap and kpageflags files of one process, for repeated reads.
 pub struct PagemapReader {
     pid: i32,
@@ -181,7 +189,8 @@ impl PagemapReader {
             pagemap,
             pagemap_path,
             kpageflags,
-            // COLLAPSE_FALLBACKS=pagemap_scan: read as on kernels before 6.7.
+            // Probed at the first scan (ENOTTY before 6.7); COLLAPSE_FALLBACKS=pagemap_scan
+            // forces the fallback here.
             use_scan: !super::features::Feature::PagemapScan.forced_off(),
         })
     }

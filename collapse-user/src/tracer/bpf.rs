@@ -16,6 +16,7 @@ use collapse_common::{
     },
 };
 
+use super::map_batch;
 use crate::kernel::{
     btf::{self, BtfError},
     features::{FORCED, Fallback, Feature},
@@ -293,6 +294,8 @@ pub struct Bpf {
     /// Losses userspace ran into (a full map on a write-back, a vanished cgroup), by
     /// [`DropReason`]; added to the programs' own in [`Bpf::drops`].
     user_drops: [u64; DropReason::COUNT as usize],
+    /// `BPF_MAP_LOOKUP_BATCH` reads the region map (cleared when the kernel refuses it).
+    map_batch: std::cell::Cell<bool>,
 }
 
 /// The largest pid any kernel can have (PID_MAX_LIMIT, include/linux/threads.h): the pid
@@ -750,9 +753,20 @@ impl Bpf {
                 false
             }
         };
-        if Feature::PagemapScan.forced_off() {
+        if !crate::kernel::pagemap::scan_works() {
             fallbacks.push(Fallback {
                 feature: Feature::PagemapScan,
+                why: if Feature::PagemapScan.forced_off() {
+                    FORCED
+                } else {
+                    "no PAGEMAP_SCAN ioctl (before 6.7)"
+                }
+                .to_owned(),
+            });
+        }
+        if Feature::MapBatch.forced_off() {
+            fallbacks.push(Fallback {
+                feature: Feature::MapBatch,
                 why: FORCED.to_owned(),
             });
         }
@@ -770,6 +784,7 @@ impl Bpf {
             fallbacks,
             events: None,
             user_drops: [0; DropReason::COUNT as usize],
+            map_batch: std::cell::Cell::new(!Feature::MapBatch.forced_off()),
         })
     }
 
@@ -924,15 +939,36 @@ impl Bpf {
             .collect())
     }
 
+    /// The region map's entries as they are: in a few `BPF_MAP_LOOKUP_BATCH` calls where the
+    /// kernel has it (feature `map_batch`), else one `get_next_key` and lookup per entry.
+    fn region_entries(&self) -> Result<Vec<(RegionKey, OccupancyBitmap)>> {
+        let map = self.map(names::REGIONS)?;
+        if self.map_batch.get()
+            && let aya::maps::Map::HashMap(data) = map
+        {
+            use std::os::fd::AsFd as _;
+            match map_batch::lookup_all::<RegionKey, OccupancyBitmap>(data.fd().as_fd()) {
+                Ok(all) => return Ok(all),
+                // A kernel without it for this map: iterate from now on.
+                Err(_) => self.map_batch.set(false),
+            }
+        }
+        let map: HashMap<&MapData, RegionKey, OccupancyBitmap> = HashMap::try_from(map)?;
+        // An entry deleted between get_next_key and lookup shows up as KeyNotFound: skip it.
+        Ok(map.iter().filter_map(Result::ok).collect())
+    }
+
+    /// Whether the region map is read in batches (feature `map_batch`).
+    pub fn reads_in_batches(&self) -> bool {
+        self.map_batch.get()
+    }
+
     /// Every region: the map, with what the CPUs still hold ORed in. The pending slots are read
     /// first: a slot flushed meanwhile is then found in the map, not lost between the two.
     pub fn regions(&self) -> Result<Vec<(RegionKey, OccupancyBitmap)>> {
         let pending = self.pending()?;
-        let map: HashMap<&MapData, RegionKey, OccupancyBitmap> =
-            HashMap::try_from(self.map(names::REGIONS)?)?;
-        // An entry deleted between get_next_key and lookup shows up as KeyNotFound: skip it.
         let mut all: StdHashMap<RegionKey, OccupancyBitmap> =
-            map.iter().filter_map(Result::ok).collect();
+            self.region_entries()?.into_iter().collect();
         for (key, bits) in pending {
             let entry = all.entry(key).or_default();
             *entry = entry.union(&bits);
@@ -942,6 +978,9 @@ impl Bpf {
 
     /// The keys of the region map (without reading the values).
     pub fn region_keys(&self) -> Result<Vec<RegionKey>> {
+        if self.map_batch.get() {
+            return Ok(self.region_entries()?.into_iter().map(|(k, _)| k).collect());
+        }
         let map: HashMap<&MapData, RegionKey, OccupancyBitmap> =
             HashMap::try_from(self.map(names::REGIONS)?)?;
         Ok(map.keys().filter_map(Result::ok).collect())

@@ -24,7 +24,7 @@ pub enum TraceLine<'a> {
         slow_path: &'a [String],
         large_folio_hook: Option<&'static str>,
         /// Kernel features this machine lacks (or that were forced off) and what runs instead.
-        fallbacks: Vec<FallbackLine<'a>>,
+        fallbacks: Vec<FallbackLine>,
     },
     Sample(SampleLine<'a>),
     Event(EventLine<'a>),
@@ -34,9 +34,9 @@ pub enum TraceLine<'a> {
 }
 
 #[derive(Debug, Serialize)]
-pub struct FallbackLine<'a> {
+pub struct FallbackLine {
     pub feature: &'static str,
-    pub why: &'a str,
+    pub why: String,
     pub instead: &'static str,
 }
 
@@ -129,12 +129,12 @@ impl<'a> TraceLine<'a> {
             fast_path: bpf.fast_path(),
             slow_path: bpf.slow_path(),
             large_folio_hook: bpf.large_folio_hook(),
-            fallbacks: bpf
+            fallbacks: session
                 .fallbacks()
-                .iter()
+                .into_iter()
                 .map(|f| FallbackLine {
                     feature: f.feature.name(),
-                    why: &f.why,
+                    why: f.why,
                     instead: f.feature.fallback(),
                 })
                 .collect(),

@@ -11,6 +11,7 @@ mod bpf;
 mod error;
 mod event_loop;
 mod json;
+mod map_batch;
 mod output;
 mod session;
 mod target;

@@ -23,11 +23,14 @@ use super::{
 };
 use crate::{
     kernel::{
+        features::{Fallback, Feature},
         pagemap, procs,
         thp::{SizeEnabled, ThpEnabled, ThpSettings},
     },
     snapshot::SnapshotRegion,
 };
+
+mod refresh;
 
 type Result<T, E = TracerError> = std::result::Result<T, E>;
 
@@ -173,6 +176,9 @@ pub struct Session {
     ticks: u64,
     /// The `--cgroup` directory was found removed (counted once).
     cgroup_gone: bool,
+    /// What each traced process looked like at its last read from pagemap (the tick re-reads
+    /// only what changed).
+    views: refresh::Views,
 }
 
 /// Most regions of ended processes kept for the snapshot: with `--all` on a busy host,
@@ -248,6 +254,19 @@ impl Session {
         &self.current
     }
 
+    /// The probed features whose fallback this session uses, and why: those decided at load,
+    /// and batched map reads if the kernel refused them since.
+    pub fn fallbacks(&self) -> Vec<Fallback> {
+        let mut all = self.bpf.fallbacks().to_vec();
+        if !self.bpf.reads_in_batches() && !all.iter().any(|f| f.feature == Feature::MapBatch) {
+            all.push(Fallback {
+                feature: Feature::MapBatch,
+                why: "the kernel refused BPF_MAP_LOOKUP_BATCH".into(),
+            });
+        }
+        all
+    }
+
     /// The pid of the command the session spawned (`-- CMD`), if any.
     pub fn child_pid(&self) -> Option<u32> {
         self.child.as_ref().map(CommandChild::pid)
@@ -290,6 +309,7 @@ impl Session {
             ended_count: 0,
             ticks: 0,
             cgroup_gone: false,
+            views: refresh::Views::default(),
         };
         // Tracking starts before seeding, so no page populated in between is missed. A
         // process that ends meanwhile is simply not traced (a named one ends the session).
@@ -446,6 +466,7 @@ impl Session {
         if !self.target.all && self.bpf.is_tracked(tgid).unwrap_or(false) {
             let _ = self.bpf.set_tracked(tgid, false);
         }
+        self.views.forget(tgid);
         if let Some(regions) = self.current.remove(&tgid) {
             self.keep_ended(tgid, regions);
         }
@@ -520,6 +541,8 @@ impl Session {
             }
             EventKind::Fork | EventKind::Attach => {
                 let child = if kind == EventKind::Fork {
+                    // The parent's pages are shared with the child now.
+                    self.views.mark(tgid);
                     ev.addr as u32
                 } else {
                     tgid
@@ -679,6 +702,7 @@ impl Session {
         // One walk of the map for all of them.
         let mut before = self.regions_by_tgid()?;
         for (tgid, whole, ranges) in todo {
+            self.views.mark(tgid);
             let before = before.remove(&tgid).unwrap_or_default();
             // Many ranges (a large folio on every fault with an mTHP size `always`): one read of
             // the whole process is cheaper than one per range.
@@ -695,7 +719,13 @@ impl Session {
                 // process named on the command line must be readable; one picked up by
                 // --all / --comm / --cgroup that is not (pid 1 under a security module, another
                 // user namespace) is traced from events alone, with a warning.
-                if !procs::exists(tgid as i32) {
+                // pagemap says the mm is gone before /proc does (an exit in progress).
+                if !procs::exists(tgid as i32)
+                    || matches!(
+                        err,
+                        TracerError::Pagemap(pagemap::PagemapError::NoProcess { .. })
+                    )
+                {
                     continue;
                 }
                 let err = TracerError::Seed {
@@ -761,41 +791,6 @@ impl Session {
         Ok(())
     }
 
-    /// Every traced process's regions as they are now: present bits from the programs, masked
-    /// to anonymous VMAs; swap, shared and whether a PMD maps it from pagemap. By tgid.
-    fn traced_regions(&self) -> Result<BTreeMap<u32, Vec<TracedRegion>>> {
-        let mut by_tgid = self.regions_by_tgid()?;
-        by_tgid.retain(|tgid, _| self.procs.contains_key(tgid));
-        let mut out = BTreeMap::new();
-        for (tgid, regions) in by_tgid {
-            // A process may exit at any point here: skip it rather than fail.
-            let Ok(truths) = pagemap::read_regions(tgid as i32) else {
-                continue;
-            };
-            let traced: Vec<TracedRegion> = truths
-                .into_iter()
-                .filter_map(|t| {
-                    // A swapped-out PTE is not present, whatever its last fault said.
-                    let present = regions
-                        .get(&t.addr)?
-                        .intersection(&t.vma_mask)
-                        .difference(&t.swap);
-                    (!present.is_empty()).then_some(TracedRegion {
-                        addr: t.addr,
-                        state: RegionState {
-                            present,
-                            swap: t.swap,
-                            shared: t.shared,
-                        },
-                        pmd_mapped: t.pmd_mapped,
-                    })
-                })
-                .collect();
-            out.insert(tgid, traced);
-        }
-        Ok(out)
-    }
-
     /// Handles what the programs have reported so far, without an event loop (one-shot use,
     /// tests): the same as `collapse trace` does as records arrive.
     pub fn poll(&mut self) -> Result<Vec<Observed>> {
@@ -842,16 +837,38 @@ impl Session {
         Ok(())
     }
 
-    /// Re-reads every traced process's regions into [`Session::current`].
+    /// Re-reads what changed of the traced processes' regions into [`Session::current`], within
+    /// the tick's budget (see `refresh.rs`).
     pub fn refresh(&mut self) -> Result<()> {
-        self.current = self.traced_regions()?;
+        self.refresh_views(false)
+    }
+
+    /// ORs `mask` into `tgid`'s region at `addr`: bits userspace learned from pagemap that no
+    /// fault of the process set. The one place such bits are written back.
+    pub(crate) fn add_bits(&mut self, tgid: u32, addr: u64, mask: &OccupancyBitmap) -> Result<()> {
+        let generation = self.procs.get(&tgid).map_or(0, |p| p.generation);
+        let key = RegionKey::of(tgid, generation, addr);
+        let now = self.bpf.region(&key)?.unwrap_or_default();
+        let new = now.union(mask);
+        if new != now {
+            self.bpf.set_region(&key, &new)?;
+        }
         Ok(())
+    }
+
+    /// The THP coverage of `tgid`'s anonymous memory as of its last read (read now if it has
+    /// none).
+    pub fn memory_coverage(&self, tgid: u32) -> Option<procs::MemoryCoverage> {
+        self.views
+            .coverage(tgid)
+            .or_else(|| procs::memory_coverage(tgid as i32).ok())
     }
 
     /// The region snapshot (DESIGN.md) of every traced process, and of those that ended while
     /// traced as they were at the last refresh before they did.
     pub fn snapshot(&mut self) -> Result<Vec<SnapshotRegion>> {
-        self.refresh()?;
+        // Every process read now, whatever the tick's budget: the snapshot is exact.
+        self.refresh_views(true)?;
         let mut all = self.current.clone();
         all.extend(self.ended_regions.iter().map(|(t, r)| (*t, r.clone())));
         Ok(all

@@ -13,10 +13,7 @@ use collapse_common::{
 
 use super::session::{Observed, SCAN_SUCCEED, Session};
 use crate::{
-    kernel::{
-        procs::{self, MemoryCoverage},
-        thp::ThpSettings,
-    },
+    kernel::{procs::MemoryCoverage, thp::ThpSettings},
     render::{count, mib},
 };
 
@@ -131,7 +128,7 @@ pub fn sample(session: &Session) -> Result<Sample, super::error::TracerError> {
                 s.pmd_collapsible += 1;
             }
         }
-        if let Ok(m) = procs::memory_coverage(p.tgid as i32) {
+        if let Some(m) = session.memory_coverage(p.tgid) {
             s.memory = m;
         }
         s.khugepaged = counts.remove(&p.tgid).unwrap_or_default();

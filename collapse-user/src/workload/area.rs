@@ -1,7 +1,10 @@
 //! An anonymous private mapping whose start is 2 MiB aligned: the memory every workload
 //! shapes.
 
-use std::ptr::NonNull;
+use std::{
+    os::fd::{AsRawFd as _, FromRawFd as _},
+    ptr::NonNull,
+};
 
 use collapse_common::consts::{PAGE_SIZE, PMD_SIZE};
 use nix::sys::mman::{MapFlags, MmapAdvise, ProtFlags, madvise, mmap_anonymous, munmap};
@@ -174,6 +177,62 @@ impl Area {
         })
     }
 
+    /// Fills pages `[start, end)` with `UFFDIO_COPY` (Documentation/admin-guide/mm/userfaultfd.rst):
+    /// the range is registered with a fresh userfaultfd in MISSING mode, each page copied in
+    /// from a buffer, and the range unregistered. The pages become present without any fault of
+    /// this process, as when a userfaultfd handler resolves a read fault.
+    pub fn fill_by_uffd_copy(&self, start: u64, end: u64) -> Result<(), AreaError> {
+        let dst = self.page_ptr(start)? as u64;
+        self.page_ptr(end)?;
+        let len = (end - start) * PAGE_SIZE;
+        let errno = |call: &str| AreaError::Syscall {
+            call: call.into(),
+            source: nix::errno::Errno::last(),
+        };
+        // SAFETY: userfaultfd(2) with flags only.
+        let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(errno("userfaultfd"));
+        }
+        // SAFETY: a descriptor we own from here on.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+        let raw = fd.as_raw_fd();
+        let ioctl = |call: &'static str, r: nix::Result<libc::c_int>| {
+            r.map(drop).map_err(|source| AreaError::Syscall {
+                call: call.into(),
+                source,
+            })
+        };
+        let mut api = uffd::Api {
+            api: uffd::API,
+            ..Default::default()
+        };
+        // SAFETY: each ioctl gets its documented argument struct, alive for the call.
+        ioctl("UFFDIO_API", unsafe { uffd::api(raw, &mut api) })?;
+        let mut reg = uffd::Register {
+            range: uffd::Range { start: dst, len },
+            mode: uffd::REGISTER_MODE_MISSING,
+            ioctls: 0,
+        };
+        ioctl("UFFDIO_REGISTER", unsafe { uffd::register(raw, &mut reg) })?;
+        let src = vec![0xa5u8; PAGE_SIZE as usize];
+        for page in 0..end - start {
+            let mut copy = uffd::Copy {
+                dst: dst + page * PAGE_SIZE,
+                src: src.as_ptr() as u64,
+                len: PAGE_SIZE,
+                mode: 0,
+                copy: 0,
+            };
+            ioctl("UFFDIO_COPY", unsafe { uffd::copy(raw, &mut copy) })?;
+        }
+        let mut range = uffd::Range { start: dst, len };
+        ioctl("UFFDIO_UNREGISTER", unsafe {
+            uffd::unregister(raw, &mut range)
+        })?;
+        Ok(())
+    }
+
     /// Moves the whole area to a fresh 2 MiB-aligned address with `mremap` (its pages move
     /// without a fault).
     pub fn relocate(&mut self) -> Result<(), AreaError> {
@@ -306,4 +365,45 @@ impl Drop for Area {
         // SAFETY: our own mapping; munmap ignores holes.
         let _ = unsafe { munmap(self.base, self.len) };
     }
+}
+
+/// The userfaultfd ioctls (include/uapi/linux/userfaultfd.h).
+mod uffd {
+    pub(super) const API: u64 = 0xaa;
+    pub(super) const REGISTER_MODE_MISSING: u64 = 1;
+
+    #[repr(C)]
+    #[derive(Default)]
+    pub(super) struct Api {
+        pub api: u64,
+        pub features: u64,
+        pub ioctls: u64,
+    }
+
+    #[repr(C)]
+    pub(super) struct Range {
+        pub start: u64,
+        pub len: u64,
+    }
+
+    #[repr(C)]
+    pub(super) struct Register {
+        pub range: Range,
+        pub mode: u64,
+        pub ioctls: u64,
+    }
+
+    #[repr(C)]
+    pub(super) struct Copy {
+        pub dst: u64,
+        pub src: u64,
+        pub len: u64,
+        pub mode: u64,
+        pub copy: i64,
+    }
+
+    nix::ioctl_readwrite!(api, 0xaa, 0x3f, Api);
+    nix::ioctl_readwrite!(register, 0xaa, 0x00, Register);
+    nix::ioctl_read!(unregister, 0xaa, 0x01, Range);
+    nix::ioctl_readwrite!(copy, 0xaa, 0x03, Copy);
 }

@@ -29,6 +29,7 @@ use super::{Area, WorkloadError};
 /// fill NAME START END          -> ok      (write every byte of each page, distinct per page)
 /// checksum NAME START END      -> sum HEX (FNV-1a over the pages' words; reads map the zero page)
 /// churn NAME START END         -> ok      (a thread MADV_DONTNEEDs the range in a loop until exit)
+/// uffd NAME START END          -> ok      (pages filled by UFFDIO_COPY: present without a fault)
 /// thp off|on                   -> ok      (prctl(PR_SET_THP_DISABLE, 1 | 0))
 /// fixed NAME START END         -> ok      (mmap MAP_FIXED over the pages: they are gone)
 /// remap NAME START END         -> ok      (mmap MAP_FIXED_NOREPLACE where they were unmapped)
@@ -116,6 +117,9 @@ impl Script {
                 Some("plain") => None,
                 Some(other) => refuse!("unknown advice {other}"),
             };
+            // The old area of that name goes first: mapped after it was unmapped, the new one
+            // may reuse its address, and dropping the old one then would unmap the new one.
+            self.areas.remove(name);
             let a = Area::map(num(2)? << 20, advice)?;
             let reply = format!("mapped {name} {:#x} {}", a.addr(), a.pages());
             self.areas.insert(name.to_owned(), a);
@@ -150,6 +154,7 @@ impl Script {
             "populate" => a.advise(start, end, MmapAdvise::MADV_POPULATE_WRITE)?,
             "unmap" => a.unmap(start, end)?,
             "lock" => a.lock(start, end)?,
+            "uffd" => a.fill_by_uffd_copy(start, end)?,
             "fixed" => a.map_over(start, end, false)?,
             "remap" => a.map_over(start, end, true)?,
             "fill" => {
