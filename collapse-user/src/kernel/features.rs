@@ -9,15 +9,19 @@
 pub enum Feature {
     /// BTF-typed raw tracepoints for the hot programs (else classic tracepoints).
     BtfTracepoints,
+    /// A process's memory cgroup and its `memory.stat` in cgroup v2 (else the v1 memory
+    /// controller's, `kernel::memcg`).
+    CgroupV2Memory,
 }
 
 impl Feature {
-    pub const ALL: &[Self] = &[Self::BtfTracepoints];
+    pub const ALL: &[Self] = &[Self::BtfTracepoints, Self::CgroupV2Memory];
 
     /// The name `COLLAPSE_FALLBACKS` and the reports use.
     pub const fn name(self) -> &'static str {
         match self {
             Self::BtfTracepoints => "btf_tracepoints",
+            Self::CgroupV2Memory => "cgroup_v2_memory",
         }
     }
 
