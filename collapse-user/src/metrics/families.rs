@@ -274,8 +274,8 @@ impl Families {
             );
             r.register_with_unit(
                 "rate_limit",
-                "The --max-rate token bucket's rate in bytes per second (0: no limit)",
-                bytes.clone(),
+                "The --max-rate token bucket's rate (0: no limit)",
+                Unit::Other("bytes_per_second".into()),
                 f.rate_limit.clone(),
             );
             r.register(
