@@ -25,10 +25,10 @@ use collapse_common::{
     policy::Planner,
 };
 
-pub use self::json::{RunLine, TargetLine};
+pub use self::json::{CgroupLine, RunLine, TargetLine};
 use crate::{
     executor::{Advice, CollapseOutcome, CollapseResult, Executor, GuardRails, SkipReason},
-    kernel::{pagemap, procs},
+    kernel::{memcg, pagemap, procs},
     metrics::{Feed, PassSeries},
     planner::{PlanSettings, RegionPlan, plan_regions},
     snapshot::SnapshotRegion,
@@ -257,6 +257,9 @@ impl Pipeline {
         };
         self.planner = Planner::new(settings.policy, settings.settings);
         self.executor.reconfigure(rails, self.planner);
+        // Under new settings every region not huge is planned again at once (a lasting skip
+        // was a verdict of the old ones).
+        self.reported.retain(|_, r| r.state.0 == "huge");
         eprintln!(
             "collapse: settings reloaded: {}, interval {} s, max rate {}, psi limit {}",
             view::policy_line(&self.planner),
@@ -453,6 +456,7 @@ impl Pipeline {
             .map(|(key, bits)| ((key.tgid, key.addr), bits.count()))
             .collect();
         let collapsed = self.tally.count("collapsed");
+        let (targets, cgroups) = targets(session);
         self.last = view::PassView {
             elapsed: self.started.elapsed(),
             interval: self.executor.interval(),
@@ -460,7 +464,8 @@ impl Pipeline {
             paused_by_psi: pass.paused_by_psi,
             results,
             collapsed_now: collapsed - self.collapsed_before_last,
-            targets: targets(session),
+            targets,
+            cgroups,
         };
         self.collapsed_before_last = collapsed;
         if let Some(feed) = &mut self.metrics {
@@ -555,21 +560,47 @@ fn collapsible_bytes(session: &Session, plans: &[RegionPlan]) -> HashMap<u32, u6
     out
 }
 
-/// Each traced process's coverage now.
-fn targets(session: &Session) -> Vec<TargetLine> {
-    session
+/// Each traced process's coverage now, and its memory cgroup's.
+fn targets(session: &Session) -> (Vec<TargetLine>, Vec<CgroupLine>) {
+    let mut groups: BTreeMap<String, (memcg::MemoryCgroup, u64)> = BTreeMap::new();
+    let targets = session
         .processes()
         .map(|p| {
-            let m = procs::memory_coverage(p.tgid as i32).unwrap_or_default();
+            let pid = p.tgid as i32;
+            let m = procs::memory_coverage(pid).unwrap_or_default();
+            let group = memcg::of_process(pid).ok();
+            let cgroup = group.as_ref().map(|g| g.path.clone()).unwrap_or_default();
+            if let Some(g) = group {
+                groups.entry(g.path.clone()).or_insert((g, 0)).1 += 1;
+            }
             TargetLine {
-                pid: p.tgid as i32,
+                pid,
                 comm: p.comm.clone(),
                 anon_rss_bytes: m.anon_rss_kb * 1024,
                 anon_huge_bytes: m.anon_huge_kb * 1024,
                 coverage: m.coverage(),
+                cgroup,
             }
         })
-        .collect()
+        .collect();
+    let cgroups = groups
+        .into_values()
+        .filter_map(|(g, processes)| {
+            let m = g.memory().ok()?;
+            Some(CgroupLine {
+                cgroup: g.path,
+                processes,
+                anon_bytes: m.anon_bytes,
+                anon_thp_bytes: m.anon_thp_bytes,
+                coverage: if m.anon_bytes == 0 {
+                    0.0
+                } else {
+                    m.anon_thp_bytes as f64 / m.anon_bytes as f64
+                },
+            })
+        })
+        .collect();
+    (targets, cgroups)
 }
 
 impl TickHandler for Pipeline {
