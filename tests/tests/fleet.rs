@@ -690,8 +690,12 @@ fn bad_metrics_addresses_and_configs_are_one_line_errors() {
     for (i, (body, needle)) in cases.iter().enumerate() {
         let path = dir.join(format!("{i}.toml"));
         std::fs::write(&path, body).unwrap();
+        // --once --dry-run: a config wrongly taken as good ends after one pass instead of
+        // running on.
         let out = collapse_out(&[
             "run",
+            "--once",
+            "--dry-run",
             "--pid",
             &me,
             "--config",
@@ -763,4 +767,49 @@ fn the_installed_systemd_unit_verifies() {
     ]);
     assert_error(&out, "999999999");
     let _ = std::fs::remove_dir_all(root);
+}
+
+/// `collapse trace --metrics`: the tracer's own families and the process's, no executor's;
+/// the populated bytes are the bitmaps' (every page of the filled area).
+#[test]
+fn trace_serves_the_tracer_and_process_families() {
+    skip_if!(needs_root_tests());
+    let mut w = Workload::spawn();
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let pid = w.pid.to_string();
+    let mut trace = Tracer::start(&[
+        "--pid",
+        &pid,
+        "--interval",
+        "0.5",
+        "--metrics",
+        &addr.to_string(),
+    ]);
+    dense(&mut w, "a", 4);
+    let label = format!("pid=\"{pid}\"");
+    let text = eventually("the area in the populated bytes", Duration::from_secs(30), || {
+        let t = scrape(addr);
+        samples(&t, "collapse_process_populated_bytes", &label)
+            .first()
+            .is_some_and(|&v| v >= (4 << 20) as f64)
+            .then_some(t)
+    });
+    assert_eq!(one(&text, "collapse_tracer_processes", ""), 1.0);
+    assert!(one(&text, "collapse_tracer_region_map_entries", "") >= 2.0, "{text}");
+    assert_eq!(
+        one(&text, "collapse_tracer_region_map_capacity", ""),
+        262_144.0
+    );
+    // The kernel's PMD rule would collapse both dense regions (THP is not made by faults
+    // without advice in madvise mode), and whole PMDs only.
+    if thp_not_madvise().is_none() {
+        let collapsible = one(&text, "collapse_process_collapsible_bytes", &label);
+        assert!(
+            collapsible >= (4 << 20) as f64 && collapsible % (2 << 20) as f64 == 0.0,
+            "{text}"
+        );
+    }
+    assert!(!text.contains("collapse_collapses_total"), "{text}");
+    let (status, _) = trace.stop();
+    assert!(status.success());
 }
