@@ -57,7 +57,10 @@ fn http(addr: SocketAddr, method: &str, path: &str, accept: Option<&str>) -> (u1
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("no status line in {head:?}"));
     // hyper answers with a length or in chunks; a chunked body is undone here.
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         let mut out = String::new();
         let mut rest = body;
         while let Some((size, tail)) = rest.split_once("\r\n") {
@@ -170,7 +173,10 @@ impl Prometheus {
         let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
         let child = Command::new(binary)
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address={api}"))
             .stdout(Stdio::null())
             .stderr(log)
@@ -291,19 +297,25 @@ fn prometheus_scrapes_coverage_and_rising_collapses_and_exited_processes_leave()
 
     // The target's coverage series, through Prometheus.
     let q1 = format!("collapse_process_thp_coverage_ratio{{pid=\"{p1}\"}}");
-    let coverage = eventually("w1's coverage in Prometheus", Duration::from_secs(60), || {
-        server
-            .query(&q1)
-            .into_iter()
-            .find(|(_, v)| *v > 0.5)
-            .or_else(|| {
-                eprintln!("not yet: {}", server.target_health());
-                None
-            })
-    });
+    let coverage = eventually(
+        "w1's coverage in Prometheus",
+        Duration::from_secs(60),
+        || {
+            server
+                .query(&q1)
+                .into_iter()
+                .find(|(_, v)| *v > 0.5)
+                .or_else(|| {
+                    eprintln!("not yet: {}", server.target_health());
+                    None
+                })
+        },
+    );
     assert_eq!(coverage.0["comm"], "collapse", "{:?}", coverage.0);
     assert!(
-        coverage.0["cgroup"].as_str().is_some_and(|c| c.starts_with('/')),
+        coverage.0["cgroup"]
+            .as_str()
+            .is_some_and(|c| c.starts_with('/')),
         "{:?}",
         coverage.0
     );
@@ -324,14 +336,22 @@ fn prometheus_scrapes_coverage_and_rising_collapses_and_exited_processes_leave()
     });
     let b = dense(&mut w1, "b", 4);
     collapsed_lines(&mut run, w1.pid, &b);
-    let after = eventually("the collapses counter risen", Duration::from_secs(60), || {
-        server
-            .query(collapsed)
-            .first()
-            .map(|(_, v)| *v)
-            .filter(|&v| v >= before + 2.0)
-    });
-    assert_eq!(after, before + 2.0, "exactly b's two regions were collapsed");
+    let after = eventually(
+        "the collapses counter risen",
+        Duration::from_secs(60),
+        || {
+            server
+                .query(collapsed)
+                .first()
+                .map(|(_, v)| *v)
+                .filter(|&v| v >= before + 2.0)
+        },
+    );
+    assert_eq!(
+        after,
+        before + 2.0,
+        "exactly b's two regions were collapsed"
+    );
 
     // promtool on one scrape.
     let text = scrape(addr);
@@ -375,12 +395,17 @@ fn prometheus_scrapes_coverage_and_rising_collapses_and_exited_processes_leave()
         "collapse_tracer_events_per_second",
     ] {
         assert!(
-            text.contains(&format!("# HELP {family} ")) && text.contains(&format!("# TYPE {family} ")),
+            text.contains(&format!("# HELP {family} "))
+                && text.contains(&format!("# TYPE {family} ")),
             "{family} has no HELP and TYPE in\n{text}"
         );
     }
     assert_eq!(
-        one(&text, "collapse_process_pmd_mapped_bytes", &format!("pid=\"{p1}\"")),
+        one(
+            &text,
+            "collapse_process_pmd_mapped_bytes",
+            &format!("pid=\"{p1}\"")
+        ),
         (12 << 20) as f64
     );
     assert_eq!(
@@ -388,7 +413,12 @@ fn prometheus_scrapes_coverage_and_rising_collapses_and_exited_processes_leave()
         one(&text, "collapse_collapses_total", "result=\"collapsed\"") * (2 << 20) as f64
     );
     // OpenMetrics for those who ask for it (Prometheus does).
-    let (status, om) = http(addr, "GET", "/metrics", Some("application/openmetrics-text"));
+    let (status, om) = http(
+        addr,
+        "GET",
+        "/metrics",
+        Some("application/openmetrics-text"),
+    );
     assert_eq!(status, 200);
     assert!(om.ends_with("# EOF\n"), "{om}");
     // Anything but GET /metrics is refused.
@@ -491,18 +521,25 @@ fn series_are_grouped_by_memory_cgroup_also_with_the_v1_fallback() {
         // The live stream groups them too.
         assert_eq!(pass["cgroups"][0]["cgroup"], group.as_str(), "{pass}");
         assert_eq!(pass["cgroups"][0]["processes"], 2, "{pass}");
-        let text = eventually("a scrape after the collapses", Duration::from_secs(30), || {
-            let t = scrape(addr);
-            (samples(&t, "collapse_process_anon_thp_bytes", "").iter().sum::<f64>()
-                >= (8 << 20) as f64)
-                .then_some(t)
-        });
+        let text = eventually(
+            "a scrape after the collapses",
+            Duration::from_secs(30),
+            || {
+                let t = scrape(addr);
+                (samples(&t, "collapse_process_anon_thp_bytes", "")
+                    .iter()
+                    .sum::<f64>()
+                    >= (8 << 20) as f64)
+                    .then_some(t)
+            },
+        );
         let label = format!("cgroup=\"{group}\"");
         for p in [&p1, &p2] {
             assert!(
-                text.lines().any(|l| l.starts_with("collapse_process_anon_bytes{")
-                    && l.contains(&format!("pid=\"{p}\""))
-                    && l.contains(&label)),
+                text.lines()
+                    .any(|l| l.starts_with("collapse_process_anon_bytes{")
+                        && l.contains(&format!("pid=\"{p}\""))
+                        && l.contains(&label)),
                 "pid {p} not in {group} (v2 {v2}):\n{text}"
             );
         }
@@ -620,7 +657,10 @@ fn sighup_rereads_the_config_and_keeps_the_old_settings_when_it_is_bad() {
     write("policy = \"pmd\"\nmax-ptes-none = 600\ninterval = 0.5\n");
     run.hup();
     let said = run.wait_said("keeping the previous settings");
-    assert!(said.starts_with("collapse: SIGHUP: ") && said.contains("600"), "{said}");
+    assert!(
+        said.starts_with("collapse: SIGHUP: ") && said.contains("600"),
+        "{said}"
+    );
     write("policy = \"pmd\"\nmax-ptes-nne = 511\n");
     run.hup();
     let said = run.wait_said("keeping the previous settings");
@@ -632,7 +672,10 @@ fn sighup_rereads_the_config_and_keeps_the_old_settings_when_it_is_bad() {
             .expect("passes go on");
         assert_eq!(pass["results"].get("collapsed"), None, "{pass}");
     }
-    assert!(!pmd_mapped(w.pid, forty.addr), "collapsed under the old settings");
+    assert!(
+        !pmd_mapped(w.pid, forty.addr),
+        "collapsed under the old settings"
+    );
     write("policy = \"pmd\"\nmax-ptes-none = 511\ninterval = 0.5\n");
     run.hup();
     let said = run.wait_said("settings reloaded");
@@ -659,7 +702,13 @@ fn collapse_out(args: &[&str]) -> std::process::Output {
 #[test]
 fn bad_metrics_addresses_and_configs_are_one_line_errors() {
     let me = std::process::id().to_string();
-    for bad in ["nonsense", "127.0.0.1", "127.0.0.1:99999", "host.example:80", ":9464"] {
+    for bad in [
+        "nonsense",
+        "127.0.0.1",
+        "127.0.0.1:99999",
+        "host.example:80",
+        ":9464",
+    ] {
         assert_error(
             &collapse_out(&["run", "--pid", &me, "--metrics", bad]),
             "--metrics",
@@ -787,15 +836,22 @@ fn trace_serves_the_tracer_and_process_families() {
     ]);
     dense(&mut w, "a", 4);
     let label = format!("pid=\"{pid}\"");
-    let text = eventually("the area in the populated bytes", Duration::from_secs(30), || {
-        let t = scrape(addr);
-        samples(&t, "collapse_process_populated_bytes", &label)
-            .first()
-            .is_some_and(|&v| v >= (4 << 20) as f64)
-            .then_some(t)
-    });
+    let text = eventually(
+        "the area in the populated bytes",
+        Duration::from_secs(30),
+        || {
+            let t = scrape(addr);
+            samples(&t, "collapse_process_populated_bytes", &label)
+                .first()
+                .is_some_and(|&v| v >= (4 << 20) as f64)
+                .then_some(t)
+        },
+    );
     assert_eq!(one(&text, "collapse_tracer_processes", ""), 1.0);
-    assert!(one(&text, "collapse_tracer_region_map_entries", "") >= 2.0, "{text}");
+    assert!(
+        one(&text, "collapse_tracer_region_map_entries", "") >= 2.0,
+        "{text}"
+    );
     assert_eq!(
         one(&text, "collapse_tracer_region_map_capacity", ""),
         262_144.0

@@ -41,7 +41,10 @@ impl Layout {
 /// Builds the release binary, then installs it with the unit and the config.
 pub(crate) fn install(ws: &Workspace, layout: &Layout, binary: Option<PathBuf>) -> Result<()> {
     if !layout.prefix.is_absolute() {
-        bail!("install: --prefix {} must be absolute", layout.prefix.display());
+        bail!(
+            "install: --prefix {} must be absolute",
+            layout.prefix.display()
+        );
     }
     let binary = match binary {
         Some(b) => b,
@@ -74,10 +77,13 @@ pub(crate) fn install_files(repo: &Path, layout: &Layout, binary: &Path) -> Resu
     };
     copy(binary, &layout.binary(), 0o755)?;
     let unit_src = repo.join("contrib/collapse.service");
-    let unit = fs::read_to_string(&unit_src)
-        .with_context(|| format!("reading {}", unit_src.display()))?;
+    let unit =
+        fs::read_to_string(&unit_src).with_context(|| format!("reading {}", unit_src.display()))?;
     let unit = unit
-        .replace("/usr/local/bin/collapse", &layout.binary().to_string_lossy())
+        .replace(
+            "/usr/local/bin/collapse",
+            &layout.binary().to_string_lossy(),
+        )
         .replace(
             "/etc/collapse/collapse.toml",
             &layout.config().to_string_lossy(),
@@ -117,10 +123,7 @@ mod tests {
         install_files(repo, &layout, &fake_bin).unwrap();
         assert!(root.join("usr/local/bin/collapse").is_file());
         let unit = fs::read_to_string(root.join("etc/systemd/system/collapse.service")).unwrap();
-        let exec = unit
-            .lines()
-            .find(|l| l.starts_with("ExecStart="))
-            .unwrap();
+        let exec = unit.lines().find(|l| l.starts_with("ExecStart=")).unwrap();
         assert_eq!(
             exec,
             format!(
@@ -129,7 +132,11 @@ mod tests {
                 root.display()
             )
         );
-        fs::write(root.join("etc/collapse/collapse.toml"), "policy = \"pmd\"\n").unwrap();
+        fs::write(
+            root.join("etc/collapse/collapse.toml"),
+            "policy = \"pmd\"\n",
+        )
+        .unwrap();
         install_files(repo, &layout, &fake_bin).unwrap();
         assert_eq!(
             fs::read_to_string(root.join("etc/collapse/collapse.toml")).unwrap(),

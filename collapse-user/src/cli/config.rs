@@ -117,23 +117,63 @@ pub(crate) fn apply(file: &ConfigFile, args: &RunArgs, given: &Given<'_>) -> Run
         };
     }
     take!("policy", policy, out.policy.policy, Some);
-    take!("max_ptes_none", max_ptes_none, out.policy.max_ptes_none, Some);
+    take!(
+        "max_ptes_none",
+        max_ptes_none,
+        out.policy.max_ptes_none,
+        Some
+    );
     take!("orders", orders, out.policy.orders, Some);
     take!("min_order", min_order, out.policy.min_order, Some);
-    take!("max_ptes_swap", max_ptes_swap, out.policy.max_ptes_swap, Some);
-    take!("max_ptes_shared", max_ptes_shared, out.policy.max_ptes_shared, Some);
+    take!(
+        "max_ptes_swap",
+        max_ptes_swap,
+        out.policy.max_ptes_swap,
+        Some
+    );
+    take!(
+        "max_ptes_shared",
+        max_ptes_shared,
+        out.policy.max_ptes_shared,
+        Some
+    );
     take!("dry_run", dry_run, out.dry_run, std::convert::identity);
     take!("interval", interval, out.interval, std::convert::identity);
     take!("duration", duration, out.duration, Some);
     take!("max_rate", max_rate, out.max_rate, Some);
-    take!("psi_limit", psi_limit, out.psi_limit, std::convert::identity);
-    take!("max_latency_ms", max_latency_ms, out.max_latency_ms, std::convert::identity);
+    take!(
+        "psi_limit",
+        psi_limit,
+        out.psi_limit,
+        std::convert::identity
+    );
+    take!(
+        "max_latency_ms",
+        max_latency_ms,
+        out.max_latency_ms,
+        std::convert::identity
+    );
     take!("jobs", jobs, out.jobs, std::convert::identity);
     take!("json", json, out.json, std::convert::identity);
     take!("metrics", metrics, out.metrics, Some);
-    take!("max_regions", max_regions, out.capacity.max_regions, std::convert::identity);
-    take!("ringbuf_kib", ringbuf_kib, out.capacity.ringbuf_kib, std::convert::identity);
-    take!("max_processes", max_processes, out.capacity.max_processes, std::convert::identity);
+    take!(
+        "max_regions",
+        max_regions,
+        out.capacity.max_regions,
+        std::convert::identity
+    );
+    take!(
+        "ringbuf_kib",
+        ringbuf_kib,
+        out.capacity.ringbuf_kib,
+        std::convert::identity
+    );
+    take!(
+        "max_processes",
+        max_processes,
+        out.capacity.max_processes,
+        std::convert::identity
+    );
     out
 }
 
@@ -152,7 +192,10 @@ mod tests {
         assert_eq!(f.max_ptes_none, Some(255));
         assert_eq!(f.metrics.as_deref(), Some("127.0.0.1:9464"));
         for (text, want) in [
-            ("policy = \"pmd\"\nmax-rat = 64\n", "line 2: unknown field `max-rat`"),
+            (
+                "policy = \"pmd\"\nmax-rat = 64\n",
+                "line 2: unknown field `max-rat`",
+            ),
             ("jobs = \"two\"\n", "line 1: "),
             ("max-ptes-none = [\n", "line 1"),
         ] {

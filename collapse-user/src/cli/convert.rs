@@ -361,7 +361,10 @@ mod tests {
             "127.0.0.1:9464"
         );
         assert_eq!(metrics_addr("[::1]:9").unwrap().to_string(), "[::1]:9");
-        assert_eq!(metrics_addr("0.0.0.0:80").unwrap().to_string(), "0.0.0.0:80");
+        assert_eq!(
+            metrics_addr("0.0.0.0:80").unwrap().to_string(),
+            "0.0.0.0:80"
+        );
         for bad in ["", "x", "127.0.0.1", "127.0.0.1:99999", "host:1", ":9464"] {
             let err = metrics_addr(bad).unwrap_err().to_string();
             assert!(err.starts_with("--metrics "), "{err}");

@@ -122,7 +122,12 @@ fn trace(args: &TraceArgs) -> anyhow::Result<ExitCode> {
     match metrics_addr {
         None => {
             let mut printer = printer;
-            rt.block_on(tracer::trace_with(target, job, &mut printer, signals.recv()))?;
+            rt.block_on(tracer::trace_with(
+                target,
+                job,
+                &mut printer,
+                signals.recv(),
+            ))?;
         }
         Some(addr) => {
             let metrics = Metrics::new(false);
@@ -131,7 +136,12 @@ fn trace(args: &TraceArgs) -> anyhow::Result<ExitCode> {
                 inner: printer,
                 feed: Feed::new(metrics, capacity.max_regions),
             };
-            rt.block_on(tracer::trace_with(target, job, &mut handler, signals.recv()))?;
+            rt.block_on(tracer::trace_with(
+                target,
+                job,
+                &mut handler,
+                signals.recv(),
+            ))?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -294,7 +304,14 @@ fn watch_config(
     let fixed = |a: &RunArgs| {
         format!(
             "{:?}",
-            (&a.target, &a.metrics, a.json, a.once, a.duration, &a.capacity)
+            (
+                &a.target,
+                &a.metrics,
+                a.json,
+                a.once,
+                a.duration,
+                &a.capacity
+            )
         )
     };
     let started = fixed(started);

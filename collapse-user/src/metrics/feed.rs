@@ -71,8 +71,7 @@ impl Feed {
                 cgroup: group.as_ref().map(|g| g.path.clone()).unwrap_or_default(),
                 anon_bytes: memory.anon_rss_kb * 1024,
                 anon_thp_bytes: memory.anon_huge_kb * 1024,
-                pmd_mapped_bytes: regions.iter().filter(|r| r.pmd_mapped).count() as u64
-                    * PMD_SIZE,
+                pmd_mapped_bytes: regions.iter().filter(|r| r.pmd_mapped).count() as u64 * PMD_SIZE,
                 folio_bytes,
                 populated_bytes: regions
                     .iter()

@@ -226,8 +226,7 @@ impl Metrics {
         }
         let events = std::mem::take(&mut counts.events_since_tick);
         if !since.is_zero() {
-            f.events_per_second
-                .set(events as f64 / since.as_secs_f64());
+            f.events_per_second.set(events as f64 / since.as_secs_f64());
         }
         f.map_entries
             .set(i64::try_from(health.region_entries).unwrap_or(i64::MAX));
@@ -342,14 +341,19 @@ mod tests {
         m.set_processes(&[process(41, "/pod"), process(42, "/pod")], &[cg.clone()]);
         let text = m.encode();
         assert!(
-            text.contains(r#"collapse_process_anon_thp_bytes{pid="42",comm="w",cgroup="/pod"} 2097152"#),
+            text.contains(
+                r#"collapse_process_anon_thp_bytes{pid="42",comm="w",cgroup="/pod"} 2097152"#
+            ),
             "{text}"
         );
         assert!(
             text.contains(r#"collapse_process_pte_mapped_folio_bytes{pid="41",comm="w",cgroup="/pod",size="64K"} 65536"#),
             "{text}"
         );
-        assert!(text.contains(r#"collapse_cgroup_processes{cgroup="/pod"} 2"#), "{text}");
+        assert!(
+            text.contains(r#"collapse_cgroup_processes{cgroup="/pod"} 2"#),
+            "{text}"
+        );
         assert!(
             text.contains(r#"collapse_cgroup_thp_coverage_ratio{cgroup="/pod"} 0.25"#),
             "{text}"
@@ -360,8 +364,14 @@ mod tests {
         m.set_processes(&[p], &[cg]);
         let text = m.encode();
         assert!(!text.contains(r#"pid="42""#), "{text}");
-        assert!(text.contains(r#"cgroup="/pod",size="64K"} 65536"#), "{text}");
-        assert!(text.contains(r#"collapse_cgroup_processes{cgroup="/pod"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"cgroup="/pod",size="64K"} 65536"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"collapse_cgroup_processes{cgroup="/pod"} 1"#),
+            "{text}"
+        );
         m.set_processes(&[], &[]);
         let text = m.encode();
         assert!(!text.contains("pid="), "{text}");
@@ -401,7 +411,10 @@ mod tests {
     #[test]
     fn trace_has_no_executor_families() {
         let text = Metrics::new(false).encode();
-        assert!(text.contains("collapse_tracer_region_map_capacity"), "{text}");
+        assert!(
+            text.contains("collapse_tracer_region_map_capacity"),
+            "{text}"
+        );
         assert!(!text.contains("collapse_collapses"), "{text}");
     }
 }

@@ -264,9 +264,10 @@ impl Pipeline {
             "collapse: settings reloaded: {}, interval {} s, max rate {}, psi limit {}",
             view::policy_line(&self.planner),
             rails.base_interval.as_secs_f64(),
-            rails
-                .max_rate
-                .map_or_else(|| "none".to_owned(), |r| format!("{} MiB/s", r as f64 / 1048576.0)),
+            rails.max_rate.map_or_else(
+                || "none".to_owned(),
+                |r| format!("{} MiB/s", r as f64 / 1048576.0)
+            ),
             rails.psi_limit
         );
     }
@@ -413,8 +414,12 @@ impl Pipeline {
                 } else {
                     0
                 };
-                feed.metrics()
-                    .record_outcome(o.result.result_name(), o.result.reason(), o.latency, bytes);
+                feed.metrics().record_outcome(
+                    o.result.result_name(),
+                    o.result.reason(),
+                    o.latency,
+                    bytes,
+                );
             }
             if o.result == CollapseResult::Collapsed {
                 // Swapped-out PTEs are swapped in, not zero-filled.
