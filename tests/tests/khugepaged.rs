@@ -7,25 +7,28 @@ use std::time::Duration;
 
 use collapse::kernel::thp::SysfsGuard;
 use common::{
-    skip::{needs_root_tests, skip_if, thp_never},
+    skip::{needs_root_tests, skip_if},
+    thp::ThpSetup,
     *,
 };
 
 const KHUGEPAGED: &str = "/sys/kernel/mm/transparent_hugepage/khugepaged";
 
-/// khugepaged scanning every 100 ms with max_ptes_none 64, for the test's lifetime: the guards
-/// restore both when they drop, also if an assertion fails (unwinding runs Drop).
-fn fast_khugepaged() -> (SysfsGuard, SysfsGuard) {
-    let sleep = SysfsGuard::set(format!("{KHUGEPAGED}/scan_sleep_millisecs"), "100")
-        .expect("set scan_sleep_millisecs");
+/// khugepaged scanning every 100 ms with max_ptes_none 64, and PMD THPs allowed in
+/// MADV_HUGEPAGE memory, for the test's lifetime: the guards restore everything when they
+/// drop, also if an assertion fails (unwinding runs Drop).
+fn fast_khugepaged() -> (ThpSetup, SysfsGuard) {
+    let thp = ThpSetup::default()
+        .pmd_in_advised_memory()
+        .fast_khugepaged();
     let none =
         SysfsGuard::set(format!("{KHUGEPAGED}/max_ptes_none"), "64").expect("set max_ptes_none");
-    (sleep, none)
+    (thp, none)
 }
 
 #[test]
 fn khugepaged_events_are_attributed_with_status_names() {
-    skip_if!(needs_root_tests().or_else(thp_never));
+    skip_if!(needs_root_tests());
     let _khugepaged = fast_khugepaged();
 
     let mut w = Workload::spawn();
@@ -36,7 +39,7 @@ fn khugepaged_events_are_attributed_with_status_names() {
     w.cmd("touch k 0 512");
     w.cmd("touch k 512 522");
     // The same in an untraced process, which must never show up.
-    bystander.map("k", 4, false);
+    let bystander_addr = bystander.map("k", 4, false);
     bystander.cmd("touch k 0 512");
     let mut traced_run = TracedWorkload::start("khugepaged", &w, &["--events"]);
     // Now register both with khugepaged.
@@ -52,6 +55,17 @@ fn khugepaged_events_are_attributed_with_status_names() {
     let exceed = traced_run.tracer.wait_for(Duration::from_secs(60), |v| {
         v["event"] == "scan_pmd" && v["status"] == "exceed_none_pte"
     });
+    // Only once khugepaged has collapsed the bystander's dense region (it scanned it) can
+    // its absence from the stream mean anything.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while !pmd_mapped(bystander.pid, bystander_addr) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "khugepaged did not collapse the bystander's dense region in 90 s{}",
+            thp_changed()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // The sparse region may be scanned before the dense one: look at everything seen so far.
     let (traced, truth, seen) = traced_run.finish();
     let khugepaged: Vec<_> = seen
@@ -111,7 +125,7 @@ fn khugepaged_events_are_attributed_with_status_names() {
 /// blocked in a read): its `mm` is found from the page frame khugepaged reports.
 #[test]
 fn khugepaged_events_of_an_idle_process_are_attributed() {
-    skip_if!(needs_root_tests().or_else(thp_never));
+    skip_if!(needs_root_tests());
     let _khugepaged = fast_khugepaged();
     let mut w = Workload::spawn();
     // 10 pages at the start of a region: every scan of it ends exceed_none_pte, with a page

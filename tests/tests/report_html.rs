@@ -265,9 +265,16 @@ fn reap_leftovers(group: i32) -> Vec<(i32, String)> {
         eprintln!("report_html: killing left-over {comm} ({pid})");
         let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
     }
-    thread::sleep(Duration::from_millis(200));
-    reap_zombies();
-    ours()
+    // SIGKILL takes effect asynchronously: wait for them to be gone, not for a fixed time.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        reap_zombies();
+        let still = ours();
+        if still.is_empty() || Instant::now() >= deadline {
+            return still;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Waits for the children (adopted ones included) that have exited.

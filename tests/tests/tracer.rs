@@ -5,11 +5,13 @@ mod common;
 
 use collapse_common::{OccupancyBitmap, consts::PMD_SIZE};
 use common::{
-    skip::{needs_root_tests, skip_if, thp_never},
+    skip::{needs_root_tests, skip, skip_if},
+    thp::ThpSetup,
     *,
 };
 
-/// What `shape` leaves in its 4 regions, derived from the commands alone.
+/// What `shape` and then `remap_shape_holes` leave in its 4 regions, derived from the
+/// commands alone.
 fn expected_shape(addr: u64) -> Regions {
     let mut r = [OccupancyBitmap::EMPTY; 4];
     let mut set = |lo: usize, hi: usize, on: bool| {
@@ -34,6 +36,7 @@ fn expected_shape(addr: u64) -> Regions {
     set(1800, 1900, false);
     set(1024, 1536, false);
     set(120, 130, true);
+    set(1124, 1125, true);
     r.iter()
         .enumerate()
         .filter(|(_, b)| !b.is_empty())
@@ -67,6 +70,9 @@ fn follow_faults_unmaps_and_dontneed(test: &str, env: &[(&str, &str)]) -> Vec<se
     // Everything below happens while traced: only events build these bitmaps.
     let addr = w.map("a", 8, false);
     shape(&mut w, "a");
+    // The snapshot shows only populated regions, masked to their VMAs: map the unmapped
+    // ranges again, so bits an unmap failed to clear would show.
+    remap_shape_holes(&mut w, "a");
     let (traced, truth, seen) = traced_run.finish();
     assert_same(
         "pagemap vs the pattern itself",
@@ -89,6 +95,9 @@ fn attaching_seeds_from_pagemap() {
     w.cmd("dontneed a 0 32");
     w.cmd("touch a 600 700");
     w.cmd("unmap a 1536 1600");
+    // Empty again, so a bit the unmap failed to clear would show in the snapshot.
+    w.cmd("remap a 1536 1600");
+    remap_shape_holes(&mut w, "a");
     let (traced, truth, _) = traced_run.finish();
     assert!(
         !within(&truth, addr, 8 << 20).is_empty(),
@@ -97,38 +106,43 @@ fn attaching_seeds_from_pagemap() {
     assert_same_mapping_and_process("the seeded mapping", &traced, &truth, addr, 8 << 20);
 }
 
+/// A PMD THP faulted in by one write sets all 512 bits, in the programs themselves: the map is
+/// read in this process before any poll, whose re-reads from pagemap would fill them in too.
 #[test]
 fn thp_fault_sets_all_512_bits() {
-    skip_if!(needs_root_tests().or_else(thp_never));
+    skip_if!(needs_root_tests());
+    let _thp = ThpSetup::default().pmd_in_advised_memory();
     let mut w = Workload::spawn();
-    let mut traced_run = TracedWorkload::start("thp", &w, &["--events"]);
+    let mut session = inproc::session_for(w.pid);
     let addr = w.map("h", 4, true);
-    // MADV_HUGEPAGE in a traced process attaches the large-folio hook (THP `madvise` mode);
-    // faults before that would be read back from pagemap, but would not be events.
-    let hook = traced_run
-        .tracer
-        .wait_for(std::time::Duration::from_secs(10), |v| {
-            v["event"] == "large_folio_hook"
-        });
+    // MADV_HUGEPAGE in a traced process attaches the large-folio hook (THP `madvise` mode)
+    // when its record is handled; it re-reads the advised range, still empty.
+    let mut seen = session.poll().expect("poll");
     assert!(
-        hook.is_some() || traced_run.tracer.seen[0]["large_folio_hook"].is_string(),
-        "the large-folio hook was not attached"
+        session.bpf().large_folio_hook().is_some(),
+        "the large-folio hook was not attached: {seen:?}"
     );
     // One byte per region: each write fault maps a whole PMD THP.
     w.cmd("touch h 0 1");
     w.cmd("touch h 700 701");
-    let (traced, truth, seen) = traced_run.finish();
-    let mapping = within(&truth, addr, 4 << 20);
+    let recorded = within(&inproc::map_regions(&session, w.pid), addr, 4 << 20);
+    let mapping = within(&truth(w.pid), addr, 4 << 20);
     let full = mapping.values().filter(|b| b.count() == 512).count();
-    assert_eq!(
-        full, 2,
+    assert!(
+        full == 2 && pmd_mapped(w.pid, addr) && pmd_mapped(w.pid, addr + PMD_SIZE),
         "the kernel did not fault THPs here (pagemap: {mapping:?}); is memory fragmented?"
     );
-    assert_same("THP regions", &within(&traced, addr, 4 << 20), &mapping);
+    assert_same("THP regions as the programs set them", &recorded, &mapping);
+    seen.extend(session.poll().expect("poll"));
     assert_eq!(
-        large_folio_events(&seen, w.pid, 9),
+        inproc::large_folios(&seen, w.pid, 9),
         2,
-        "expected two order-9 large-folio events, saw {seen:?}"
+        "expected two order-9 large-folio records, saw {seen:?}"
+    );
+    assert_same(
+        "THP regions after the poll",
+        &within(&inproc::map_regions(&session, w.pid), addr, 4 << 20),
+        &mapping,
     );
 }
 
@@ -146,6 +160,8 @@ fn faults_on_every_cpu_and_clears_from_another() {
     w.cmd("unmap m 700 800");
     w.cmd("dontneed m 1600 1700");
     w.cmd("threads m 20 40");
+    // Empty again: the other CPUs' pending bits of the unmapped range must be gone.
+    w.cmd("remap m 700 800");
     let (traced, truth, _) = traced_run.finish();
     assert_same_mapping_and_process(
         "regions faulted on every CPU",
@@ -182,7 +198,7 @@ fn pages_that_move_or_appear_without_faults() {
     w.map("l", 4, false);
     w.cmd("lock l 10 700");
     // An unmap wider than one program clears (300 regions): userspace finishes it.
-    w.map("big", 600, false);
+    let big = w.map("big", 600, false);
     for region in 0..300 {
         w.cmd(&format!(
             "touch big {} {}",
@@ -191,6 +207,12 @@ fn pages_that_move_or_appear_without_faults() {
         ));
     }
     w.cmd("unmap big 0 153600");
+    // Mapped again with one page in each region (the snapshot has only populated regions):
+    // whatever of the wide unmap was not cleared would show beside it.
+    w.cmd("remap big 0 153600");
+    for region in 0..300 {
+        w.cmd(&format!("touch big {} {}", region * 512, region * 512 + 1));
+    }
     let (traced, truth, _) = traced_run.finish();
     // The old range may have been reused by the later mappings: pagemap says what is there.
     assert_same(
@@ -204,6 +226,14 @@ fn pages_that_move_or_appear_without_faults() {
         &within(&truth, new, 8 << 20),
     );
     assert!(!within(&truth, new, 8 << 20).is_empty());
+    let first_pages: Regions = (0..300)
+        .map(|r| (big + r * PMD_SIZE, OccupancyBitmap::from_range(0, 1)))
+        .collect();
+    assert_same(
+        "the re-mapped range of the wide unmap",
+        &within(&traced, big, 600 << 20),
+        &first_pages,
+    );
     assert_same("every region of the child", &traced, &truth);
 }
 
@@ -245,43 +275,45 @@ fn a_command_traced_to_its_end_still_has_a_snapshot() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// mTHP at fault time: with 64 KiB folios `always`, each write fault maps 16 PTEs, and the
-/// large-folio hook (attached at start in that mode) sets all of them. The setting is
-/// restored when the guard drops.
+/// mTHP at fault time: with 64 KiB folios `always` (and every other size `never`, so neither
+/// the global setting nor another size decides), each write fault maps 16 PTEs, and the
+/// large-folio hook (attached at start in that mode) sets all of them, in the map itself
+/// before any poll. The settings are restored when the setup drops.
 #[test]
 fn mthp_faults_set_the_whole_folio() {
     skip_if!(needs_root_tests());
-    let knob = "/sys/kernel/mm/transparent_hugepage/hugepages-64kB/enabled";
-    skip_if!(
-        (!std::path::Path::new(knob).exists()).then(|| format!("no {knob} (kernel without mTHP)"))
-    );
-    let _mthp = collapse::kernel::thp::SysfsGuard::set(knob, "always").expect("enable 64K mTHP");
+    let Some(_thp) = ThpSetup::default().only_size_always(64) else {
+        skip!("no hugepages-64kB (kernel without mTHP)");
+    };
     let mut w = Workload::spawn();
-    let traced_run = TracedWorkload::start("mthp", &w, &["--events"]);
-    let hooked = traced_run.tracer.seen[0]["large_folio_hook"].is_string();
+    let mut session = inproc::session_for(w.pid);
     assert!(
-        hooked,
-        "the hook is attached at start when a size is `always`: {:?}",
-        traced_run.tracer.seen[0]
+        session.bpf().large_folio_hook().is_some(),
+        "the hook is attached at start when a size is `always`"
     );
     let addr = w.map_advised("m", 4, "plain");
     // One byte in every other 64 KiB block of the first region.
     for block in (0..32).step_by(2) {
         w.cmd(&format!("touch m {} {}", block * 16 + 3, block * 16 + 4));
     }
-    let (traced, truth, seen) = traced_run.finish();
-    let mapping = within(&truth, addr, 4 << 20);
+    let recorded = within(&inproc::map_regions(&session, w.pid), addr, 4 << 20);
+    let mapping = within(&truth(w.pid), addr, 4 << 20);
     let pages: u32 = mapping.values().map(|b| b.count()).sum();
     assert_eq!(
         pages,
         16 * 16,
         "the kernel did not fault 64 KiB folios here: {mapping:?}"
     );
-    assert_same("64 KiB folios", &within(&traced, addr, 4 << 20), &mapping);
+    assert_same(
+        "64 KiB folios as the programs set them",
+        &recorded,
+        &mapping,
+    );
+    let seen = session.poll().expect("poll");
     assert_eq!(
-        large_folio_events(&seen, w.pid, 4),
+        inproc::large_folios(&seen, w.pid, 4),
         16,
-        "expected 16 order-4 large-folio events"
+        "expected 16 order-4 large-folio records: {seen:?}"
     );
 }
 

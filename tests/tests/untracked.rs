@@ -3,37 +3,50 @@
 
 mod common;
 
-use collapse::tracer::{Capacity, Session, Target, TargetSpec};
+use std::time::Duration;
+
+use collapse::tracer::{Observed, Session};
 use common::{
+    inproc::{poll_until, session_for},
     skip::{needs_root_tests, skip_if},
+    thp::ThpSetup,
     *,
 };
 
-/// A tracing session in this process on `pid` alone, with small maps.
-fn session_for(pid: i32) -> Session {
-    Session::start(
-        Target::resolve(&TargetSpec::Pids(vec![pid])).expect("target"),
-        Capacity {
-            max_regions: 4096,
-            ringbuf_bytes: 1 << 16,
-            max_processes: 64,
-        },
-    )
-    .expect("start session")
-}
-
+/// Neither faults nor khugepaged's scans of an untraced process reach the maps. Both
+/// processes get the same MADV_HUGEPAGE memory and khugepaged scans quickly; the test waits
+/// until khugepaged has counts for the traced process and has collapsed the untraced one's
+/// dense region (so it scanned it too), and only then looks for strangers.
 #[test]
 fn untracked_processes_never_appear_in_the_maps() {
     skip_if!(needs_root_tests());
+    let _thp = ThpSetup::default()
+        .pmd_in_advised_memory()
+        .fast_khugepaged();
     let mut traced = Workload::spawn();
     let mut other = Workload::spawn();
-    let session = session_for(traced.pid);
-    for w in [&mut traced, &mut other] {
-        w.map("a", 8, false);
+    let mut session = session_for(traced.pid);
+    let mut areas = Vec::new();
+    // The untraced one first: khugepaged walks its list of mms in the order they joined it.
+    for w in [&mut other, &mut traced] {
+        let a = Area::map(w, "a", 8, "nohuge");
         w.cmd("touch a 0 1024");
         w.cmd("dontneed a 0 100");
         w.cmd("huge a 0 2048");
+        areas.push(a);
     }
+    let other_area = areas[0];
+    let (seen, scanned) = poll_until(&mut session, Duration::from_secs(120), |s, _| {
+        let counts = s.bpf().khugepaged_counts().expect("counts");
+        counts.iter().any(|(k, _)| k.tgid == traced.pid as u32)
+            && pmd_mapped(other.pid, other_area.region(1))
+    });
+    assert!(
+        scanned,
+        "khugepaged did not scan both processes in 120 s{}: counts {:?}, seen {seen:?}",
+        thp_changed(),
+        session.bpf().khugepaged_counts()
+    );
     let regions = session.bpf().regions().expect("regions");
     assert!(
         regions.iter().any(|(k, _)| k.tgid == traced.pid as u32),
@@ -49,9 +62,22 @@ fn untracked_processes_never_appear_in_the_maps() {
         "regions of untraced processes: {strangers:?}"
     );
     let counts = session.bpf().khugepaged_counts().expect("counts");
+    let foreign: Vec<_> = counts
+        .iter()
+        .filter(|(k, _)| k.tgid != traced.pid as u32)
+        .collect();
     assert!(
-        counts.iter().all(|(k, _)| k.tgid == traced.pid as u32),
-        "{counts:?}"
+        foreign.is_empty(),
+        "khugepaged counts of untraced processes (pid {} is the untraced workload): {foreign:?}",
+        other.pid
+    );
+    let foreign_events: Vec<_> = seen
+        .iter()
+        .filter(|o| matches!(o, Observed::Khugepaged { tgid, .. } if *tgid != traced.pid as u32))
+        .collect();
+    assert!(
+        foreign_events.is_empty(),
+        "khugepaged records of untraced processes: {foreign_events:?}"
     );
     assert!(
         !session

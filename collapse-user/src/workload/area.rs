@@ -200,6 +200,70 @@ impl Area {
         Ok(())
     }
 
+    /// Maps fresh, empty anonymous memory over pages `[start, end)` at their own address:
+    /// `MAP_FIXED` replaces whatever is there (its pages are gone); with `noreplace`,
+    /// `MAP_FIXED_NOREPLACE` maps only where nothing is (a range unmapped before).
+    pub fn map_over(&self, start: u64, end: u64, noreplace: bool) -> Result<(), AreaError> {
+        let ptr = self.page_ptr(start)?;
+        self.page_ptr(end)?;
+        let len = ((end - start) * PAGE_SIZE) as usize;
+        let (flag, call) = if noreplace {
+            (libc::MAP_FIXED_NOREPLACE, "mmap(MAP_FIXED_NOREPLACE)")
+        } else {
+            (libc::MAP_FIXED, "mmap(MAP_FIXED)")
+        };
+        // SAFETY: the range lies inside this area; nothing holds references into it, and
+        // MAP_FIXED only replaces our own pages there.
+        let got = unsafe {
+            libc::mmap(
+                ptr.cast(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | flag,
+                -1,
+                0,
+            )
+        };
+        if got == libc::MAP_FAILED {
+            return Err(AreaError::Syscall {
+                call: format!("{call} pages {start}..{end}"),
+                source: nix::errno::Errno::last(),
+            });
+        }
+        if got != ptr.cast() {
+            // A kernel before 4.17 takes MAP_FIXED_NOREPLACE as a hint and maps elsewhere.
+            // SAFETY: the mapping just made, nothing refers to it.
+            unsafe { libc::munmap(got, len) };
+            return Err(AreaError::Syscall {
+                call: format!("{call} pages {start}..{end} (mapped elsewhere)"),
+                source: nix::errno::Errno::EEXIST,
+            });
+        }
+        Ok(())
+    }
+
+    /// Shrinks the area in place to its first `pages` pages with `mremap` (the tail's pages
+    /// are unmapped).
+    pub fn shrink(&mut self, pages: u64) -> Result<(), AreaError> {
+        let new_len = (pages * PAGE_SIZE) as usize;
+        if new_len == 0 || new_len > self.len {
+            return Err(AreaError::Outside {
+                page: pages,
+                pages: self.pages(),
+            });
+        }
+        // SAFETY: our own mapping, shrunk in place (no MREMAP_MAYMOVE): nothing moves.
+        let got = unsafe { libc::mremap(self.base.as_ptr(), self.len, new_len, 0) };
+        if got == libc::MAP_FAILED {
+            return Err(AreaError::Syscall {
+                call: "mremap (shrink)".into(),
+                source: nix::errno::Errno::last(),
+            });
+        }
+        self.len = new_len;
+        Ok(())
+    }
+
     /// mlock then munlock pages `[start, end)`: the kernel populates them (GUP, no fault).
     pub fn lock(&self, start: u64, end: u64) -> Result<(), AreaError> {
         let ptr = self.page_ptr(start)?;

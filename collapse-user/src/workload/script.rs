@@ -2,6 +2,7 @@
 
 use std::{
     collections::HashMap,
+    ffi::CString,
     io::{self, BufRead, Write},
     process::ExitCode,
 };
@@ -29,6 +30,14 @@ use super::{Area, WorkloadError};
 /// checksum NAME START END      -> sum HEX (FNV-1a over the pages' words; reads map the zero page)
 /// churn NAME START END         -> ok      (a thread MADV_DONTNEEDs the range in a loop until exit)
 /// thp off|on                   -> ok      (prctl(PR_SET_THP_DISABLE, 1 | 0))
+/// fixed NAME START END         -> ok      (mmap MAP_FIXED over the pages: they are gone)
+/// remap NAME START END         -> ok      (mmap MAP_FIXED_NOREPLACE where they were unmapped)
+/// shrink NAME PAGES            -> ok      (mremap in place to the first PAGES pages)
+/// fork IN OUT                  -> forked PID  (the child, with a copy of every area, takes
+///                                          its commands from the FIFO IN and replies on the
+///                                          FIFO OUT, starting with `ready PID`)
+/// exec PATH                    -> (no reply: PATH, a `collapse` binary, runs `workload
+///                                          script` in this process and says `ready PID`)
 /// exit                         -> (exits 0)
 /// ```
 /// Errors reply `error <message>`, and the process keeps going.
@@ -85,6 +94,20 @@ impl Script {
             }
             return Ok("ok".into());
         }
+        if verb == "fork" {
+            let output = words
+                .get(2)
+                .ok_or_else(|| WorkloadError::Script("expected: fork IN OUT".into()))?;
+            return fork_with_channel(name, output);
+        }
+        if verb == "exec" {
+            let path = CString::new(name)
+                .map_err(|_| WorkloadError::Script("NUL in the exec path".into()))?;
+            let argv = [path.clone(), c"workload".into(), c"script".into()];
+            // Only returns on failure; stdout was flushed after the last reply.
+            let err = nix::unistd::execv(&path, &argv).unwrap_err();
+            refuse!("execv {name}: {err}");
+        }
         if verb == "map" {
             let advice = match words.get(3).copied() {
                 Some("huge") => Some(MmapAdvise::MADV_HUGEPAGE),
@@ -106,6 +129,10 @@ impl Script {
             a.relocate()?;
             return Ok(format!("moved {name} {:#x}", a.addr()));
         }
+        if verb == "shrink" {
+            a.shrink(num(2)?)?;
+            return Ok("ok".into());
+        }
         let (start, end) = (num(2)?, num(3)?);
         if start > end {
             refuse!("empty range {start}..{end}");
@@ -123,6 +150,8 @@ impl Script {
             "populate" => a.advise(start, end, MmapAdvise::MADV_POPULATE_WRITE)?,
             "unmap" => a.unmap(start, end)?,
             "lock" => a.lock(start, end)?,
+            "fixed" => a.map_over(start, end, false)?,
+            "remap" => a.map_over(start, end, true)?,
             "fill" => {
                 a.page_ptr(end)?;
                 for page in start..end {
@@ -166,5 +195,47 @@ impl Script {
             other => refuse!("unknown command {other}"),
         }
         Ok("ok".into())
+    }
+}
+
+/// `fork IN OUT`: forks; the child swaps its stdin and stdout for the FIFOs `input` and
+/// `output` (so the test drives it like any workload) and goes on with the same script loop
+/// and a copy of every area.
+fn fork_with_channel(input: &str, output: &str) -> Result<String, WorkloadError> {
+    use std::os::fd::AsRawFd as _;
+
+    use nix::{fcntl::OFlag, sys::stat::Mode, unistd::ForkResult};
+    // Nobody waits for the child: the kernel reaps it (inherited across exec, harmless for a
+    // script that starts no other processes).
+    // SAFETY: installing SIG_IGN has no preconditions.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+    // SAFETY: this process is single-threaded here (the toucher threads are joined, and a
+    // `churn` thread only calls madvise); the child goes on with its own copy.
+    match unsafe { nix::unistd::fork() } {
+        Err(err) => refuse!("fork: {err}"),
+        Ok(ForkResult::Parent { child }) => Ok(format!("forked {child}")),
+        Ok(ForkResult::Child) => {
+            // O_RDWR: a FIFO opened so does not wait for the other end (Linux `fifo(7)`).
+            let open = |path: &str| nix::fcntl::open(path, OFlag::O_RDWR, Mode::empty());
+            match (open(input), open(output)) {
+                (Ok(i), Ok(o)) => {
+                    // SAFETY: plain descriptor calls on fds we own.
+                    unsafe {
+                        libc::dup2(i.as_raw_fd(), libc::STDIN_FILENO);
+                        libc::dup2(o.as_raw_fd(), libc::STDOUT_FILENO);
+                    }
+                    Ok(format!("ready {}", std::process::id()))
+                }
+                (i, o) => {
+                    // Not on stdout, which is still the parent's channel.
+                    eprintln!(
+                        "collapse workload: forked child cannot open {input} or {output}: {:?} {:?}",
+                        i.err(),
+                        o.err()
+                    );
+                    std::process::exit(1)
+                }
+            }
+        }
     }
 }

@@ -8,8 +8,9 @@
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Write},
+    os::unix::fs::OpenOptionsExt as _,
     path::PathBuf,
-    process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio},
+    process::{Child, Command, ExitStatus, Output, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
@@ -17,12 +18,15 @@ use std::{
 use collapse::{kernel::pagemap, snapshot::read_snapshot};
 use collapse_common::{OccupancyBitmap, consts::PMD_SIZE};
 use nix::{
+    fcntl::OFlag,
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
 use serde_json::Value;
 
+pub mod inproc;
 pub mod skip;
+pub mod thp;
 
 /// The `collapse` binary built next to this test (xtask builds it first), or `COLLAPSE_BIN`.
 pub fn collapse_bin() -> PathBuf {
@@ -45,10 +49,14 @@ pub fn collapse_bin() -> PathBuf {
 
 /// `collapse workload script`: a child whose memory the test shapes command by command.
 pub struct Workload {
-    child: Child,
-    stdin: ChildStdin,
+    /// The process this test spawned; `None` for one a workload forked (`Workload::fork`),
+    /// which its parent reaps.
+    child: Option<Child>,
+    stdin: Box<dyn Write + Send>,
     lines: mpsc::Receiver<String>,
     pub pid: i32,
+    /// The FIFOs of a forked workload.
+    fifos: Option<PathBuf>,
 }
 
 fn line_reader(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
@@ -64,29 +72,106 @@ fn line_reader(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String>
     rx
 }
 
+/// The pid in a `ready <pid>` line.
+fn ready_pid(lines: &mpsc::Receiver<String>, what: &str) -> i32 {
+    let ready = lines
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{what}: no ready line: {e}"));
+    ready
+        .strip_prefix("ready ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{what}: want `ready <pid>`, got {ready:?}"))
+}
+
 impl Workload {
     pub fn spawn() -> Self {
-        let mut child = Command::new(collapse_bin())
+        Self::spawn_as(&collapse_bin())
+    }
+
+    /// The workload run through `program`, a path to the `collapse` binary (a symlink names
+    /// the process: its comm is the link's name).
+    pub fn spawn_as(program: &std::path::Path) -> Self {
+        let mut child = Command::new(program)
             .args(["workload", "script"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn workload");
-        let stdin = child.stdin.take().expect("stdin");
+        let stdin = Box::new(child.stdin.take().expect("stdin"));
         let lines = line_reader(child.stdout.take().expect("stdout"));
-        let ready = lines
-            .recv_timeout(Duration::from_secs(10))
-            .expect("workload ready line");
-        let pid = ready
-            .strip_prefix("ready ")
-            .and_then(|p| p.parse().ok())
-            .expect("ready <pid>");
+        let pid = ready_pid(&lines, "workload");
         Self {
-            child,
+            child: Some(child),
             stdin,
             lines,
             pid,
+            fifos: None,
         }
+    }
+
+    /// Forks the workload: the child has a copy of every area (copy-on-write) and is driven
+    /// through two FIFOs like any workload.
+    pub fn fork(&mut self) -> Workload {
+        let dir = temp_dir(&format!("fork-{}", self.pid));
+        let (input, output) = (dir.join("in"), dir.join("out"));
+        for f in [&input, &output] {
+            nix::unistd::mkfifo(f, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        }
+        let reply = self.cmd(&format!(
+            "fork {} {}",
+            input.to_str().expect("UTF-8 temp path"),
+            output.to_str().expect("UTF-8 temp path")
+        ));
+        let pid: i32 = reply
+            .strip_prefix("forked ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("want `forked <pid>`, got {reply:?}"));
+        let open = |path: &PathBuf, write: bool| {
+            // Non-blocking, so a child that never opens its ends fails the test instead of
+            // hanging it; blocking again once open.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let opened = std::fs::OpenOptions::new()
+                    .read(!write)
+                    .write(write)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(path);
+                match opened {
+                    Ok(f) => {
+                        nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_SETFL(OFlag::empty()))
+                            .expect("clear O_NONBLOCK");
+                        return f;
+                    }
+                    // ENXIO: no reader yet on the other side of a FIFO opened for writing.
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::ENXIO) && Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(Duration::from_millis(10))
+                    }
+                    Err(e) => panic!("open {}: {e}", path.display()),
+                }
+            }
+        };
+        let stdin = Box::new(open(&input, true));
+        let lines = line_reader(open(&output, false));
+        let ready = ready_pid(&lines, "forked workload");
+        assert_eq!(ready, pid, "the forked child names another pid");
+        Workload {
+            child: None,
+            stdin,
+            lines,
+            pid,
+            fifos: Some(dir),
+        }
+    }
+
+    /// Makes the workload exec `program` (a path to the `collapse` binary, or a symlink to it
+    /// that names the new image) and waits until the new image is ready: same pid, no areas.
+    pub fn exec(&mut self, program: &std::path::Path) {
+        writeln!(self.stdin, "exec {}", program.display()).expect("write to workload");
+        self.stdin.flush().expect("flush");
+        let pid = ready_pid(&self.lines, "exec'd workload");
+        assert_eq!(pid, self.pid, "exec changed the pid");
     }
 
     /// Sends one command and returns its reply; an `error` reply fails the test.
@@ -115,21 +200,62 @@ impl Workload {
             .expect("mapped NAME ADDR PAGES");
         u64::from_str_radix(addr.trim_start_matches("0x"), 16).expect("hex address")
     }
+
+    fn exited(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => matches!(c.try_wait(), Ok(Some(_))),
+            // Its parent reaps it (SIGCHLD ignored there): gone once the pid is.
+            None => kill(Pid::from_raw(self.pid), None).is_err(),
+        }
+    }
 }
 
 impl Drop for Workload {
     fn drop(&mut self) {
         let _ = writeln!(self.stdin, "exit");
+        let _ = self.stdin.flush();
         let deadline = Instant::now() + Duration::from_secs(5);
+        let mut gone = false;
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+            if self.exited() {
+                gone = true;
+                break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        // Only the process this test started, by its pid.
-        let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
-        let _ = self.child.wait();
+        if !gone {
+            // Only the process this test started, by its pid.
+            let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+            if let Some(c) = &mut self.child {
+                let _ = c.wait();
+            }
+        }
+        if let Some(dir) = &self.fifos {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// A symlink to the `collapse` binary named `name`: a workload spawned or exec'd through it
+/// has `name` as its comm (`fs/exec.c` names the task after the path's last component).
+pub struct Alias {
+    dir: PathBuf,
+    pub path: PathBuf,
+}
+
+impl Alias {
+    pub fn new(name: &str) -> Self {
+        assert!(name.len() <= 15, "a comm has at most 15 bytes: {name}");
+        let dir = temp_dir(&format!("alias-{name}"));
+        let path = dir.join(name);
+        std::os::unix::fs::symlink(collapse_bin(), &path).expect("symlink to collapse");
+        Self { dir, path }
+    }
+}
+
+impl Drop for Alias {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -297,6 +423,10 @@ pub fn assert_same_mapping_and_process(
     addr: u64,
     len: u64,
 ) {
+    assert!(
+        !within(truth, addr, len).is_empty(),
+        "{what}: pagemap has no page there, so the comparison would be over nothing"
+    );
     assert_same(what, &within(traced, addr, len), &within(truth, addr, len));
     assert_same("every region of the child", traced, truth);
 }
@@ -327,6 +457,16 @@ pub fn shape(w: &mut Workload, name: &str) {
     w.cmd(&format!("unmap {name} 1800 1900"));
     w.cmd(&format!("unmap {name} 1024 1536"));
     w.cmd(&format!("touch {name} 120 130"));
+}
+
+/// Maps the ranges `shape` unmapped again, empty (MAP_FIXED_NOREPLACE at their old
+/// addresses), and touches page 1124 in the region it unmapped whole. The snapshot has only
+/// regions with a page in an anonymous VMA now, masked to those VMAs: only there can it show
+/// a bit an unmap failed to clear.
+pub fn remap_shape_holes(w: &mut Workload, name: &str) {
+    w.cmd(&format!("remap {name} 1800 1900"));
+    w.cmd(&format!("remap {name} 1024 1536"));
+    w.cmd(&format!("touch {name} 1124 1125"));
 }
 
 /// `collapse trace --pid` on a workload, writing a snapshot at the end.
