@@ -826,7 +826,7 @@ fn trace_serves_the_tracer_and_process_families() {
     let mut w = Workload::spawn();
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let pid = w.pid.to_string();
-    let mut trace = Tracer::start(&[
+    let trace = Tracer::start(&[
         "--pid",
         &pid,
         "--interval",

@@ -338,7 +338,10 @@ mod tests {
             anon_bytes: 16 << 20,
             anon_thp_bytes: 4 << 20,
         };
-        m.set_processes(&[process(41, "/pod"), process(42, "/pod")], &[cg.clone()]);
+        m.set_processes(
+            &[process(41, "/pod"), process(42, "/pod")],
+            std::slice::from_ref(&cg),
+        );
         let text = m.encode();
         assert!(
             text.contains(
