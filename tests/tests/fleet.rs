@@ -282,6 +282,9 @@ fn prometheus_scrapes_coverage_and_rising_collapses_and_exited_processes_leave()
             "pmd",
             "--max-ptes-none",
             "255",
+            // Not the per-size sysfs settings, which other tests may change meanwhile.
+            "--orders",
+            "2M",
             "--interval",
             "0.5",
             "--metrics",
@@ -501,6 +504,8 @@ fn series_are_grouped_by_memory_cgroup_also_with_the_v1_fallback() {
                 &p1,
                 "--pid",
                 &p2,
+                "--orders",
+                "2M",
                 "--interval",
                 "0.5",
                 "--metrics",
@@ -647,7 +652,13 @@ fn sighup_rereads_the_config_and_keeps_the_old_settings_when_it_is_bad() {
     w.cmd("fill forty 0 205");
     let dir = temp_dir("sighup");
     let config = dir.join("collapse.toml");
-    let write = |body: &str| std::fs::write(&config, format!("pid = [{}]\n{body}", w.pid)).unwrap();
+    let write = |body: &str| {
+        std::fs::write(
+            &config,
+            format!("pid = [{}]\norders = \"2M\"\n{body}", w.pid),
+        )
+        .unwrap()
+    };
     write("policy = \"pmd\"\nmax-ptes-none = 0\ninterval = 0.5\n");
     let mut run = ConfiguredRun::start(&config);
     let first = run
