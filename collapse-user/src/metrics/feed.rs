@@ -128,6 +128,11 @@ fn folio_bytes(pid: i32, regions: &[crate::tracer::TracedRegion]) -> BTreeMap<u8
         let Ok(orders) = reader.folio_orders(r.addr) else {
             continue;
         };
+        // One order-9 folio behind all 512 PTEs: PMD-mapped since the tick's regions were read
+        // (a collapse in this pass), counted in the PMD-mapped bytes instead.
+        if orders.iter().all(|&o| o == 9) {
+            continue;
+        }
         for &o in &orders {
             if let Ok(order @ 1..) = u8::try_from(o) {
                 *out.entry(order).or_default() += PAGE_SIZE;
