@@ -28,10 +28,8 @@ pub enum EventKind {
     /// A traced process asked for huge pages on `[addr, addr + len)` (MADV_HUGEPAGE): its
     /// faults there may map large folios from now on.
     HugepageAdvice = 8,
-    /// khugepaged scanned an `mm` (`addr`) no traced process has been seen to own, at page
-    /// frame `len`: userspace looks for the traced process that maps it (one that has not
-    /// faulted or made a hooked syscall since it was attached). Once per `mm`.
-    UnknownMm = 9,
+    // 9 was `UnknownMm` (an `mm` guessed from a page frame); every traced `mm` is now
+    // learned exactly (the task iterator), so nothing is left to guess.
 }
 
 impl EventKind {
@@ -46,7 +44,6 @@ impl EventKind {
             6 => Some(Self::Resync),
             7 => Some(Self::Attach),
             8 => Some(Self::HugepageAdvice),
-            9 => Some(Self::UnknownMm),
             _ => None,
         }
     }

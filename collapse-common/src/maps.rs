@@ -11,7 +11,8 @@ pub mod names {
     pub const TRACKED: &str = "TRACKED";
     /// `Array<u64>`: one bit per pid; set once the tgid's `mm` is in `MM_OWNERS`.
     pub const MM_KNOWN: &str = "MM_KNOWN";
-    /// `HashMap<u64, u32>`: `mm_struct` address → tgid, learned in fault context.
+    /// `HashMap<u64, u32>`: `mm_struct` address → tgid, learned by the task iterator when a
+    /// process is attached, and in the process's own context after an exec.
     pub const MM_OWNERS: &str = "MM_OWNERS";
     /// `HashMap<u32, u64>`: tgid → `mm_struct` address (to forget it at exit and exec).
     pub const TGID_MM: &str = "TGID_MM";
@@ -29,8 +30,6 @@ pub mod names {
     pub const PENDING_SYSCALL: &str = "PENDING_SYSCALL";
     /// `PerCpuArray<PendingRegion>` (one slot): the region each CPU is recording faults for.
     pub const PENDING_REGION: &str = "PENDING_REGION";
-    /// `LruHashMap<u64, u8>`: `mm`s already reported as unknown.
-    pub const UNKNOWN_MMS: &str = "UNKNOWN_MMS";
     /// The `.rodata` globals, see [`super::Config`].
     pub const CONFIG: &str = "CONFIG";
 }
@@ -284,6 +283,16 @@ pub struct Config {
     pub self_tgid: u32,
     /// Offset of `brk` in `struct mm_struct` (from BTF); 0: unknown, brk shrinks not seen.
     pub mm_brk: u32,
+    /// Offset of `tgid` in `struct task_struct` (from BTF): the task iterator's process.
+    pub task_tgid: u32,
+    /// Offsets of `signal` in `struct task_struct` and of `live` in `struct signal_struct`
+    /// (from BTF): the `group_dead` fallback.
+    pub task_signal: u32,
+    pub signal_live: u32,
+    /// Non-zero: `sched_process_exit` has no `group_dead` (before 6.16); the group is dead
+    /// when `current->signal->live` is 0, which `do_exit` decrements before the tracepoint
+    /// (`kernel/exit.c`).
+    pub exit_by_live: u32,
     /// Non-zero: every process is traced; `TRACKED` is not consulted.
     pub all: u8,
     /// Non-zero: new processes forked by a traced one are traced too.
@@ -296,7 +305,7 @@ pub struct Config {
     pub comm: [u8; crate::consts::TASK_COMM_LEN],
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 200);
+const _: () = assert!(core::mem::size_of::<Config>() == 216);
 
 impl Config {
     /// All offsets zero and every switch off: the placeholder compiled into the object.

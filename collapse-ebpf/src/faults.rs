@@ -15,8 +15,8 @@ use collapse_common::{
 };
 
 use crate::state::{
-    FAULT_IN_FLIGHT, conf, emit, is_tracked, learn_mm, now, pte_index, record, record_bit,
-    set_bits, u32_at, u64_at,
+    FAULT_IN_FLIGHT, conf, emit, is_tracked, now, pte_index, record, record_bit, set_bits, u32_at,
+    u64_at,
 };
 
 #[tracepoint]
@@ -89,7 +89,6 @@ fn fault(pid_tgid: u64, addr: u64, error_code: u64) -> Result<u32, i64> {
         // SAFETY: this CPU's slot; the fault handler is not re-entered on one CPU.
         unsafe { *slot = FaultInFlight { pid_tgid, addr } };
     }
-    learn_mm(tgid);
     Ok(0)
 }
 

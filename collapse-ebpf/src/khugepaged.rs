@@ -1,6 +1,6 @@
 //! khugepaged's scan and collapse tracepoints (`include/trace/events/huge_memory.h`). They run
 //! in the khugepaged kthread (or in the caller of MADV_COLLAPSE), so the process is found by
-//! the `mm` they report, through the `mm` → tgid map the fault path fills.
+//! the `mm` they report, through the `mm` → tgid map (`attribution.rs` fills it).
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
@@ -11,8 +11,7 @@ use collapse_common::{
 };
 
 use crate::state::{
-    NOEXIST, PENDING_ISOLATE, UNKNOWN_MMS, conf, count_drop, count_khugepaged, emit, field,
-    mm_owner, now,
+    PENDING_ISOLATE, conf, count_drop, count_khugepaged, emit, field, mm_owner, now,
 };
 
 #[inline(always)]
@@ -37,28 +36,11 @@ fn record(tgid: u32, which: KhugepagedEvent, status: i32, addr: u64, a: i32, b: 
     });
 }
 
-/// Hands an unattributed `mm` to userspace once, with a page frame of it (-1: none seen, try
-/// at the next scan).
-#[inline(always)]
-fn report_unknown_mm(mm: u64, pfn: u64) {
-    if pfn == u64::MAX || UNKNOWN_MMS.insert(mm, 0, NOEXIST).is_err() {
-        return;
-    }
-    emit(&Event {
-        ts_ns: now(),
-        addr: mm,
-        len: pfn,
-        kind: EventKind::UnknownMm as u32,
-        ..Event::default()
-    });
-}
-
 #[tracepoint]
 pub fn mm_khugepaged_scan_pmd(ctx: TracePointContext) -> u32 {
     let mm: u64 = field(&ctx, conf!(scan_mm));
     let pfn: u64 = field(&ctx, conf!(scan_pfn));
     let Some(tgid) = mm_owner(mm) else {
-        report_unknown_mm(mm, pfn);
         return 0;
     };
     let referenced: i32 = field(&ctx, conf!(scan_referenced));

@@ -2,7 +2,10 @@
 //! target cgroup), and forgetting a process at exit or exec.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_task,
+        bpf_probe_read_kernel,
+    },
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -10,7 +13,7 @@ use collapse_common::{consts::CLONE_THREAD, event::EventKind};
 
 use crate::state::{
     CONFIG, TRACKED, bit_clear, bit_set, clear_pending_all, conf, current_tgid, emit_range, field,
-    forget_mm, is_tracked,
+    forget_mm, is_tracked, learn_mm,
 };
 
 /// Whether the current task's comm is the `--comm` target.
@@ -66,6 +69,7 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
             // New to us: userspace seeds it whole, nothing to forget.
             bit_set(&TRACKED, tgid);
             forget_mm(tgid);
+            learn_mm(tgid);
             emit_range(EventKind::Attach, tgid, 0, 0);
             return 0;
         } else if !matches && tracked && conf!(all) == 0 {
@@ -77,18 +81,44 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
         }
     }
     if tracked {
-        // A new address space: a new mm to learn; userspace re-reads the regions.
+        // A new address space (fs/exec.c exec_mmap has installed it before this tracepoint):
+        // learned here, in the process's own context; userspace re-reads the regions.
         forget_mm(tgid);
+        learn_mm(tgid);
         clear_pending_all(tgid);
         emit_range(EventKind::Exec, tgid, 0, 0);
     }
     0
 }
 
+/// Whether the exiting task is the last of its thread group: the tracepoint's `group_dead`
+/// (6.16+), else `current->signal->live == 0`, which `do_exit` decrements (with
+/// atomic_dec_and_test, the same test that sets `group_dead`) before the tracepoint fires
+/// (`kernel/exit.c`).
+#[inline(always)]
+fn group_dead(ctx: &TracePointContext) -> bool {
+    if conf!(exit_by_live) == 0 {
+        return field::<u8>(ctx, conf!(exit_group_dead)) != 0;
+    }
+    let (signal_offset, live_offset) = (conf!(task_signal) as usize, conf!(signal_live) as usize);
+    // SAFETY: reading kernel fields of the current task with the checked helper.
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let Ok(signal) = bpf_probe_read_kernel(task.add(signal_offset) as *const u64) else {
+            return false;
+        };
+        if signal == 0 {
+            return false;
+        }
+        let live: Result<i32, _> =
+            bpf_probe_read_kernel((signal as *const u8).add(live_offset).cast());
+        live == Ok(0)
+    }
+}
+
 #[tracepoint]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
-    let group_dead: u8 = field(&ctx, conf!(exit_group_dead));
-    if group_dead == 0 {
+    if !group_dead(&ctx) {
         return 0;
     }
     let tgid = current_tgid();

@@ -3,7 +3,7 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use collapse_common::{
@@ -48,8 +48,6 @@ pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReason::C
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 #[map]
 pub static FAULT_IN_FLIGHT: PerCpuArray<FaultInFlight> = PerCpuArray::with_max_entries(1, 0);
-#[map]
-pub static UNKNOWN_MMS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(1024, 0);
 #[map]
 pub static PENDING_REGION: PerCpuArray<PendingRegion> = PerCpuArray::with_max_entries(1, 0);
 #[map]
@@ -452,24 +450,38 @@ pub fn emit_range(kind: EventKind, tgid: u32, addr: u64, len: u64) {
 }
 
 /// Remembers `current->mm` → `tgid` once per process, so khugepaged events (which carry only
-/// the `mm`) can be attributed. Called in the process's own context.
+/// the `mm`) can be attributed. Called in the process's own context: at exec, and on the
+/// `task_iter` fallback's context switches.
 #[inline(always)]
 pub fn learn_mm(tgid: u32) {
-    if bit_test(&MM_KNOWN, tgid) {
+    if mm_known(tgid) {
         return;
     }
+    // SAFETY: no preconditions.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    if let Some(mm) = task_mm(task) {
+        learn_mm_of(tgid, mm);
+    }
+}
+
+/// Whether `tgid`'s `mm` is in `MM_OWNERS` already.
+#[inline(always)]
+pub fn mm_known(tgid: u32) -> bool {
+    bit_test(&MM_KNOWN, tgid)
+}
+
+/// `task->mm`, or `None` for a kernel thread or a task past `exit_mm`.
+#[inline(always)]
+pub fn task_mm(task: *const u8) -> Option<u64> {
     let offset = conf!(task_mm) as usize;
     // SAFETY: reading a kernel pointer field with the checked helper.
-    let mm: u64 = unsafe {
-        let task = bpf_get_current_task() as *const u8;
-        match bpf_probe_read_kernel(task.add(offset) as *const u64) {
-            Ok(mm) => mm,
-            Err(_) => return,
-        }
-    };
-    if mm == 0 {
-        return;
-    }
+    let mm: u64 = unsafe { bpf_probe_read_kernel(task.add(offset) as *const u64) }.ok()?;
+    (mm != 0).then_some(mm)
+}
+
+/// Records `mm` as `tgid`'s.
+#[inline(always)]
+pub fn learn_mm_of(tgid: u32, mm: u64) {
     // TGID_MM first, so a failure leaves nothing behind in MM_OWNERS. An mm that already has
     // an owner keeps it: a vfork child (CLONE_VM) runs on its parent's mm until it execs.
     if TGID_MM.insert(tgid, mm, 0).is_err() {

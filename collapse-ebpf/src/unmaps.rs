@@ -21,7 +21,6 @@ use collapse_common::{
 
 use crate::state::{
     FAULT_IN_FLIGHT, PENDING_SYSCALL, clear_range, conf, count_drop, emit_range, field, is_tracked,
-    learn_mm,
 };
 
 /// `MADV_DONTNEED_LOCKED` (since 5.18) drops pages like DONTNEED.
@@ -49,9 +48,7 @@ fn range_end(start: u64, len: u64) -> u64 {
 
 /// The syscall is about to run in this task: whatever fault it remembered has ended.
 #[inline(always)]
-fn end_fault_in_flight(tgid: u32) {
-    // Also a chance to learn the mm of a process that has not faulted since it was attached.
-    learn_mm(tgid);
+fn end_fault_in_flight() {
     if let Some(slot) = FAULT_IN_FLIGHT.get_ptr_mut(0) {
         // SAFETY: this CPU's slot.
         unsafe { (*slot).pid_tgid = 0 };
@@ -115,10 +112,10 @@ pub fn sys_enter_munmap(ctx: TracePointContext) -> u32 {
 }
 
 fn try_enter_munmap(ctx: &TracePointContext) -> Result<u32, i64> {
-    let Some((tgid, pid_tgid)) = traced_caller() else {
+    let Some((_, pid_tgid)) = traced_caller() else {
         return Ok(0);
     };
-    end_fault_in_flight(tgid);
+    end_fault_in_flight();
     remember(
         pid_tgid,
         field(ctx, conf!(munmap_addr)),
@@ -142,7 +139,7 @@ fn try_madvise(ctx: &TracePointContext) -> Result<u32, i64> {
     let Some((tgid, pid_tgid)) = traced_caller() else {
         return Ok(0);
     };
-    end_fault_in_flight(tgid);
+    end_fault_in_flight();
     let start: u64 = field(ctx, conf!(madvise_start));
     let len: u64 = field(ctx, conf!(madvise_len));
     let behavior: u64 = field::<u64>(ctx, conf!(madvise_behavior)) & 0xffff_ffff;
@@ -171,10 +168,10 @@ pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
 }
 
 fn try_mmap(ctx: &TracePointContext) -> Result<u32, i64> {
-    let Some((tgid, pid_tgid)) = traced_caller() else {
+    let Some((_, pid_tgid)) = traced_caller() else {
         return Ok(0);
     };
-    end_fault_in_flight(tgid);
+    end_fault_in_flight();
     let addr: u64 = field(ctx, conf!(mmap_addr));
     let len: u64 = field(ctx, conf!(mmap_len));
     let flags: u64 = field(ctx, conf!(mmap_flags));
@@ -227,10 +224,10 @@ pub fn sys_enter_mremap(ctx: TracePointContext) -> u32 {
 }
 
 fn try_mremap(ctx: &TracePointContext) -> Result<u32, i64> {
-    let Some((tgid, pid_tgid)) = traced_caller() else {
+    let Some((_, pid_tgid)) = traced_caller() else {
         return Ok(0);
     };
-    end_fault_in_flight(tgid);
+    end_fault_in_flight();
     // The exit needs the old range and the new length: two records, the second keyed by
     // the complemented id.
     remember(
@@ -294,8 +291,8 @@ fn current_brk() -> Option<u64> {
 /// A shrinking brk (glibc trims the heap top) unmaps `[new, old)`.
 #[tracepoint]
 pub fn sys_enter_brk(_ctx: TracePointContext) -> u32 {
-    if let Some((tgid, pid_tgid)) = traced_caller() {
-        end_fault_in_flight(tgid);
+    if let Some((_, pid_tgid)) = traced_caller() {
+        end_fault_in_flight();
         if let Some(old) = current_brk() {
             remember(pid_tgid, old, 0, BRK);
         }
@@ -337,8 +334,8 @@ pub fn sys_enter_mlock2(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn enter_mlock(ctx: &TracePointContext) -> u32 {
-    if let Some((tgid, pid_tgid)) = traced_caller() {
-        end_fault_in_flight(tgid);
+    if let Some((_, pid_tgid)) = traced_caller() {
+        end_fault_in_flight();
         remember(
             pid_tgid,
             field(ctx, conf!(mlock_start)),
@@ -367,8 +364,8 @@ pub fn sys_exit_mlockall(ctx: TracePointContext) -> u32 {
 /// `mlockall(MCL_CURRENT)` populates everything mapped.
 #[tracepoint]
 pub fn sys_enter_mlockall(ctx: TracePointContext) -> u32 {
-    if let Some((tgid, pid_tgid)) = traced_caller() {
-        end_fault_in_flight(tgid);
+    if let Some((_, pid_tgid)) = traced_caller() {
+        end_fault_in_flight();
         // The flags are the first argument, where mlock has `start`.
         let flags: u64 = field(&ctx, conf!(mlock_start));
         if flags & MCL_CURRENT != 0 {

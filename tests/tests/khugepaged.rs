@@ -122,7 +122,7 @@ fn khugepaged_events_are_attributed_with_status_names() {
 }
 
 /// A process that neither faults nor makes a hooked syscall after the tracer attaches (idle,
-/// blocked in a read): its `mm` is found from the page frame khugepaged reports.
+/// blocked in a read): the task iterator learned its `mm` when it was attached.
 #[test]
 fn khugepaged_events_of_an_idle_process_are_attributed() {
     skip_if!(needs_root_tests());
@@ -143,5 +143,94 @@ fn khugepaged_events_of_an_idle_process_are_attributed() {
     assert!(
         seen.is_some(),
         "no khugepaged scan attributed to the idle process: {all:?}"
+    );
+}
+
+/// A child that shares its parent's pages copy-on-write (the same page frames in both mms):
+/// both are idle after the tracer attaches, and each one's khugepaged scans are its own.
+#[test]
+fn khugepaged_events_of_a_forked_child_are_its_own() {
+    skip_if!(needs_root_tests());
+    let _khugepaged = fast_khugepaged();
+    let mut w = Workload::spawn();
+    // 10 pages at the start of a region, registered with khugepaged, then shared with a child:
+    // every scan of either mm ends exceed_none_pte, at the same page frame.
+    w.map("k", 4, false);
+    w.cmd("touch k 0 10");
+    w.cmd("huge k 0 1024");
+    let child_w = w.fork();
+    let child = child_w.pid;
+    let (parent_s, child_s) = (w.pid.to_string(), child.to_string());
+    let mut tracer = Tracer::start(&[
+        "--pid",
+        &parent_s,
+        "--pid",
+        &child_s,
+        "--interval",
+        "0.5",
+        "--events",
+    ]);
+    let scanned =
+        |pid: i32| move |v: &serde_json::Value| v["event"] == "scan_pmd" && v["pid"] == pid;
+    let seen_child = tracer
+        .wait_for(Duration::from_secs(60), scanned(child))
+        .is_some()
+        || tracer.seen.iter().any(scanned(child));
+    let seen_parent = tracer.seen.iter().any(scanned(w.pid))
+        || tracer
+            .wait_for(Duration::from_secs(60), scanned(w.pid))
+            .is_some();
+    let (status, all) = tracer.stop();
+    assert!(status.success());
+    assert!(
+        seen_child,
+        "no khugepaged scan attributed to the child: {all:?}"
+    );
+    assert!(
+        seen_parent,
+        "no khugepaged scan attributed to the parent: {all:?}"
+    );
+    for v in all.iter().filter(|v| v["event"] == "scan_pmd") {
+        assert!(v["pid"] == w.pid || v["pid"] == child, "{v}");
+    }
+}
+
+/// The `task_iter` fallback (sched_switch learns a traced process's `mm` as it is switched
+/// out): a process idle since it was attached is attributed once it runs again, without a
+/// fault or a hooked syscall (a prctl, then blocking in its read of stdin).
+#[test]
+fn khugepaged_attribution_with_the_sched_switch_fallback() {
+    skip_if!(needs_root_tests());
+    let _khugepaged = fast_khugepaged();
+    let mut w = Workload::spawn();
+    w.map("k", 4, false);
+    w.cmd("touch k 0 10");
+    w.cmd("huge k 0 1024");
+    let pid = w.pid.to_string();
+    let mut tracer = Tracer::start_with_env(
+        &["--pid", &pid, "--interval", "0.5", "--events"],
+        &[("COLLAPSE_FALLBACKS", "task_iter")],
+    );
+    let attached = tracer
+        .seen
+        .iter()
+        .find(|v| v["type"] == "attached")
+        .cloned()
+        .expect("attached line");
+    assert!(
+        attached["fallbacks"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f["feature"] == "task_iter")),
+        "{attached}"
+    );
+    w.cmd("thp on");
+    let seen = tracer.wait_for(Duration::from_secs(60), |v| {
+        v["event"] == "scan_pmd" && v["pid"] == w.pid
+    });
+    let (status, all) = tracer.stop();
+    assert!(status.success());
+    assert!(
+        seen.is_some(),
+        "no khugepaged scan attributed on the sched_switch fallback: {all:?}"
     );
 }

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use collapse_common::{OccupancyBitmap, consts::PMD_SIZE};
 use common::{
     skip::{needs_root_tests, skip, skip_if},
@@ -62,6 +64,75 @@ fn bitmaps_follow_faults_with_classic_tracepoints() {
         .find(|v| v["type"] == "attached")
         .expect("attached line");
     assert_eq!(attached["fast_path"], serde_json::json!([]), "{attached}");
+}
+
+/// The same with pagemap read PTE by PTE, as on kernels without PAGEMAP_SCAN (before 6.7).
+#[test]
+fn bitmaps_follow_faults_without_pagemap_scan() {
+    skip_if!(needs_root_tests());
+    let seen = follow_faults_unmaps_and_dontneed(
+        "no-pagemap-scan",
+        &[("COLLAPSE_FALLBACKS", "pagemap_scan")],
+    );
+    assert_fallback(&seen, "pagemap_scan");
+}
+
+/// The `attached` line says the fallback of `feature` is in use.
+fn assert_fallback(seen: &[serde_json::Value], feature: &str) {
+    let attached = seen
+        .iter()
+        .find(|v| v["type"] == "attached")
+        .expect("attached line");
+    assert!(
+        attached["fallbacks"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f["feature"] == feature)),
+        "{feature} fallback not in use: {attached}"
+    );
+}
+
+/// Without `sched_process_exit`'s `group_dead` (before 6.16), a thread's exit leaves its
+/// process traced, and the last one's ends it (`signal->live` read through BTF).
+#[test]
+fn exits_are_seen_with_the_signal_live_fallback() {
+    skip_if!(needs_root_tests());
+    let mut w = Workload::spawn();
+    let pid = w.pid;
+    let pid_s = pid.to_string();
+    let mut tracer = Tracer::start_with_env(
+        &["--pid", &pid_s, "--interval", "1", "--events"],
+        &[("COLLAPSE_FALLBACKS", "exit_group_dead")],
+    );
+    assert_fallback(&tracer.seen, "exit_group_dead");
+    w.map("a", 2, false);
+    // One thread per CPU touches pages and exits.
+    w.cmd("threads a 0 64");
+    w.cmd("touch a 64 128");
+    let traced = tracer.wait_for(Duration::from_secs(30), |v| {
+        v["type"] == "sample"
+            && v["processes"].as_array().is_some_and(|p| {
+                p.iter().any(|p| {
+                    p["pid"] == pid && p["populated_bytes"].as_u64().unwrap_or(0) >= 128 * 4096
+                })
+            })
+    });
+    assert!(
+        traced.is_some(),
+        "the process is not traced after its threads exited: {:?}",
+        tracer.seen
+    );
+    assert!(
+        !tracer.seen.iter().any(|v| v["event"] == "ended"),
+        "a thread's exit ended the process: {:?}",
+        tracer.seen
+    );
+    drop(w);
+    let ended = tracer.wait_for(Duration::from_secs(30), |v| {
+        v["event"] == "ended" && v["pid"] == pid
+    });
+    let (_, all) = tracer.stop();
+    let ended = ended.unwrap_or_else(|| panic!("no ended event: {all:?}"));
+    assert_eq!(ended["how"], "exited", "{ended}");
 }
 
 fn follow_faults_unmaps_and_dontneed(test: &str, env: &[(&str, &str)]) -> Vec<serde_json::Value> {

@@ -108,6 +108,15 @@ impl KernelBtf {
         Ok(bits / 8)
     }
 
+    /// Whether BTF has a function `name` (e.g. `bpf_iter_task`, the task iterator's target).
+    pub fn has_func(&self, name: &str) -> bool {
+        self.btf
+            .resolve_types_by_name(name)
+            .unwrap_or_default()
+            .iter()
+            .any(|t| matches!(t, Type::Func(_)))
+    }
+
     /// Size in bytes of `struct struct_name`.
     pub fn struct_size(&self, struct_name: &str) -> Result<u32, BtfError> {
         Ok(self.find_struct(struct_name)?.size() as u32)

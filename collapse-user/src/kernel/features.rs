@@ -4,24 +4,111 @@
 //! `COLLAPSE_FALLBACKS=name,name` (or `all`) makes [`Feature::forced_off`] true for the named
 //! features; `COLLAPSE_CLASSIC_TRACEPOINTS=1` is the older spelling of `btf_tracepoints`.
 
+use std::path::Path;
+
+use super::{btf::KernelBtf, pagemap::PagemapReader, tracefs::TracepointFormat};
+
+/// The oldest kernel collapse runs on: MADV_COLLAPSE (the executor) is 6.1's, and every
+/// tracepoint, BTF member, helper and map type the tracer needs is in 6.1, or has a
+/// [`Feature`] fallback (README "Kernels" has the table and the sources checked).
+pub const MINIMUM_KERNEL: (u32, u32) = (6, 1);
+
 /// A probed kernel feature that has a fallback. Add new ones here, with their name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Feature {
     /// BTF-typed raw tracepoints for the hot programs (else classic tracepoints).
     BtfTracepoints,
+    /// The task iterator (`iter/task`, 5.8+) learns every traced process's `mm` when it is
+    /// attached (else `sched:sched_switch` learns it the next time the process runs).
+    TaskIter,
+    /// `sched_process_exit`'s `group_dead` field (6.16+; else `current->signal->live == 0`,
+    /// read through BTF offsets).
+    ExitGroupDead,
+    /// The `PAGEMAP_SCAN` ioctl (6.7+; else every PTE of every anonymous VMA is read).
+    PagemapScan,
     /// A process's memory cgroup and its `memory.stat` in cgroup v2 (else the v1 memory
     /// controller's, `kernel::memcg`).
     CgroupV2Memory,
 }
 
 impl Feature {
-    pub const ALL: &[Self] = &[Self::BtfTracepoints, Self::CgroupV2Memory];
+    pub const ALL: &[Self] = &[
+        Self::BtfTracepoints,
+        Self::TaskIter,
+        Self::ExitGroupDead,
+        Self::PagemapScan,
+        Self::CgroupV2Memory,
+    ];
 
     /// The name `COLLAPSE_FALLBACKS` and the reports use.
     pub const fn name(self) -> &'static str {
         match self {
             Self::BtfTracepoints => "btf_tracepoints",
+            Self::TaskIter => "task_iter",
+            Self::ExitGroupDead => "exit_group_dead",
+            Self::PagemapScan => "pagemap_scan",
             Self::CgroupV2Memory => "cgroup_v2_memory",
+        }
+    }
+
+    /// What collapse does without it.
+    pub const fn fallback(self) -> &'static str {
+        match self {
+            Self::BtfTracepoints => "classic tracepoints, offsets from the tracefs format files",
+            Self::TaskIter => {
+                "sched_switch learns a traced process's mm when it next runs: khugepaged events \
+                 of a process idle since it was attached are not attributed"
+            }
+            Self::ExitGroupDead => "a process has ended when current->signal->live is 0",
+            Self::PagemapScan => "pagemap is read PTE by PTE over every anonymous VMA (slower)",
+            Self::CgroupV2Memory => {
+                "per-cgroup coverage from the v1 memory controller's memory.stat (total_rss, \
+                 total_rss_huge)"
+            }
+        }
+    }
+
+    /// Whether this kernel has it, without loading anything (`collapse status`; the tracer
+    /// decides by loading). `tracefs`: the mounted tracefs, if any. `Err`: why not.
+    pub fn probe(self, tracefs: Option<&Path>) -> Result<(), String> {
+        if self.forced_off() {
+            return Err(FORCED.into());
+        }
+        match self {
+            Self::BtfTracepoints => KernelBtf::open()
+                .map_err(|e| e.to_string())?
+                .raw_tracepoint_params("page_fault_user")
+                .map_err(|e| e.to_string())?
+                .map(|_| ())
+                .ok_or_else(|| "BTF has no btf_trace_page_fault_user".into()),
+            Self::TaskIter => {
+                let btf = KernelBtf::open().map_err(|e| e.to_string())?;
+                if !btf.has_func("bpf_iter_task") {
+                    return Err("BTF has no bpf_iter_task (task iterators)".into());
+                }
+                btf.member_offset("task_struct", "tgid")
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+            Self::ExitGroupDead => {
+                let root = tracefs.ok_or("tracefs is not mounted")?;
+                TracepointFormat::read(root, "sched", "sched_process_exit")
+                    .map_err(|e| e.to_string())?
+                    .offset("group_dead")
+                    .map(|_| ())
+                    .map_err(|_| "sched:sched_process_exit has no group_dead (before 6.16)".into())
+            }
+            Self::PagemapScan => {
+                let mut reader =
+                    PagemapReader::open(std::process::id() as i32).map_err(|e| e.to_string())?;
+                reader.read_regions().map_err(|e| e.to_string())?;
+                if reader.uses_pagemap_scan() {
+                    Ok(())
+                } else {
+                    Err("no PAGEMAP_SCAN ioctl (before 6.7)".into())
+                }
+            }
+            Self::CgroupV2Memory => super::memcg::probe_v2(),
         }
     }
 

@@ -64,6 +64,21 @@ pub fn of_process(pid: i32) -> Result<MemoryCgroup> {
     group_of(&text, v2, &roots, Path::new(V1_MEMORY_ROOT)).ok_or(MemcgError::NoGroup { pid })
 }
 
+/// Whether this process's own cgroup v2 group has `memory.stat` (the memory controller is on
+/// v2 here), for `collapse status`.
+pub fn probe_v2() -> std::result::Result<(), String> {
+    let text =
+        fs::read_to_string("/proc/self/cgroup").map_err(|e| format!("/proc/self/cgroup: {e}"))?;
+    let roots: Vec<&Path> = V2_ROOTS.iter().map(Path::new).collect();
+    match group_of(&text, true, &roots, Path::new(V1_MEMORY_ROOT)) {
+        Some(g) if g.hierarchy == Hierarchy::V2 => Ok(()),
+        _ => Err(
+            "the memory controller is not on cgroup v2 here (no memory.stat in our v2 group)"
+                .into(),
+        ),
+    }
+}
+
 /// The group in a /proc/PID/cgroup text: the v2 one (`0::/path`) whose directory under one of
 /// `v2_roots` has `memory.stat` (when `v2`), else the v1 `memory` controller's under `v1_root`.
 fn group_of(text: &str, v2: bool, v2_roots: &[&Path], v1_root: &Path) -> Option<MemoryCgroup> {

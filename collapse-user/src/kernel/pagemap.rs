@@ -158,12 +158,6 @@ pub fn folio_orders(pid: i32, addr: u64) -> Result<FolioOrders> {
     PagemapReader::open(pid)?.folio_orders(addr)
 }
 
-/// Whether an anonymous page of `pid` is the page frame `pfn`: how a khugepaged event, which
-/// names a page frame but no process, is tied to a process.
-pub fn maps_pfn(pid: i32, pfn: u64) -> Result<bool> {
-    PagemapReader::open(pid)?.maps_pfn(pfn)
-}
-
 /// Open pagemap and kpageflags files of one process, for repeated reads.
 pub struct PagemapReader {
     pid: i32,
@@ -187,7 +181,8 @@ impl PagemapReader {
             pagemap,
             pagemap_path,
             kpageflags,
-            use_scan: true,
+            // COLLAPSE_FALLBACKS=pagemap_scan: read as on kernels before 6.7.
+            use_scan: !super::features::Feature::PagemapScan.forced_off(),
         })
     }
 
@@ -225,37 +220,6 @@ impl PagemapReader {
             .into_iter()
             .filter(RegionTruth::is_populated)
             .collect())
-    }
-
-    /// See [`maps_pfn`].
-    pub fn maps_pfn(&mut self, pfn: u64) -> Result<bool> {
-        /// Entries read per pread.
-        const CHUNK: u64 = 4096;
-        for vma in merge(anon_vmas(self.pid)?) {
-            let present = match self.scan(vma.clone(), PAGE_IS_PRESENT, 0)? {
-                Some(runs) => runs.into_iter().map(|(range, _)| range).collect(),
-                None => vec![vma],
-            };
-            for range in present {
-                let mut start = range.start;
-                while start < range.end {
-                    let n = ((range.end - start) / PAGE_SIZE).min(CHUNK) as usize;
-                    let mut buf = vec![0u8; n * 8];
-                    self.pagemap
-                        .read_exact_at(&mut buf, (start >> PAGE_SHIFT) * 8)
-                        .map_err(|e| self.read_error(&self.pagemap_path.clone(), e))?;
-                    let hit = buf.chunks_exact(8).any(|c| {
-                        let e = u64::from_ne_bytes(c.try_into().unwrap_or_default());
-                        e & PRESENT != 0 && e & PM_PFN_MASK == pfn
-                    });
-                    if hit {
-                        return Ok(true);
-                    }
-                    start += n as u64 * PAGE_SIZE;
-                }
-            }
-        }
-        Ok(false)
     }
 
     /// See [`read_range`].

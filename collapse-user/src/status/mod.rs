@@ -14,6 +14,7 @@ use std::{
 pub use self::probe::ProbeError;
 use crate::kernel::{
     btf::{self, BtfError},
+    features::{Feature, MINIMUM_KERNEL},
     thp::{ThpError, ThpSettings},
     tracefs::{self, TracefsError},
 };
@@ -107,6 +108,8 @@ struct Status {
     pagemap: Result<bool, ProbeError>,
     thp: Result<ThpSettings, ThpError>,
     vmstat: BTreeMap<String, i64>,
+    /// Each probed feature: present, or why its fallback would run here.
+    features: Vec<(Feature, Result<(), String>)>,
 }
 
 impl Status {
@@ -146,6 +149,10 @@ impl Status {
             .as_ref()
             .filter(|_| readable)
             .map(|r| r.join("kprobe_events").exists());
+        let features = Feature::ALL
+            .iter()
+            .map(|&f| (f, f.probe(tracefs_root.as_deref().filter(|_| readable))))
+            .collect();
         let thp = ThpSettings::read();
         let madv_collapse_probe = if thp.is_ok() {
             probe::madv_collapse()
@@ -165,6 +172,7 @@ impl Status {
             madv_collapse_probe,
             pagemap: probe::pagemap(),
             thp,
+            features,
             vmstat: procfs::vmstat()
                 .map(|m| {
                     m.into_iter()
@@ -182,6 +190,11 @@ impl Status {
             .filter(|((c, n), f)| *f == Found::No && tracepoints.contains(&(*c, *n)))
             .map(|((c, n), _)| format!("{c}:{n}"))
             .collect()
+    }
+
+    /// Whether this kernel is at least [`MINIMUM_KERNEL`] (unknown versions count as not).
+    fn kernel_supported(&self) -> bool {
+        self.version.is_some_and(|v| v >= MINIMUM_KERNEL)
     }
 
     fn madv_collapse_kernel(&self) -> bool {
@@ -308,6 +321,12 @@ mod tests {
         assert!(json["kernel"]["release"].is_string());
         assert_eq!(json["works"].as_object().unwrap().len(), 5);
         assert_eq!(json["works"]["mTHP collapse"]["ok"], false);
+        assert_eq!(json["kernel"]["minimum"], serde_json::json!([6, 1]));
+        assert_eq!(
+            json["features"].as_object().unwrap().len(),
+            Feature::ALL.len()
+        );
+        assert!(text.contains("minimum kernel"), "{text}");
         assert_eq!(
             json["tracepoints"].as_object().unwrap().len(),
             TRACE_TRACEPOINTS.len() + KHUGEPAGED_TRACEPOINTS.len()

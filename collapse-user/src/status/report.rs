@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::{Found, Status, VMSTAT_OF_INTEREST};
 use crate::{
-    kernel::{btf, thp::SizeEnabled},
+    kernel::{btf, features::MINIMUM_KERNEL, thp::SizeEnabled},
     render::{size_name_kib, yes_no},
 };
 
@@ -23,10 +23,22 @@ pub(super) fn render(status: &Status) -> String {
     };
     let yes_no = |b: bool| yes_no(b).to_owned();
 
+    let (min_major, min_minor) = MINIMUM_KERNEL;
     let mut rows = vec![
         (
             "release".to_owned(),
             format!("{} ({})", status.release, std::env::consts::ARCH),
+        ),
+        (
+            "minimum kernel".to_owned(),
+            format!(
+                "{min_major}.{min_minor} ({}; checked against 6.1, 6.6, 6.12 and 6.18, tested on 6.18)",
+                if status.kernel_supported() {
+                    "this one is newer"
+                } else {
+                    "this one is OLDER: not supported"
+                }
+            ),
         ),
         ("running as root".to_owned(), yes_no(status.root)),
         (
@@ -158,6 +170,21 @@ pub(super) fn render(status: &Status) -> String {
     );
 
     section(
+        "Kernel features with a fallback",
+        status
+            .features
+            .iter()
+            .map(|(f, probe)| {
+                let text = match probe {
+                    Ok(()) => "present".to_owned(),
+                    Err(why) => format!("FALLBACK  {why}: {}", f.fallback()),
+                };
+                (f.name().to_owned(), text)
+            })
+            .collect(),
+    );
+
+    section(
         "What works here",
         status
             .works()
@@ -195,6 +222,18 @@ struct StatusJson<'a> {
     /// `true`, `false`, or `null` when tracefs cannot be read.
     tracepoints: std::collections::BTreeMap<String, Option<bool>>,
     works: std::collections::BTreeMap<&'static str, WorksJson>,
+    /// Per probed feature (`COLLAPSE_FALLBACKS` names): whether the kernel has it, and if not
+    /// why and what runs instead.
+    features: std::collections::BTreeMap<&'static str, FeatureJson<'a>>,
+    /// The names of the features whose fallback runs on this machine.
+    fallbacks: Vec<&'static str>,
+}
+
+#[derive(Serialize)]
+struct FeatureJson<'a> {
+    present: bool,
+    why: Option<&'a str>,
+    fallback: &'static str,
 }
 
 #[derive(Serialize)]
@@ -202,6 +241,9 @@ struct KernelJson<'a> {
     release: &'a str,
     version: Option<[u32; 2]>,
     arch: &'static str,
+    /// The oldest kernel collapse supports, and whether this one is at least that.
+    minimum: [u32; 2],
+    supported: bool,
 }
 
 #[derive(Serialize)]
@@ -271,6 +313,8 @@ pub(super) fn json(status: &Status) -> String {
             release: &status.release,
             version: status.version.map(|(a, b)| [a, b]),
             arch: std::env::consts::ARCH,
+            minimum: [MINIMUM_KERNEL.0, MINIMUM_KERNEL.1],
+            supported: status.kernel_supported(),
         },
         root: status.root,
         btf: BtfJson {
@@ -344,6 +388,24 @@ pub(super) fn json(status: &Status) -> String {
                 };
                 (name, v)
             })
+            .collect(),
+        features: status
+            .features
+            .iter()
+            .map(|(f, probe)| {
+                let v = FeatureJson {
+                    present: probe.is_ok(),
+                    why: probe.as_ref().err().map(String::as_str),
+                    fallback: f.fallback(),
+                };
+                (f.name(), v)
+            })
+            .collect(),
+        fallbacks: status
+            .features
+            .iter()
+            .filter(|(_, probe)| probe.is_err())
+            .map(|(f, _)| f.name())
             .collect(),
     });
     serde_json::to_string(&line).expect("the status serialises")

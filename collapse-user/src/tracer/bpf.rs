@@ -5,7 +5,7 @@ use std::{collections::HashMap as StdHashMap, path::Path};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, TracePoint},
+    programs::{BtfTracePoint, Iter, TracePoint},
 };
 use collapse_common::{
     OccupancyBitmap,
@@ -18,7 +18,7 @@ use collapse_common::{
 
 use crate::kernel::{
     btf::{self, BtfError},
-    features::Feature,
+    features::{FORCED, Fallback, Feature},
     tracefs::{TracefsError, TracepointFormat},
 };
 
@@ -55,6 +55,16 @@ pub enum BpfError {
     },
     #[error("khugepaged attribution needs task_struct::mm")]
     TaskMm(#[source] BtfError),
+    #[error(
+        "sched:sched_process_exit has no group_dead (before 6.16) and BTF lacks the fallback's task_struct.signal or signal_struct.live"
+    )]
+    ExitFallback(#[source] BtfError),
+    #[error("running the task iterator that learns traced processes' mm")]
+    TaskIterLink(#[source] aya::programs::ProgramError),
+    #[error("running the task iterator that learns traced processes' mm")]
+    TaskIterFile(#[source] aya::programs::links::LinkError),
+    #[error("reading the task iterator that learns traced processes' mm")]
+    TaskIterRead(#[source] std::io::Error),
     #[error("reading {path}: {source}")]
     Cpus {
         path: String,
@@ -272,6 +282,10 @@ pub struct Bpf {
     btfs: Option<Btfs>,
     /// How `mm_page_alloc` is hooked, once it is.
     large_folio_hook: Option<&'static str>,
+    /// The task iterator is loaded: [`Bpf::learn_mms`] runs it.
+    task_iter: bool,
+    /// Features this kernel lacks (or that were forced off), worked around.
+    fallbacks: Vec<Fallback>,
     /// The ring buffer while nobody polls it.
     events: Option<RingBuf<MapData>>,
 }
@@ -292,8 +306,17 @@ fn pid_limit() -> u32 {
         .clamp(64, 1 << 22)
 }
 
-/// Builds the program configuration from the tracefs formats and BTF.
-fn config(root: &Path, sel: &Selection) -> Result<(Config, StatusNames)> {
+/// The task iterator program (`collapse-ebpf/src/attribution.rs`) and its fallback.
+const TASK_ITER: &str = "learn_task_mms";
+const SCHED_SWITCH: &str = "sched_switch";
+
+/// Builds the program configuration from the tracefs formats and BTF; `fallbacks` gets the
+/// features this kernel lacks (or that were forced off) that the configuration works around.
+fn config(
+    root: &Path,
+    sel: &Selection,
+    fallbacks: &mut Vec<Fallback>,
+) -> Result<(Config, StatusNames)> {
     let fmt = |cat: &str, name: &str| -> Result<TracepointFormat> {
         Ok(TracepointFormat::read(root, cat, name)?)
     };
@@ -390,13 +413,38 @@ fn config(root: &Path, sel: &Selection) -> Result<(Config, StatusNames)> {
         c.newtask_pid = newtask.offset("pid")?;
         c.newtask_clone_flags = newtask.offset("clone_flags")?;
     }
+    let kbtf = btf::KernelBtf::open().map_err(BpfError::TaskMm)?;
+    c.task_mm = kbtf
+        .member_offset("task_struct", "mm")
+        .map_err(BpfError::TaskMm)?;
+    // group_dead appeared in 6.16 (include/trace/events/sched.h); before, do_exit has already
+    // decremented signal->live when the tracepoint fires (kernel/exit.c, 6.1 to 6.15).
     let exit = fmt("sched", "sched_process_exit")?;
-    c.exit_group_dead = exit.offset("group_dead")?;
-    c.task_mm = btf::task_struct_mm_offset().map_err(BpfError::TaskMm)?;
+    let group_dead = if Feature::ExitGroupDead.forced_off() {
+        Err(FORCED.to_owned())
+    } else {
+        exit.offset("group_dead").map_err(|e| e.to_string())
+    };
+    match group_dead {
+        Ok(offset) => c.exit_group_dead = offset,
+        Err(why) => {
+            c.task_signal = kbtf
+                .member_offset("task_struct", "signal")
+                .map_err(BpfError::ExitFallback)?;
+            c.signal_live = kbtf
+                .member_offset("signal_struct", "live")
+                .map_err(BpfError::ExitFallback)?;
+            c.exit_by_live = 1;
+            fallbacks.push(Fallback {
+                feature: Feature::ExitGroupDead,
+                why,
+            });
+        }
+    }
+    // The task iterator reads the tgid of each task; without it, the iterator is not loaded.
+    c.task_tgid = kbtf.member_offset("task_struct", "tgid").unwrap_or(0);
     // Without it a shrinking brk is not seen (the heap top keeps stale bits until it regrows).
-    c.mm_brk = btf::KernelBtf::open()
-        .and_then(|b| b.member_offset("mm_struct", "brk"))
-        .unwrap_or(0);
+    c.mm_brk = kbtf.member_offset("mm_struct", "brk").unwrap_or(0);
     c.self_tgid = std::process::id();
     let cpus = aya::util::nr_cpus().map_err(|(path, source)| BpfError::Cpus {
         path: path.to_owned(),
@@ -484,6 +532,59 @@ impl Btfs {
     }
 }
 
+/// Loads the task iterator; `Err` says why the `task_iter` fallback runs instead.
+fn load_task_iter(ebpf: &mut Ebpf, btfs: Option<&Btfs>, config: &Config) -> Result<(), String> {
+    if Feature::TaskIter.forced_off() {
+        return Err(FORCED.into());
+    }
+    if config.task_tgid == 0 {
+        return Err("BTF has no task_struct.tgid".into());
+    }
+    let owned;
+    let btf = match btfs {
+        Some(b) => &b.aya,
+        None => {
+            owned = aya::Btf::from_sys_fs().map_err(|e| format!("loading kernel BTF: {e}"))?;
+            &owned
+        }
+    };
+    let program: &mut Iter = ebpf
+        .program_mut(TASK_ITER)
+        .ok_or_else(|| format!("program {TASK_ITER} is missing from the eBPF object"))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+    program.load("task", btf).map_err(|e| {
+        format!(
+            "loading the task iterator: {}",
+            crate::render::error_chain(&e)
+        )
+    })
+}
+
+/// The `task_iter` fallback: `sched:sched_switch` learns the `mm` of a traced task as it is
+/// switched out.
+fn attach_mm_fallback(ebpf: &mut Ebpf) -> Result<()> {
+    let program: &mut TracePoint = ebpf
+        .program_mut(SCHED_SWITCH)
+        .ok_or(BpfError::MissingProgram(SCHED_SWITCH))?
+        .try_into()
+        .map_err(|source| BpfError::ProgramType {
+            program: SCHED_SWITCH,
+            source,
+        })?;
+    program.load().map_err(|source| BpfError::Load {
+        program: SCHED_SWITCH,
+        source,
+    })?;
+    program
+        .attach("sched", "sched_switch")
+        .map_err(|source| BpfError::Attach {
+            tracepoint: "sched:sched_switch".to_owned(),
+            source,
+        })?;
+    Ok(())
+}
+
 impl Bpf {
     /// The names of the khugepaged tracepoints' status codes.
     pub fn status_names(&self) -> &StatusNames {
@@ -515,6 +616,12 @@ impl Bpf {
         self.large_folio_hook
     }
 
+    /// The features this kernel lacks (or that were forced off) and what runs instead. The
+    /// hot tracepoints' fallback is in [`Bpf::slow_path`].
+    pub fn fallbacks(&self) -> &[Fallback] {
+        &self.fallbacks
+    }
+
     /// Loads the programs configured for `sel` and attaches them all.
     pub fn load(sel: &Selection, cap: Capacity) -> Result<Self> {
         if OBJECT.is_empty() {
@@ -525,7 +632,8 @@ impl Bpf {
         }
         let root = tracefs_root()?;
         let pid_limit = pid_limit();
-        let (config, status_names) = config(&root, sel)?;
+        let mut fallbacks = Vec::new();
+        let (config, status_names) = config(&root, sel, &mut fallbacks)?;
         let bitset_words = pid_limit.div_ceil(64);
         if cap.max_regions == 0 || cap.max_processes == 0 {
             return Err(BpfError::ZeroCapacity);
@@ -597,6 +705,24 @@ impl Bpf {
                 missing.push(format!("{category}:{name} ({err})"));
             }
         }
+        let btfs = btfs.ok();
+        let task_iter = match load_task_iter(&mut ebpf, btfs.as_ref(), &config) {
+            Ok(()) => true,
+            Err(why) => {
+                attach_mm_fallback(&mut ebpf)?;
+                fallbacks.push(Fallback {
+                    feature: Feature::TaskIter,
+                    why,
+                });
+                false
+            }
+        };
+        if Feature::PagemapScan.forced_off() {
+            fallbacks.push(Fallback {
+                feature: Feature::PagemapScan,
+                why: FORCED.to_owned(),
+            });
+        }
         Ok(Self {
             ebpf,
             status_names,
@@ -605,10 +731,44 @@ impl Bpf {
             fast_path,
             slow_path,
             root,
-            btfs: btfs.ok(),
+            btfs,
             large_folio_hook: None,
+            task_iter,
+            fallbacks,
             events: None,
         })
+    }
+
+    /// Records the `mm` of every traced process not yet known, in one pass of the task
+    /// iterator over the system's tasks (a no-op on the `task_iter` fallback, where
+    /// `sched_switch` learns them).
+    pub fn learn_mms(&mut self) -> Result<()> {
+        use std::io::Read as _;
+        if !self.task_iter {
+            return Ok(());
+        }
+        let program: &mut Iter = self
+            .ebpf
+            .program_mut(TASK_ITER)
+            .ok_or(BpfError::MissingProgram(TASK_ITER))?
+            .try_into()
+            .map_err(BpfError::TaskIterLink)?;
+        let id = program.attach().map_err(BpfError::TaskIterLink)?;
+        let link = program.take_link(id).map_err(BpfError::TaskIterLink)?;
+        let mut file = link.into_file().map_err(BpfError::TaskIterFile)?;
+        // The program prints nothing: one read walks every task. Past a million tasks in one
+        // read the kernel stops with EAGAIN and the next read goes on (kernel/bpf/bpf_iter.c).
+        let mut buf = [0u8; 64];
+        let mut again = 0;
+        loop {
+            match file.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) && again < 64 => again += 1,
+                Err(e) => return Err(BpfError::TaskIterRead(e)),
+            }
+        }
     }
 
     /// Attaches the large-folio hook on `kmem:mm_page_alloc`, if not yet. It runs on every
@@ -799,35 +959,6 @@ impl Bpf {
             Err(aya::maps::MapError::KeyNotFound) => Ok(false),
             Err(e) => Err(e.into()),
         }
-    }
-
-    /// Records that `mm` is `tgid`'s, as the fault path would have.
-    pub fn adopt_mm(&mut self, tgid: u32, mm: u64) -> Result<()> {
-        let mut tgid_mm: HashMap<&mut MapData, u32, u64> =
-            HashMap::try_from(self.map_mut(names::TGID_MM)?)?;
-        tgid_mm.insert(tgid, mm, 0).map_err(BpfError::RecordMm)?;
-        let mut owners: HashMap<&mut MapData, u64, u32> =
-            HashMap::try_from(self.map_mut(names::MM_OWNERS)?)?;
-        // BPF_NOEXIST: an owner the programs learned meanwhile stays.
-        match owners.insert(mm, tgid, 1) {
-            Ok(()) => {}
-            Err(aya::maps::MapError::SyscallError(e))
-                if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(e) => return Err(BpfError::RecordOwner(e)),
-        }
-        self.set_bit(names::MM_KNOWN, tgid, true)
-    }
-
-    /// Lets every unattributed `mm` be reported again (a new process is traced: one of them
-    /// may be its).
-    pub fn forget_unknown_mms(&mut self) -> Result<()> {
-        let mut map: HashMap<&mut MapData, u64, u8> =
-            HashMap::try_from(self.map_mut(names::UNKNOWN_MMS)?)?;
-        let keys: Vec<u64> = map.keys().filter_map(Result::ok).collect();
-        for k in keys {
-            let _ = map.remove(&k);
-        }
-        Ok(())
     }
 
     /// khugepaged counts per (tgid, event, status).

@@ -23,12 +23,21 @@ pub enum TraceLine<'a> {
         fast_path: &'a [&'static str],
         slow_path: &'a [String],
         large_folio_hook: Option<&'static str>,
+        /// Kernel features this machine lacks (or that were forced off) and what runs instead.
+        fallbacks: Vec<FallbackLine<'a>>,
     },
     Sample(SampleLine<'a>),
     Event(EventLine<'a>),
     End {
         reason: &'static str,
     },
+}
+
+#[derive(Debug, Serialize)]
+pub struct FallbackLine<'a> {
+    pub feature: &'static str,
+    pub why: &'a str,
+    pub instead: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -120,6 +129,15 @@ impl<'a> TraceLine<'a> {
             fast_path: bpf.fast_path(),
             slow_path: bpf.slow_path(),
             large_folio_hook: bpf.large_folio_hook(),
+            fallbacks: bpf
+                .fallbacks()
+                .iter()
+                .map(|f| FallbackLine {
+                    feature: f.feature.name(),
+                    why: &f.why,
+                    instead: f.feature.fallback(),
+                })
+                .collect(),
         }
     }
 

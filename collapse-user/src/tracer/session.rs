@@ -152,6 +152,8 @@ pub struct Session {
     /// Ring-buffer records lost so far: when it grows, what they would have said is unknown,
     /// so every process is re-read from pagemap.
     ring_lost: u64,
+    /// Processes were added (or exec'd) since the task iterator last ran.
+    mms_to_learn: bool,
     /// Every traced process's regions as of the last [`Session::refresh`].
     current: BTreeMap<u32, Vec<TracedRegion>>,
     /// The last regions of processes that ended while traced: a command traced to its end
@@ -258,6 +260,7 @@ impl Session {
             large_folios: LargeFolios::from_kernel(),
             hook_news: Vec::new(),
             ring_lost: 0,
+            mms_to_learn: false,
             current: BTreeMap::new(),
             ended_regions: BTreeMap::new(),
         };
@@ -283,8 +286,8 @@ impl Session {
         }
         // Before its seeding: whatever it faults from here on is seen by the hook.
         self.consider_large_folio_hook(&[tgid])?;
-        // khugepaged may have scanned it before: let its mm be reported again.
-        self.bpf.forget_unknown_mms()?;
+        // Its mm is learned with the others added in this batch, before anything is re-read.
+        self.mms_to_learn = true;
         let comm = procs::comm(tgid as i32).unwrap_or_else(|_| "?".into());
         self.procs.insert(
             tgid,
@@ -406,6 +409,8 @@ impl Session {
                     p.comm = comm.clone();
                     p.resync_whole = true;
                     p.resync_ranges.clear();
+                    // Its new mm: learned at its first fault, or here if it never faults.
+                    self.mms_to_learn = true;
                 } else {
                     self.add(tgid)?;
                 }
@@ -450,19 +455,6 @@ impl Session {
                 if let Some(p) = self.procs.get_mut(&tgid) {
                     p.resync_ranges
                         .push(ev.addr..ev.addr.saturating_add(ev.len));
-                }
-                None
-            }
-            EventKind::UnknownMm => {
-                let (mm, pfn) = (ev.addr, ev.len);
-                let candidates: Vec<u32> = self.procs.keys().copied().collect();
-                for tgid in candidates {
-                    if !self.bpf.knows_mm(tgid)?
-                        && pagemap::maps_pfn(tgid as i32, pfn).unwrap_or(false)
-                    {
-                        self.bpf.adopt_mm(tgid, mm)?;
-                        break;
-                    }
                 }
                 None
             }
@@ -545,6 +537,11 @@ impl Session {
 
     /// Re-reads from pagemap what the events said may have changed without a fault.
     pub(super) fn resync_pending(&mut self) -> Result<()> {
+        // One pass of the task iterator for every process added since the last one (under
+        // `--all`, thousands at start and every fork since).
+        if std::mem::take(&mut self.mms_to_learn) {
+            self.bpf.learn_mms()?;
+        }
         let todo: Vec<(u32, bool, Vec<Range<u64>>)> = self
             .procs
             .values_mut()
