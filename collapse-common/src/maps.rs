@@ -30,16 +30,24 @@ pub mod names {
     pub const PENDING_SYSCALL: &str = "PENDING_SYSCALL";
     /// `PerCpuArray<PendingRegion>` (one slot): the region each CPU is recording faults for.
     pub const PENDING_REGION: &str = "PENDING_REGION";
+    /// `Array<u32>`: one generation per pid, bumped when a thread group ends, so a reused pid
+    /// keys its regions and khugepaged counts apart from the previous process's.
+    pub const GENERATIONS: &str = "GENERATIONS";
     /// The `.rodata` globals, see [`super::Config`].
     pub const CONFIG: &str = "CONFIG";
 }
 
 /// Key of the region map: one PMD-aligned 2 MiB range of one process.
+///
+/// A process is (tgid, generation): the programs bump a pid's generation when its thread group
+/// ends (`GENERATIONS`), so a process that gets a reused pid never finds the regions of the
+/// one before it, and userspace can tell the old keys from the new ones.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RegionKey {
     pub tgid: u32,
-    pub _pad: u32,
+    /// `GENERATIONS[tgid]` while the process lived.
+    pub generation: u32,
     /// PMD-aligned start address.
     pub addr: u64,
 }
@@ -47,10 +55,17 @@ pub struct RegionKey {
 const _: () = assert!(core::mem::size_of::<RegionKey>() == 16);
 
 impl RegionKey {
+    /// The region of `addr` of generation 0 of `tgid` (processes that ran before the programs
+    /// were loaded and whose pid has not been reused since).
     pub const fn new(tgid: u32, addr: u64) -> Self {
+        Self::of(tgid, 0, addr)
+    }
+
+    /// The region of `addr` of process (`tgid`, `generation`).
+    pub const fn of(tgid: u32, generation: u32, addr: u64) -> Self {
         Self {
             tgid,
-            _pad: 0,
+            generation,
             addr: addr & crate::consts::PMD_MASK,
         }
     }
@@ -103,9 +118,11 @@ pub struct KhugepagedKey {
     pub event: u16,
     /// The tracepoint's `status` (`enum scan_result`); for swapin its `ret`.
     pub status: i16,
+    /// The process's generation, as in [`RegionKey`].
+    pub generation: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KhugepagedKey>() == 8);
+const _: () = assert!(core::mem::size_of::<KhugepagedKey>() == 12);
 
 /// Why something was not recorded; index into the `DROPS` per-CPU array.
 #[repr(u32)]
@@ -123,17 +140,20 @@ pub enum DropReason {
     CountMapFull = 4,
     /// A syscall's arguments could not be kept until its exit.
     PendingMapFull = 5,
+    /// The `--cgroup` directory vanished while traced (counted by userspace).
+    CgroupGone = 6,
 }
 
 impl DropReason {
-    pub const COUNT: u32 = 6;
-    pub const ALL: [Self; 6] = [
+    pub const COUNT: u32 = 7;
+    pub const ALL: [Self; 7] = [
         Self::RegionMapFull,
         Self::RingBufFull,
         Self::MmMapFull,
         Self::ClearDeferred,
         Self::CountMapFull,
         Self::PendingMapFull,
+        Self::CgroupGone,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -144,6 +164,7 @@ impl DropReason {
             Self::ClearDeferred => "unmap finished in userspace",
             Self::CountMapFull => "count map full",
             Self::PendingMapFull => "syscall map full",
+            Self::CgroupGone => "cgroup removed",
         }
     }
 
@@ -175,7 +196,8 @@ const _: () = assert!(core::mem::size_of::<FaultInFlight>() == 16);
 pub struct PendingRegion {
     /// 0: empty.
     pub tgid: u32,
-    pub _pad: u32,
+    /// The generation of `tgid` the bits belong to (see [`RegionKey`]).
+    pub generation: u32,
     pub addr: u64,
     pub bits: crate::OccupancyBitmap,
 }
@@ -299,13 +321,17 @@ pub struct Config {
     pub follow_children: u8,
     /// Non-zero: a process whose exec gives it `comm` becomes traced, any other exec untraced.
     pub match_comm: u8,
-    /// Non-zero: new tasks in cgroup `cgroup_id` are traced.
+    /// Non-zero: new tasks in cgroup `cgroup_id` or below it are traced.
     pub match_cgroup: u8,
     pub cgroup_id: u64,
+    /// Depth of `cgroup_id` below the cgroup v2 root (0: the root), the ancestor level
+    /// `bpf_get_current_ancestor_cgroup_id` is asked for.
+    pub cgroup_level: u32,
+    pub _pad: u32,
     pub comm: [u8; crate::consts::TASK_COMM_LEN],
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 216);
+const _: () = assert!(core::mem::size_of::<Config>() == 224);
 
 impl Config {
     /// All offsets zero and every switch off: the placeholder compiled into the object.

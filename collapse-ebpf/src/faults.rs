@@ -11,12 +11,12 @@ use aya_ebpf::{
 use collapse_common::{
     consts::{MIGRATE_MOVABLE, PF_WRITE, PMD_ORDER, USER_ADDR_END},
     event::{Event, EventKind},
-    maps::{FaultInFlight, RegionKey},
+    maps::FaultInFlight,
 };
 
 use crate::state::{
-    FAULT_IN_FLIGHT, conf, emit, is_tracked, now, pte_index, record, record_bit, set_bits, u32_at,
-    u64_at,
+    FAULT_IN_FLIGHT, conf, emit, is_tracked, now, pte_index, record, record_bit, region_key,
+    set_bits, u32_at, u64_at,
 };
 
 #[tracepoint]
@@ -167,7 +167,7 @@ fn large_folio(
     let pages = 1u64 << order;
     let start = inflight.addr & !((pages << 12) - 1);
     let lo = pte_index(start);
-    set_bits(&RegionKey::new(tgid, start), lo, lo + pages as u32);
+    set_bits(&region_key(tgid, start), lo, lo + pages as u32);
     emit(&Event {
         ts_ns: now(),
         addr: start,

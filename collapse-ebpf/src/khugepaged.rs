@@ -11,7 +11,7 @@ use collapse_common::{
 };
 
 use crate::state::{
-    PENDING_ISOLATE, conf, count_drop, count_khugepaged, emit, field, mm_owner, now,
+    PENDING_ISOLATE, conf, count_drop, count_khugepaged, emit, field, generation, mm_owner, now,
 };
 
 #[inline(always)]
@@ -20,6 +20,8 @@ fn record(tgid: u32, which: KhugepagedEvent, status: i32, addr: u64, a: i32, b: 
         tgid,
         event: which as u16,
         status: status as i16,
+        // The mm is forgotten when its group ends, so `tgid` is the live generation.
+        generation: generation(tgid),
     });
     emit(&Event {
         ts_ns: now(),

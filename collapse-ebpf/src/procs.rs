@@ -3,8 +3,8 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_task,
-        bpf_probe_read_kernel,
+        bpf_get_current_comm, bpf_get_current_task, bpf_probe_read_kernel,
+        generated::bpf_get_current_ancestor_cgroup_id,
     },
     macros::tracepoint,
     programs::TracePointContext,
@@ -12,8 +12,8 @@ use aya_ebpf::{
 use collapse_common::{consts::CLONE_THREAD, event::EventKind};
 
 use crate::state::{
-    CONFIG, TRACKED, bit_clear, bit_set, clear_pending_all, conf, current_tgid, emit_range, field,
-    forget_mm, is_tracked, learn_mm,
+    CONFIG, TRACKED, bit_clear, bit_set, clear_pending_all, conf, current_tgid, emit_range,
+    end_generation, field, forget_mm, generation, is_tracked, learn_mm,
 };
 
 /// Whether the current task's comm is the `--comm` target.
@@ -40,9 +40,13 @@ fn try_newtask(ctx: &TracePointContext) -> Result<u32, i64> {
     }
     let parent = current_tgid();
     let follow = conf!(follow_children) != 0 && is_tracked(parent);
+    // The whole subtree: on cgroup v2 a non-leaf cgroup (a slice, a pod) holds no processes of
+    // its own, they are all in its descendants. The ancestor at the target's level is the
+    // target itself for the target and everything below it (kernel/bpf/helpers.c).
+    let level = conf!(cgroup_level) as i32;
     // SAFETY: no preconditions.
-    let in_cgroup =
-        conf!(match_cgroup) != 0 && unsafe { bpf_get_current_cgroup_id() } == conf!(cgroup_id);
+    let in_cgroup = conf!(match_cgroup) != 0
+        && unsafe { bpf_get_current_ancestor_cgroup_id(level) } == conf!(cgroup_id);
     // The child inherits the parent's comm until it execs.
     let same_comm = conf!(match_comm) != 0 && comm_matches();
     if !(follow || in_cgroup || same_comm) {
@@ -122,12 +126,14 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let tgid = current_tgid();
-    if !is_tracked(tgid) {
-        return 0;
+    let tracked = is_tracked(tgid);
+    if tracked {
+        bit_clear(&TRACKED, tgid);
+        forget_mm(tgid);
+        clear_pending_all(tgid);
+        // `len` says which generation ended, so a late record never ends the pid's next process.
+        emit_range(EventKind::Exit, tgid, 0, u64::from(generation(tgid)));
     }
-    bit_clear(&TRACKED, tgid);
-    forget_mm(tgid);
-    clear_pending_all(tgid);
-    emit_range(EventKind::Exit, tgid, 0, 0);
+    end_generation(tgid);
     0
 }

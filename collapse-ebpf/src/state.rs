@@ -36,6 +36,9 @@ pub static REGIONS: HashMap<RegionKey, OccupancyBitmap> = HashMap::with_max_entr
 pub static TRACKED: Array<u64> = Array::with_max_entries(65_536, 0);
 #[map]
 pub static MM_KNOWN: Array<u64> = Array::with_max_entries(65_536, 0);
+/// Sized to pid_max by userspace; pids above it keep generation 0.
+#[map]
+pub static GENERATIONS: Array<u32> = Array::with_max_entries(4_194_304, 0);
 #[map]
 pub static MM_OWNERS: HashMap<u64, u32> = HashMap::with_max_entries(16_384, 0);
 #[map]
@@ -178,6 +181,29 @@ fn range_word_mask(lo: u32, hi: u32, w: u32) -> u64 {
     ones(clamp64(i64::from(hi) - base)) & !ones(clamp64(i64::from(lo) - base))
 }
 
+/// The generation of `tgid` (see `RegionKey`): an inlined array load.
+#[inline(always)]
+pub fn generation(tgid: u32) -> u32 {
+    GENERATIONS.get(tgid).copied().unwrap_or(0)
+}
+
+/// The region key of `addr` for the live process `tgid`.
+#[inline(always)]
+pub fn region_key(tgid: u32, addr: u64) -> RegionKey {
+    RegionKey::of(tgid, generation(tgid), addr)
+}
+
+/// A thread group ended: the next process given its pid is a new generation. Every process
+/// passes here, traced or not, so a pid's generation is constant for as long as the process
+/// that holds it lives.
+#[inline(always)]
+pub fn end_generation(tgid: u32) {
+    if let Some(p) = GENERATIONS.get_ptr_mut(tgid) {
+        // SAFETY: only the exit of the one group holding this pid writes its slot.
+        unsafe { *p = (*p).wrapping_add(1) };
+    }
+}
+
 /// Sets PTE bits `[lo, hi)` of region `key`, creating the region if needed.
 #[inline(always)]
 pub fn set_bits(key: &RegionKey, lo: u32, hi: u32) {
@@ -206,7 +232,7 @@ pub fn set_bits(key: &RegionKey, lo: u32, hi: u32) {
 /// the region map and the slot moves to the new region.
 #[inline(always)]
 pub fn record_bit(tgid: u32, addr: u64) {
-    let key = RegionKey::new(tgid, addr);
+    let key = region_key(tgid, addr);
     let pte = pte_index(addr);
     let slot = match PENDING_REGION.get_ptr_mut(0) {
         Some(slot) if conf!(nr_cpus) != 0 => slot,
@@ -218,13 +244,14 @@ pub fn record_bit(tgid: u32, addr: u64) {
     // SAFETY: this CPU's slot. Other CPUs only clear bits in it, atomically.
     let p = unsafe { &mut *slot };
     let word = (pte >> 6) as usize & (BITMAP_WORDS - 1);
-    if p.tgid == tgid && p.addr == key.addr {
+    if p.tgid == tgid && p.generation == key.generation && p.addr == key.addr {
         atomic_or(&raw mut p.bits.words[word], 1 << (pte & 63));
         return;
     }
     flush_pending(p);
     p.bits = OccupancyBitmap::EMPTY;
     p.tgid = tgid;
+    p.generation = key.generation;
     p.addr = key.addr;
     atomic_or(&raw mut p.bits.words[word], 1 << (pte & 63));
 }
@@ -235,7 +262,7 @@ fn flush_pending(p: &mut PendingRegion) {
     if p.tgid == 0 || p.bits.is_empty() {
         return;
     }
-    let key = RegionKey::new(p.tgid, p.addr);
+    let key = RegionKey::of(p.tgid, p.generation, p.addr);
     if let Some(v) = REGIONS.get_ptr_mut(key) {
         let mut w = 0;
         while w < BITMAP_WORDS {
@@ -297,6 +324,7 @@ fn and_not(words: *mut u64, mask: &OccupancyBitmap) {
 #[inline(always)]
 fn clear_pending(
     tgid: u32,
+    generation: u32,
     first: u64,
     first_mask: &OccupancyBitmap,
     last: u64,
@@ -306,7 +334,7 @@ fn clear_pending(
     let mut cpu = 0;
     while cpu < MAX_CPUS && cpu < nr_cpus {
         let Some(q) = pending_slot(cpu) else { break };
-        if q.tgid == tgid {
+        if q.tgid == tgid && q.generation == generation {
             let words = &raw mut q.bits.words as *mut u64;
             if q.addr == first {
                 and_not(words, first_mask);
@@ -371,8 +399,8 @@ fn covered(region: u64, start: u64, end: u64) -> OccupancyBitmap {
 
 /// Clears `mask` in `tgid`'s region `region`; the region is deleted when the mask covers it.
 #[inline(always)]
-fn clear_region(tgid: u32, region: u64, mask: &OccupancyBitmap) {
-    let key = RegionKey::new(tgid, region);
+fn clear_region(tgid: u32, generation: u32, region: u64, mask: &OccupancyBitmap) {
+    let key = RegionKey::of(tgid, generation, region);
     // Word by word, not `==`: a byte-wise compare is a 64-step loop for the verifier.
     let mut full = u64::MAX;
     let mut w = 0;
@@ -403,16 +431,18 @@ pub fn clear_range(tgid: u32, start: u64, end: u64) {
     } else {
         covered(last, start, end)
     };
-    clear_pending(tgid, first, &first_mask, last, &last_mask);
-    clear_region(tgid, first, &first_mask);
+    // Called in the process's own context: its generation is the live one.
+    let generation = generation(tgid);
+    clear_pending(tgid, generation, first, &first_mask, last, &last_mask);
+    clear_region(tgid, generation, first, &first_mask);
     if last == first {
         return;
     }
-    clear_region(tgid, last, &last_mask);
+    clear_region(tgid, generation, last, &last_mask);
     let mut addr = first + PMD_SIZE;
     let mut i = 0;
     while i < MAX_CLEAR_REGIONS && addr < last {
-        let _ = REGIONS.remove(RegionKey::new(tgid, addr));
+        let _ = REGIONS.remove(RegionKey::of(tgid, generation, addr));
         addr += PMD_SIZE;
         i += 1;
     }

@@ -92,6 +92,11 @@ fn trace(args: &TraceArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.snapshot {
         tracer::check_snapshot_path(path)?;
     }
+    // A closed stdout must not kill us before the snapshot is written and the command stopped:
+    // writes fail with EPIPE instead, and the trace ends on it. (The command gets the default
+    // back before it execs.)
+    // SAFETY: setting a signal disposition before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     let target = Target::resolve(&convert::target_spec(&args.target)?)?;
     let output = if args.json {
         TraceOutput::Json {
@@ -119,7 +124,7 @@ fn trace(args: &TraceArgs) -> anyhow::Result<ExitCode> {
     // snapshot.
     let (rt, mut signals) = runtime()?;
     let printer = TracePrinter { output };
-    match metrics_addr {
+    let traced = match metrics_addr {
         None => {
             let mut printer = printer;
             rt.block_on(tracer::trace_with(
@@ -127,7 +132,7 @@ fn trace(args: &TraceArgs) -> anyhow::Result<ExitCode> {
                 job,
                 &mut printer,
                 signals.recv(),
-            ))?;
+            ))
         }
         Some(addr) => {
             let metrics = Metrics::new(false);
@@ -141,10 +146,16 @@ fn trace(args: &TraceArgs) -> anyhow::Result<ExitCode> {
                 job,
                 &mut handler,
                 signals.recv(),
-            ))?;
+            ))
         }
+    };
+    match traced {
+        // Whoever read us went away (`| head -1`): the snapshot is written and the command
+        // stopped; like other tools in a pipeline, end quietly.
+        Err(tracer::TracerError::OutputClosed) => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(e.into()),
+        Ok(_) => Ok(ExitCode::SUCCESS),
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {

@@ -121,23 +121,89 @@ pub fn resolve_cgroup(path: &Path) -> Result<PathBuf> {
         })
 }
 
-/// The processes in cgroup `path` itself (not its descendants), from `cgroup.procs`, ascending.
-/// Works for v1 and v2 directories.
+/// The processes in cgroup `path` and every cgroup below it, from their `cgroup.procs`,
+/// ascending. On cgroup v2 a cgroup with children holds no processes of its own ("no internal
+/// processes", Documentation/admin-guide/cgroup-v2.rst), so a slice's processes are all in its
+/// descendants. Works for v1 and v2 directories. A descendant removed while it is read is
+/// skipped; `path` itself gone is an error.
 pub fn cgroup_pids(path: &Path) -> Result<Vec<i32>> {
     let dir = resolve_cgroup(path)?;
-    let procs = dir.join("cgroup.procs");
-    let text = fs::read_to_string(&procs).map_err(|e| io_error(0, procs.clone(), e))?;
-    let mut out = text
-        .lines()
-        .map(|l| {
-            l.trim().parse::<i32>().map_err(|_| ProcsError::Parse {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.clone()];
+    while let Some(cg) = todo.pop() {
+        let top = cg == dir;
+        let procs = cg.join("cgroup.procs");
+        let text = match fs::read_to_string(&procs) {
+            Ok(text) => text,
+            Err(e) if !top && e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_error(0, procs, e)),
+        };
+        for l in text.lines() {
+            out.push(l.trim().parse::<i32>().map_err(|_| ProcsError::Parse {
                 path: procs.clone(),
                 what: format!("pid {l:?}"),
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+            })?);
+        }
+        let Ok(entries) = fs::read_dir(&cg) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                todo.push(entry.path());
+            }
+        }
+    }
     out.sort_unstable();
+    out.dedup();
     Ok(out)
+}
+
+/// How deep cgroup v2 directory `path` is below its hierarchy's root (0: the root), the level
+/// `bpf_get_current_ancestor_cgroup_id` takes: the number of parents that are on cgroup2 too.
+pub fn cgroup_level(path: &Path) -> Result<u32> {
+    let dir = resolve_cgroup(path)?;
+    let dir = fs::canonicalize(&dir).map_err(|source| ProcsError::Read {
+        path: dir.clone(),
+        source,
+    })?;
+    let on_cgroup2 = |p: &Path| {
+        nix::sys::statfs::statfs(p)
+            .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+    };
+    let mut level = 0;
+    let mut cur = dir.as_path();
+    while let Some(parent) = cur.parent() {
+        if !on_cgroup2(parent) {
+            break;
+        }
+        level += 1;
+        cur = parent;
+    }
+    Ok(level)
+}
+
+/// When `pid` started, in clock ticks after boot (`/proc/PID/stat` field 22): with the pid,
+/// it names one process, whatever reuses the pid later.
+pub fn start_time(pid: i32) -> Result<u64> {
+    let path = || PathBuf::from(format!("/proc/{pid}/stat"));
+    Process::new(pid)
+        .and_then(|p| p.stat())
+        .map(|s| s.starttime)
+        .map_err(|e| proc_error(pid, path(), e))
+}
+
+/// The inode of the initial pid namespace (PROC_PID_INIT_INO, include/linux/proc_ns.h).
+const PROC_PID_INIT_INO: u64 = 0xEFFF_FFFC;
+
+/// Whether we run in the initial pid namespace, where /proc's pids are the ones the eBPF
+/// programs see (`bpf_get_current_pid_tgid` reports the initial namespace's ids).
+pub fn in_initial_pid_namespace() -> Result<bool> {
+    let path = Path::new("/proc/self/ns/pid");
+    let meta = fs::metadata(path).map_err(|source| ProcsError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(meta.ino() == PROC_PID_INIT_INO)
 }
 
 /// The id of cgroup v2 directory `path`: its inode number, which is the kernfs node id that
@@ -285,6 +351,11 @@ mod tests {
             Err(ProcsError::NoProcess { .. })
         ));
         assert!(pids_with_comm("no-such-comm-x").unwrap().is_empty());
+        assert!(start_time(std::process::id() as i32).unwrap() > 0);
+        assert!(matches!(
+            start_time(nobody),
+            Err(ProcsError::NoProcess { .. })
+        ));
         let err = cgroup_pids(Path::new("/tmp")).unwrap_err();
         assert!(matches!(err, ProcsError::NotCgroup { .. }), "{err}");
         assert!(

@@ -666,7 +666,7 @@ impl TickHandler for Pipeline {
     fn tick_now(&mut self, session: &Session) -> Result<bool, RunError> {
         let regions = session.bpf().regions().map_err(TracerError::from)?;
         Ok(regions.iter().any(|(key, bits)| {
-            session.traces(key.tgid)
+            session.is_live(key.tgid, key.generation)
                 && self
                     .counts_at_pass
                     .get(&(key.tgid, key.addr))

@@ -111,8 +111,8 @@ pub enum BpfError {
     RingTaken,
     #[error("pid {pid} is above pid_max {limit}")]
     PidAboveLimit { pid: u32, limit: u32 },
-    #[error("region map full while seeding")]
-    RegionMapFull(#[source] aya::maps::MapError),
+    #[error("writing a region")]
+    RegionWrite(#[source] aya::maps::MapError),
     #[error("recording a process's mm")]
     RecordMm(#[source] aya::maps::MapError),
     #[error("recording an mm's owner")]
@@ -221,6 +221,8 @@ pub struct Selection {
     pub follow_children: bool,
     pub comm: Option<String>,
     pub cgroup_id: Option<u64>,
+    /// Depth of the `--cgroup` directory below the cgroup v2 root.
+    pub cgroup_level: u32,
 }
 
 /// Map capacities.
@@ -288,6 +290,35 @@ pub struct Bpf {
     fallbacks: Vec<Fallback>,
     /// The ring buffer while nobody polls it.
     events: Option<RingBuf<MapData>>,
+    /// Losses userspace ran into (a full map on a write-back, a vanished cgroup), by
+    /// [`DropReason`]; added to the programs' own in [`Bpf::drops`].
+    user_drops: [u64; DropReason::COUNT as usize],
+}
+
+/// The largest pid any kernel can have (PID_MAX_LIMIT, include/linux/threads.h): the pid
+/// bitmaps are this large, so a pid above the pid_max read at start (raised meanwhile) still
+/// fits.
+const PID_MAX_LIMIT: u32 = 1 << 22;
+
+/// A delete of a key that is not there is done: the programs delete regions too (munmap), and
+/// may have got there first. aya reports that as the syscall's `ENOENT`, not `KeyNotFound`.
+fn removed(r: Result<(), aya::maps::MapError>) -> Result<()> {
+    match r {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether a map write failed because the map is full (`-E2BIG` from a hash map at
+/// `max_entries`, `-ENOMEM` when no preallocated element is free).
+fn is_map_full(e: &aya::maps::MapError) -> bool {
+    matches!(e, aya::maps::MapError::SyscallError(s)
+        if matches!(s.io_error.raw_os_error(), Some(libc::E2BIG | libc::ENOMEM)))
 }
 
 /// Where tracefs is; `COLLAPSE_TRACEFS` overrides it (tests point it at a fake tree).
@@ -465,6 +496,7 @@ fn config(
     if let Some(id) = sel.cgroup_id {
         c.match_cgroup = 1;
         c.cgroup_id = id;
+        c.cgroup_level = sel.cgroup_level;
     }
     let names = StatusNames(
         scan.symbolic("status")
@@ -634,7 +666,7 @@ impl Bpf {
         let pid_limit = pid_limit();
         let mut fallbacks = Vec::new();
         let (config, status_names) = config(&root, sel, &mut fallbacks)?;
-        let bitset_words = pid_limit.div_ceil(64);
+        let bitset_words = PID_MAX_LIMIT.div_ceil(64);
         if cap.max_regions == 0 || cap.max_processes == 0 {
             return Err(BpfError::ZeroCapacity);
         }
@@ -649,6 +681,7 @@ impl Bpf {
             .map_max_entries(names::REGIONS, cap.max_regions)
             .map_max_entries(names::TRACKED, bitset_words)
             .map_max_entries(names::MM_KNOWN, bitset_words)
+            .map_max_entries(names::GENERATIONS, pid_limit)
             .map_max_entries(names::MM_OWNERS, cap.max_processes)
             .map_max_entries(names::TGID_MM, cap.max_processes)
             .map_max_entries(names::EVENTS, ringbuf)
@@ -736,6 +769,7 @@ impl Bpf {
             task_iter,
             fallbacks,
             events: None,
+            user_drops: [0; DropReason::COUNT as usize],
         })
     }
 
@@ -840,10 +874,10 @@ impl Bpf {
     }
 
     fn set_bit(&mut self, name: &'static str, id: u32, on: bool) -> Result<()> {
-        if id >= self.pid_limit {
+        if id >= PID_MAX_LIMIT {
             return Err(BpfError::PidAboveLimit {
                 pid: id,
-                limit: self.pid_limit,
+                limit: PID_MAX_LIMIT,
             });
         }
         let mut arr: Array<&mut MapData, u64> = Array::try_from(self.map_mut(name)?)?;
@@ -856,6 +890,21 @@ impl Bpf {
     /// Starts or stops recording `tgid`'s faults.
     pub fn set_tracked(&mut self, tgid: u32, on: bool) -> Result<()> {
         self.set_bit(names::TRACKED, tgid, on)
+    }
+
+    /// The generation of the process holding pid `tgid` now (see [`RegionKey`]); 0 above the
+    /// pid_max read at start.
+    pub fn generation(&self, tgid: u32) -> Result<u32> {
+        if tgid >= self.pid_limit {
+            return Ok(0);
+        }
+        let arr: Array<&MapData, u32> = Array::try_from(self.map(names::GENERATIONS)?)?;
+        Ok(arr.get(&tgid, 0)?)
+    }
+
+    /// Counts a loss userspace ran into.
+    pub fn count_drop(&mut self, reason: DropReason) {
+        self.user_drops[reason as usize] += 1;
     }
 
     pub fn is_tracked(&self, tgid: u32) -> Result<bool> {
@@ -871,7 +920,7 @@ impl Bpf {
             .get(&0, 0)?
             .iter()
             .filter(|p| p.tgid != 0 && !p.bits.is_empty())
-            .map(|p| (RegionKey::new(p.tgid, p.addr), p.bits))
+            .map(|p| (RegionKey::of(p.tgid, p.generation, p.addr), p.bits))
             .collect())
     }
 
@@ -918,26 +967,63 @@ impl Bpf {
             .fold(stored, |acc, b| Some(acc.unwrap_or_default().union(&b))))
     }
 
-    /// Writes (or, when empty, deletes) one region.
+    /// Writes (or, when empty, deletes) one region. A full map is counted as a
+    /// [`DropReason::RegionMapFull`] drop, not an error: the region goes unrecorded and
+    /// tracing goes on.
     pub fn set_region(&mut self, key: &RegionKey, bits: &OccupancyBitmap) -> Result<()> {
         let mut map: HashMap<&mut MapData, RegionKey, OccupancyBitmap> =
             HashMap::try_from(self.map_mut(names::REGIONS)?)?;
         if bits.is_empty() {
-            match map.remove(key) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-                Err(e) => Err(e.into()),
-            }
+            removed(map.remove(key))
         } else {
-            map.insert(key, bits, 0).map_err(BpfError::RegionMapFull)
+            match map.insert(key, bits, 0) {
+                Ok(()) => Ok(()),
+                Err(e) if is_map_full(&e) => {
+                    self.count_drop(DropReason::RegionMapFull);
+                    Ok(())
+                }
+                Err(e) => Err(BpfError::RegionWrite(e)),
+            }
         }
     }
 
-    /// Clears `[start, end)` of `tgid`'s regions (what the programs left of a wide unmap).
-    pub fn clear_range(&mut self, tgid: u32, start: u64, end: u64) -> Result<()> {
+    /// Deletes every region and khugepaged count whose process (tgid, generation) `keep` does
+    /// not want: processes that ended, also when their exit record was lost. Returns how many
+    /// regions went.
+    pub fn prune(&mut self, keep: impl Fn(u32, u32) -> bool) -> Result<usize> {
+        let gone: Vec<RegionKey> = self
+            .region_keys()?
+            .into_iter()
+            .filter(|k| !keep(k.tgid, k.generation))
+            .collect();
+        for key in &gone {
+            self.set_region(key, &OccupancyBitmap::EMPTY)?;
+        }
+        let mut counts: HashMap<&mut MapData, KhugepagedKey, u64> =
+            HashMap::try_from(self.map_mut(names::KHUGEPAGED_COUNTS)?)?;
+        let stale: Vec<KhugepagedKey> = counts
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !keep(k.tgid, k.generation))
+            .collect();
+        for key in stale {
+            removed(counts.remove(&key))?;
+        }
+        Ok(gone.len())
+    }
+
+    /// Clears `[start, end)` of process (`tgid`, `generation`)'s regions (what the programs
+    /// left of a wide unmap).
+    pub fn clear_range(&mut self, tgid: u32, generation: u32, start: u64, end: u64) -> Result<()> {
         let keys: Vec<RegionKey> = self
             .region_keys()?
             .into_iter()
-            .filter(|k| k.tgid == tgid && k.addr < end && k.addr + PMD_SIZE > start)
+            .filter(|k| {
+                k.tgid == tgid
+                    && k.generation == generation
+                    && k.addr < end
+                    && k.addr + PMD_SIZE > start
+            })
             .collect();
         for key in keys {
             let Some(mut bits) = self.region(&key)? else {
@@ -973,7 +1059,10 @@ impl Bpf {
         let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(names::DROPS)?)?;
         DropReason::ALL
             .iter()
-            .map(|&r| Ok((r, arr.get(&(r as u32), 0)?.iter().sum())))
+            .map(|&r| {
+                let programs: u64 = arr.get(&(r as u32), 0)?.iter().sum();
+                Ok((r, programs + self.user_drops[r as usize]))
+            })
             .collect()
     }
 }

@@ -34,6 +34,12 @@ pub enum TargetError {
     },
     #[error("cannot run {program:?}: {source}")]
     Exec { program: String, source: io::Error },
+    #[error(
+        "tracing from a nested pid namespace is not supported: the eBPF programs see the host's pids, not this namespace's; run collapse in the host's pid namespace"
+    )]
+    NestedPidNamespace,
+    #[error("cgroup {} was removed", .0.display())]
+    CgroupGone(PathBuf),
 }
 
 /// Tracing went wrong.
@@ -68,4 +74,7 @@ pub enum TracerError {
     /// Writing what the tracer shows (stdout).
     #[error(transparent)]
     Output(#[from] io::Error),
+    /// Whoever read our output went away (`| head`): nothing more can be shown.
+    #[error("stdout was closed")]
+    OutputClosed,
 }

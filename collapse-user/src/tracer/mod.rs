@@ -19,7 +19,7 @@ mod view;
 use std::{future::Future, path::PathBuf, time::Duration};
 
 pub use self::{
-    bpf::{Bpf, BpfError, Capacity, StatusNames},
+    bpf::{Bpf, BpfError, Capacity, Selection, StatusNames},
     error::{TargetError, TracerError},
     event_loop::{Stop, TickHandler, Ticks, run},
     json::TraceLine,
@@ -74,17 +74,20 @@ pub async fn trace_with<H: TickHandler<Error = TracerError>>(
             );
         }
     }
+    // The command stops with the trace, whatever ended it (a closed stdout included).
+    session.stop_child();
     let stop = stop?;
     if matches!(job.output, TraceOutput::Json { .. }) {
-        println!(
+        use std::io::Write as _;
+        output::written(writeln!(
+            std::io::stdout(),
             "{}",
             TraceLine::End {
                 reason: stop.name()
             }
             .to_json()
-        );
+        ))?;
     }
-    session.stop_child();
     Ok(stop)
 }
 

@@ -29,6 +29,18 @@ impl TraceOutput {
     }
 }
 
+/// A failed write to stdout: a closed pipe (`| head -1`) means nobody reads any more, which
+/// stops the trace (the caller still writes the snapshot and stops the command).
+pub(super) fn written(r: std::io::Result<()>) -> Result<(), TracerError> {
+    r.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            TracerError::OutputClosed
+        } else {
+            TracerError::Output(e)
+        }
+    })
+}
+
 /// The [`TickHandler`] of `collapse trace`: prints what the session sees.
 pub struct TracePrinter {
     pub output: TraceOutput,
@@ -39,7 +51,11 @@ impl TickHandler for TracePrinter {
 
     fn attached(&mut self, session: &Session) -> Result<(), TracerError> {
         match self.output {
-            TraceOutput::Json { .. } => println!("{}", TraceLine::attached(session).to_json()),
+            TraceOutput::Json { .. } => written(writeln!(
+                std::io::stdout(),
+                "{}",
+                TraceLine::attached(session).to_json()
+            ))?,
             TraceOutput::Human { .. } => {
                 let names: Vec<String> = session
                     .processes()
@@ -55,8 +71,7 @@ impl TickHandler for TracePrinter {
                 }
             }
         }
-        std::io::stdout().flush()?;
-        Ok(())
+        written(std::io::stdout().flush())
     }
 
     fn observed(&mut self, session: &mut Session, what: &Observed) -> Result<(), TracerError> {
@@ -65,29 +80,27 @@ impl TickHandler for TracePrinter {
         }
         let elapsed = session.elapsed().as_secs_f64();
         let mut out = std::io::stdout().lock();
-        match self.output {
-            TraceOutput::Human { .. } => writeln!(out, "{}", view::render_observed(what, elapsed))?,
+        written(match self.output {
+            TraceOutput::Human { .. } => writeln!(out, "{}", view::render_observed(what, elapsed)),
             TraceOutput::Json { .. } => {
-                writeln!(out, "{}", TraceLine::observed(what, elapsed).to_json())?
+                writeln!(out, "{}", TraceLine::observed(what, elapsed).to_json())
             }
-        }
-        out.flush()?;
-        Ok(())
+        })?;
+        written(out.flush())
     }
 
     fn tick(&mut self, session: &mut Session, _last: bool) -> Result<(), TracerError> {
         let sample = view::sample(session)?;
         let mut out = std::io::stdout().lock();
-        match self.output {
+        written(match self.output {
             TraceOutput::Human { redraw, .. } => {
                 if redraw {
-                    write!(out, "\x1b[H\x1b[2J")?;
+                    written(write!(out, "\x1b[H\x1b[2J"))?;
                 }
-                writeln!(out, "{}", view::render(&sample))?;
+                writeln!(out, "{}", view::render(&sample))
             }
-            TraceOutput::Json { .. } => writeln!(out, "{}", TraceLine::sample(&sample).to_json())?,
-        }
-        out.flush()?;
-        Ok(())
+            TraceOutput::Json { .. } => writeln!(out, "{}", TraceLine::sample(&sample).to_json()),
+        })?;
+        written(out.flush())
     }
 }

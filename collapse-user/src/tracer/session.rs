@@ -77,10 +77,16 @@ impl LargeFolios {
 /// `enum scan_result` SCAN_SUCCEED (`mm/khugepaged.c`): a collapse that worked.
 pub const SCAN_SUCCEED: i32 = 1;
 
-/// A traced process as userspace knows it.
+/// A traced process as userspace knows it: (tgid, start time) names it, and its generation is
+/// what the programs key its regions and khugepaged counts with, so a process that gets the
+/// pid after it sees none of its data.
 #[derive(Clone, Debug)]
 pub struct TracedProcess {
     pub tgid: u32,
+    /// `GENERATIONS[tgid]` while it lives (see `RegionKey`).
+    pub generation: u32,
+    /// `/proc/PID/stat` starttime, clock ticks after boot.
+    pub start_time: u64,
     pub comm: String,
     /// Re-read the whole process from pagemap at the next tick.
     pub resync_whole: bool,
@@ -157,9 +163,25 @@ pub struct Session {
     /// Every traced process's regions as of the last [`Session::refresh`].
     current: BTreeMap<u32, Vec<TracedRegion>>,
     /// The last regions of processes that ended while traced: a command traced to its end
-    /// still has a snapshot.
+    /// still has a snapshot. At most [`ENDED_REGIONS_MAX`] regions, the oldest ended go first.
     ended_regions: BTreeMap<u32, Vec<TracedRegion>>,
+    /// The order processes ended in (tgids of `ended_regions`, oldest first).
+    ended_order: std::collections::VecDeque<u32>,
+    /// Regions held in `ended_regions`.
+    ended_count: usize,
+    /// Ticks so far (stale state is swept every [`SWEEP_EVERY`] ticks even without news).
+    ticks: u64,
+    /// The `--cgroup` directory was found removed (counted once).
+    cgroup_gone: bool,
 }
+
+/// Most regions of ended processes kept for the snapshot: with `--all` on a busy host,
+/// thousands of processes end every minute.
+const ENDED_REGIONS_MAX: usize = 65_536;
+
+/// A tick with no exit seen still sweeps the maps this often, for the processes whose exit
+/// record was lost.
+const SWEEP_EVERY: u64 = 16;
 
 /// Every record waiting in the ring buffer.
 pub(crate) fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<Event> {
@@ -247,6 +269,7 @@ impl Session {
             follow_children: target.follow_children(),
             comm: target.comm.clone(),
             cgroup_id: target.cgroup_id,
+            cgroup_level: target.cgroup_level,
         };
         let bpf = Bpf::load(&sel, cap)?;
         let mut session = Self {
@@ -263,12 +286,18 @@ impl Session {
             mms_to_learn: false,
             current: BTreeMap::new(),
             ended_regions: BTreeMap::new(),
+            ended_order: std::collections::VecDeque::new(),
+            ended_count: 0,
+            ticks: 0,
+            cgroup_gone: false,
         };
-        // Tracking starts before seeding, so no page populated in between is missed.
+        // Tracking starts before seeding, so no page populated in between is missed. A
+        // process that ends meanwhile is simply not traced (a named one ends the session).
         for tgid in target.initial_tgids()? {
             session.add(tgid)?;
         }
         if let Some(spawned) = target.spawn.take() {
+            // Held before exec until released: traced from its first instruction.
             session.add(spawned.tgid)?;
             session.child = Some(spawned.release()?);
         }
@@ -277,13 +306,49 @@ impl Session {
         Ok(session)
     }
 
-    /// Starts tracing `tgid` and schedules its seeding from pagemap.
-    fn add(&mut self, tgid: u32) -> Result<()> {
+    /// Whether the process traced as `tgid` still holds that pid (not ended, not replaced by
+    /// a process that reused the pid).
+    fn still_there(p: &TracedProcess) -> bool {
+        procs::start_time(p.tgid as i32).is_ok_and(|t| t == p.start_time)
+            && procs::exists(p.tgid as i32)
+    }
+
+    /// The process with pid `tgid` now, named by its start time and generation; `None` if no
+    /// process holds the pid (it ended while we looked).
+    fn identify(&self, tgid: u32) -> Result<Option<(u64, u32)>> {
+        let Ok(start_time) = procs::start_time(tgid as i32) else {
+            return Ok(None);
+        };
+        // The generation changes only when the group holding the pid ends: the same start
+        // time after reading it means it was this process's.
+        let generation = self.bpf.generation(tgid)?;
+        match procs::start_time(tgid as i32) {
+            Ok(t) if t == start_time => Ok(Some((start_time, generation))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Starts tracing `tgid` and schedules its seeding from pagemap. Returns whether it is
+    /// traced now (a process that ended meanwhile is not). A process traced before under the
+    /// same pid is ended first.
+    fn add(&mut self, tgid: u32) -> Result<bool> {
         // The programs set the bit of a followed child themselves; writing a whole word back
         // only when needed keeps this read-modify-write from racing their atomic updates.
         if !self.target.all && !self.bpf.is_tracked(tgid)? {
             self.bpf.set_tracked(tgid, true)?;
         }
+        let Some((start_time, generation)) = self.identify(tgid)? else {
+            return Ok(false);
+        };
+        if let Some(old) = self.procs.get(&tgid) {
+            if old.start_time == start_time && old.generation == generation {
+                return Ok(true);
+            }
+            let old_generation = old.generation;
+            self.end(tgid, Some(old_generation))?;
+        }
+        // Its pid's earlier process no longer shows in the snapshot: the pid is this one's.
+        self.forget_ended(tgid);
         // Before its seeding: whatever it faults from here on is seen by the hook.
         self.consider_large_folio_hook(&[tgid])?;
         // Its mm is learned with the others added in this batch, before anything is re-read.
@@ -293,12 +358,37 @@ impl Session {
             tgid,
             TracedProcess {
                 tgid,
+                generation,
+                start_time,
                 comm,
                 resync_whole: true,
                 resync_ranges: Vec::new(),
             },
         );
-        Ok(())
+        Ok(true)
+    }
+
+    fn forget_ended(&mut self, tgid: u32) {
+        if let Some(r) = self.ended_regions.remove(&tgid) {
+            self.ended_count -= r.len();
+            self.ended_order.retain(|&t| t != tgid);
+        }
+    }
+
+    /// Keeps `regions` of a process that ended for the snapshot, within the bound.
+    fn keep_ended(&mut self, tgid: u32, regions: Vec<TracedRegion>) {
+        self.forget_ended(tgid);
+        self.ended_count += regions.len();
+        self.ended_regions.insert(tgid, regions);
+        self.ended_order.push_back(tgid);
+        while self.ended_count > ENDED_REGIONS_MAX {
+            let Some(oldest) = self.ended_order.pop_front() else {
+                break;
+            };
+            if let Some(r) = self.ended_regions.remove(&oldest) {
+                self.ended_count -= r.len();
+            }
+        }
     }
 
     /// Attaches the large-folio hook when the settings allow large folios at fault time for
@@ -341,7 +431,15 @@ impl Session {
             .collect()
     }
 
-    fn end(&mut self, tgid: u32) -> Result<Option<String>> {
+    /// Stops tracing `tgid`, if it is traced as `generation` (`None`: whichever). A record of
+    /// an earlier process with that pid ends nothing.
+    fn end(&mut self, tgid: u32, generation: Option<u32>) -> Result<Option<String>> {
+        let Some(p) = self.procs.get(&tgid) else {
+            return Ok(None);
+        };
+        if generation.is_some_and(|g| g != p.generation) {
+            return Ok(None);
+        }
         // Its regions go at the next sweep: one walk of the map per tick, not one per exit.
         self.dead.insert(tgid);
         // The program clears the bit at exit and at a comm change already.
@@ -349,7 +447,7 @@ impl Session {
             let _ = self.bpf.set_tracked(tgid, false);
         }
         if let Some(regions) = self.current.remove(&tgid) {
-            self.ended_regions.insert(tgid, regions);
+            self.keep_ended(tgid, regions);
         }
         let comm = self.procs.remove(&tgid).map(|p| p.comm);
         Ok(comm)
@@ -396,7 +494,7 @@ impl Session {
                 })
             }
             EventKind::Exit => {
-                let comm = self.end(tgid)?;
+                let comm = self.end(tgid, Some(ev.len as u32))?;
                 comm.map(|comm| Observed::Ended {
                     tgid,
                     comm,
@@ -426,10 +524,10 @@ impl Session {
                 } else {
                     tgid
                 };
-                if self.procs.contains_key(&child) {
+                let known = self.procs.get(&child).is_some_and(Self::still_there);
+                if known || !self.add(child)? {
                     None
                 } else {
-                    self.add(child)?;
                     let comm = self
                         .procs
                         .get(&child)
@@ -447,8 +545,14 @@ impl Session {
                 }
             }
             EventKind::ClearRange => {
-                self.bpf
-                    .clear_range(tgid, ev.addr, ev.addr.saturating_add(ev.len))?;
+                if let Some(generation) = self.procs.get(&tgid).map(|p| p.generation) {
+                    self.bpf.clear_range(
+                        tgid,
+                        generation,
+                        ev.addr,
+                        ev.addr.saturating_add(ev.len),
+                    )?;
+                }
                 None
             }
             EventKind::Resync => {
@@ -492,9 +596,35 @@ impl Session {
                 }
             }
         }
-        for tgid in self.target.current_members()? {
-            if !self.procs.contains_key(&tgid) {
-                self.add(tgid)?;
+        // Processes gone (also those whose exit record was lost, and pids reused since) first,
+        // so a reused pid joins below as the new process it is.
+        let gone: Vec<u32> = self
+            .procs
+            .values()
+            .filter(|p| !Self::still_there(p))
+            .map(|p| p.tgid)
+            .collect();
+        for tgid in gone {
+            if let Some(comm) = self.end(tgid, None)? {
+                seen.push(Observed::Ended {
+                    tgid,
+                    comm,
+                    how: "gone",
+                });
+            }
+        }
+        let members = match self.target.current_members() {
+            Ok(members) => members,
+            Err(super::error::TargetError::CgroupGone(_)) => {
+                if !std::mem::replace(&mut self.cgroup_gone, true) {
+                    self.bpf.count_drop(DropReason::CgroupGone);
+                }
+                Vec::new()
+            }
+            Err(e) => return Err(e.into()),
+        };
+        for tgid in members {
+            if !self.procs.contains_key(&tgid) && self.add(tgid)? {
                 let comm = self.procs[&tgid].comm.clone();
                 seen.push(Observed::Started {
                     tgid,
@@ -509,27 +639,16 @@ impl Session {
             .into_iter()
             .find(|(r, _)| *r == DropReason::RingBufFull)
             .map_or(0, |(_, n)| n);
-        if lost > self.ring_lost {
+        let ring_lost = lost > self.ring_lost;
+        if ring_lost {
             self.ring_lost = lost;
             for p in self.procs.values_mut() {
                 p.resync_whole = true;
             }
         }
-        self.sweep_dead()?;
-        let gone: Vec<u32> = self
-            .procs
-            .keys()
-            .copied()
-            .filter(|&t| !procs::exists(t as i32))
-            .collect();
-        for tgid in gone {
-            if let Some(comm) = self.end(tgid)? {
-                seen.push(Observed::Ended {
-                    tgid,
-                    comm,
-                    how: "gone",
-                });
-            }
+        self.ticks += 1;
+        if ring_lost || !self.dead.is_empty() || self.ticks.is_multiple_of(SWEEP_EVERY) {
+            self.sweep()?;
         }
         self.resync_pending()?;
         Ok(seen)
@@ -621,8 +740,9 @@ impl Session {
         .map(|t| (t.addr, t.present))
         .collect();
         let addrs: BTreeSet<u64> = before.keys().chain(truth.keys()).copied().collect();
+        let generation = self.procs.get(&tgid).map_or(0, |p| p.generation);
         for addr in addrs {
-            let key = RegionKey::new(tgid, addr);
+            let key = RegionKey::of(tgid, generation, addr);
             let after = self.bpf.region(&key)?.unwrap_or_default();
             let b = before.get(&addr).copied().unwrap_or_default();
             let t = truth.get(&addr).copied().unwrap_or_default();
@@ -691,28 +811,34 @@ impl Session {
         Ok(seen)
     }
 
-    /// The region map (pending bits included), grouped by process: one walk.
+    /// The region map (pending bits included) of the traced processes, grouped by process:
+    /// one walk. Keys of another generation (an earlier process with the pid) are left out.
     fn regions_by_tgid(&self) -> Result<BTreeMap<u32, BTreeMap<u64, OccupancyBitmap>>> {
         let mut by_tgid: BTreeMap<u32, BTreeMap<u64, OccupancyBitmap>> = BTreeMap::new();
         for (key, bits) in self.bpf.regions()? {
-            by_tgid.entry(key.tgid).or_default().insert(key.addr, bits);
+            if self.is_live(key.tgid, key.generation) {
+                by_tgid.entry(key.tgid).or_default().insert(key.addr, bits);
+            }
         }
         Ok(by_tgid)
     }
 
-    /// Deletes the regions of processes that ended (and were not traced again since).
-    fn sweep_dead(&mut self) -> Result<()> {
-        let dead: BTreeSet<u32> = std::mem::take(&mut self.dead)
-            .into_iter()
-            .filter(|t| !self.procs.contains_key(t))
-            .collect();
-        if dead.is_empty() {
-            return Ok(());
-        }
-        let keys = self.bpf.region_keys()?;
-        for key in keys.iter().filter(|k| dead.contains(&k.tgid)) {
-            self.bpf.set_region(key, &OccupancyBitmap::EMPTY)?;
-        }
+    /// Whether (`tgid`, `generation`) is a process traced now.
+    pub fn is_live(&self, tgid: u32, generation: u32) -> bool {
+        self.procs
+            .get(&tgid)
+            .is_some_and(|p| p.generation == generation)
+    }
+
+    /// Deletes the regions and khugepaged counts of every process not traced now: those that
+    /// ended, earlier processes of a reused pid, and those whose exit record was lost. A
+    /// process traced later is seeded whole from pagemap, so nothing it needs goes.
+    fn sweep(&mut self) -> Result<()> {
+        self.dead.clear();
+        let procs = &self.procs;
+        self.bpf.prune(|tgid, generation| {
+            procs.get(&tgid).is_some_and(|p| p.generation == generation)
+        })?;
         Ok(())
     }
 

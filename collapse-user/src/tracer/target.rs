@@ -28,6 +28,8 @@ pub struct Target {
     pub(super) comm: Option<String>,
     pub(super) cgroup: Option<PathBuf>,
     pub(super) cgroup_id: Option<u64>,
+    /// Depth of `cgroup` below the cgroup v2 root.
+    pub(super) cgroup_level: u32,
     /// `-- CMD`: forked, waiting for `release` before it execs.
     pub(super) spawn: Option<Spawned>,
     command: bool,
@@ -52,6 +54,11 @@ impl Target {
     /// Checks the target and, for `-- CMD`, forks the command (held before exec). Nothing is
     /// loaded yet, so bad input fails before anything changes.
     pub fn resolve(spec: &TargetSpec) -> Result<Self, TargetError> {
+        // The programs see the initial namespace's pids (bpf_get_current_pid_tgid), /proc and
+        // the command line this namespace's: they would not name the same processes.
+        if !procs::in_initial_pid_namespace()? {
+            return Err(TargetError::NestedPidNamespace);
+        }
         let mut target = Self::default();
         match spec {
             TargetSpec::All => target.all = true,
@@ -75,6 +82,7 @@ impl Target {
             }
             TargetSpec::Cgroup(path) => {
                 target.cgroup_id = Some(procs::cgroup_id(path)?);
+                target.cgroup_level = procs::cgroup_level(path)?;
                 target.cgroup = Some(path.clone());
             }
             TargetSpec::Command(cmd) => {
@@ -126,10 +134,15 @@ impl Target {
                 .map(|p| p as u32)
                 .collect()
         } else if let Some(cg) = &self.cgroup {
-            procs::cgroup_pids(cg)?
-                .into_iter()
-                .map(|p| p as u32)
-                .collect()
+            match procs::cgroup_pids(cg) {
+                Ok(pids) => pids.into_iter().map(|p| p as u32).collect(),
+                // Removed while traced (it was empty then: cgroupfs refuses to rmdir one
+                // with processes): nobody left to pick up.
+                Err(procs::ProcsError::NotCgroup { .. }) => {
+                    return Err(TargetError::CgroupGone(cg.clone()));
+                }
+                Err(e) => return Err(e.into()),
+            }
         } else if self.all {
             procs::user_processes()?
                 .into_iter()
@@ -204,6 +217,8 @@ impl Spawned {
                 // Our stdout carries collapse's own output (the view, JSON lines, the plan):
                 // the command's goes to stderr.
                 libc::dup2(libc::STDERR_FILENO, libc::STDOUT_FILENO);
+                // collapse ignores SIGPIPE while tracing; the command gets the default.
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
                 let mut byte = 0u8;
                 if libc::read(read.as_raw_fd(), (&raw mut byte).cast(), 1) == 1 {
                     libc::execv(path.as_ptr(), argv.as_ptr());

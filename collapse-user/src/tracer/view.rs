@@ -94,6 +94,10 @@ pub fn sample(session: &Session) -> Result<Sample, super::error::TracerError> {
     let regions = session.current();
     let mut counts: HashMap<u32, BTreeMap<&'static str, BTreeMap<String, u64>>> = HashMap::new();
     for (key, n) in session.bpf().khugepaged_counts()? {
+        // Counts of an earlier process with the pid are not this one's.
+        if !session.is_live(key.tgid, key.generation) {
+            continue;
+        }
         let Some(which) = KhugepagedEvent::from_u16(key.event) else {
             continue;
         };

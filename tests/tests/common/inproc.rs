@@ -29,12 +29,17 @@ pub fn session_for(pid: i32) -> Session {
 /// `tgid`'s regions as the programs' maps hold them now (pending per-CPU bits included),
 /// without a poll: nothing from pagemap is merged in here. Empty regions are left out.
 pub fn map_regions(session: &Session, tgid: i32) -> Regions {
+    // The process holding the pid now: an earlier one's regions (a reused pid) are not its.
+    let generation = session
+        .bpf()
+        .generation(tgid as u32)
+        .expect("read the pid's generation");
     session
         .bpf()
         .regions()
         .expect("read the region map")
         .into_iter()
-        .filter(|(k, b)| k.tgid == tgid as u32 && !b.is_empty())
+        .filter(|(k, b)| k.tgid == tgid as u32 && k.generation == generation && !b.is_empty())
         .map(|(k, b)| (k.addr, b))
         .collect()
 }
