@@ -3,8 +3,8 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_task,
-        bpf_probe_read_kernel, generated::bpf_get_current_ancestor_cgroup_id,
+        bpf_get_current_comm, bpf_get_current_task, bpf_probe_read_kernel,
+        generated::bpf_get_current_ancestor_cgroup_id,
     },
     macros::tracepoint,
     programs::TracePointContext,

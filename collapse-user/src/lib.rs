@@ -19,6 +19,7 @@ pub mod bench;
 pub mod demo;
 pub mod executor;
 pub mod kernel;
+pub mod metrics;
 pub mod pipeline;
 pub mod planner;
 pub mod render;

@@ -4,6 +4,7 @@
 mod child;
 mod cmd;
 mod executor_bench;
+mod install;
 mod interrupt;
 mod kernels;
 mod setup;
@@ -53,6 +54,20 @@ enum Task {
             value_name = "ARGS"
         )]
         args: Vec<OsString>,
+    },
+    /// Build the release binary and install it with the systemd unit
+    /// (contrib/collapse.service) and the example config (/etc/collapse/collapse.toml,
+    /// never overwritten).
+    Install {
+        /// Install into DIR instead of / (the unit then names the paths under DIR).
+        #[arg(long, default_value = "/", value_name = "DIR")]
+        root: std::path::PathBuf,
+        /// Where the binary goes: PREFIX/bin/collapse.
+        #[arg(long, default_value = "/usr/local", value_name = "DIR")]
+        prefix: std::path::PathBuf,
+        /// Install this binary instead of building the release one.
+        #[arg(long, value_name = "FILE")]
+        binary: Option<std::path::PathBuf>,
     },
     /// Setup, then rustfmt (nightly), clippy on the host crates, clippy on the eBPF crate.
     Lint,
@@ -203,6 +218,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 spawn_rate,
             },
         ),
+        Task::Install {
+            root,
+            prefix,
+            binary,
+        } => install::install(&ws, &install::Layout { root, prefix }, binary)
+            .map(|()| ExitCode::SUCCESS),
         Task::Kernels(KernelsArgs {
             kernels,
             tests,

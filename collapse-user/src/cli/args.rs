@@ -93,6 +93,9 @@ pub(crate) struct TraceArgs {
     /// JSON lines instead of the live view.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (PORT alone: on 127.0.0.1).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics: Option<String>,
     /// Write the region snapshot (DESIGN.md format) here at exit.
     #[arg(long, value_name = "FILE")]
     pub(crate) snapshot: Option<PathBuf>,
@@ -155,7 +158,7 @@ pub(crate) struct PlanArgs {
     pub(crate) duration: f64,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Clone)]
 pub(crate) struct RunArgs {
     #[command(flatten)]
     pub(crate) target: TargetArgs,
@@ -206,6 +209,14 @@ pub(crate) struct RunArgs {
     /// JSON lines (DESIGN.md) instead of the live view.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (PORT alone: on 127.0.0.1).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics: Option<String>,
+    /// Settings from this TOML file (keys: these flags without the leading dashes; `command`
+    /// for `-- CMD`); flags given here win. SIGHUP reads it again. The systemd unit uses
+    /// /etc/collapse/collapse.toml.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) capacity: CapacityArgs,
 }

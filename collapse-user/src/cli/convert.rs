@@ -291,6 +291,28 @@ pub(crate) fn bench_job(args: &BenchArgs, exe: std::path::PathBuf) -> anyhow::Re
     })
 }
 
+/// `--metrics ADDR`: `PORT` alone listens on 127.0.0.1 (loopback unless told otherwise),
+/// `localhost:PORT` too; else an IP address and port (`0.0.0.0:9464`, `[::1]:9464`).
+pub(crate) fn metrics_addr(s: &str) -> anyhow::Result<std::net::SocketAddr> {
+    use std::net::{Ipv4Addr, SocketAddr};
+    let s = s.trim();
+    let parsed = if let Ok(port) = s.parse::<u16>() {
+        Some(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+    } else if let Some(port) = s.strip_prefix("localhost:") {
+        port.parse::<u16>()
+            .ok()
+            .map(|p| SocketAddr::from((Ipv4Addr::LOCALHOST, p)))
+    } else {
+        s.parse::<SocketAddr>().ok()
+    };
+    match parsed {
+        Some(addr) => Ok(addr),
+        None => bail!(
+            "--metrics {s:?} is not an address: give PORT (on 127.0.0.1) or IP:PORT, e.g. 127.0.0.1:9464"
+        ),
+    }
+}
+
 /// `run` acts only where it was told to: never on every process.
 pub(crate) fn run_target(args: &TargetArgs) -> anyhow::Result<TargetSpec> {
     if args.all {
@@ -330,6 +352,24 @@ pub(crate) fn workload(kind: WorkloadKind) -> anyhow::Result<Workload> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_addresses() {
+        assert_eq!(metrics_addr("9464").unwrap().to_string(), "127.0.0.1:9464");
+        assert_eq!(
+            metrics_addr("localhost:9464").unwrap().to_string(),
+            "127.0.0.1:9464"
+        );
+        assert_eq!(metrics_addr("[::1]:9").unwrap().to_string(), "[::1]:9");
+        assert_eq!(
+            metrics_addr("0.0.0.0:80").unwrap().to_string(),
+            "0.0.0.0:80"
+        );
+        for bad in ["", "x", "127.0.0.1", "127.0.0.1:99999", "host:1", ":9464"] {
+            let err = metrics_addr(bad).unwrap_err().to_string();
+            assert!(err.starts_with("--metrics "), "{err}");
+        }
+    }
 
     #[test]
     fn durations_and_byte_sizes() {

@@ -3,6 +3,7 @@
 //! line on stderr and a non-zero exit status. Nothing in the library sees a clap type.
 
 mod args;
+mod config;
 mod convert;
 mod policy;
 
@@ -13,16 +14,17 @@ use std::{
 };
 
 use anyhow::Context as _;
-use clap::{Parser as _, error::ErrorKind};
+use clap::{ArgMatches, CommandFactory as _, FromArgMatches as _, error::ErrorKind};
 use collapse::{
     bench::report,
     demo,
     kernel::{journal, thp::ThpSettings},
-    pipeline::{self, RunJob, RunOutput},
+    metrics::{self, Feed, Metrics, WithMetrics},
+    pipeline::{self, Reload, RunJob, RunOutput},
     planner::{self, Origin},
     snapshot::{SnapshotRegion, read_snapshot},
     status,
-    tracer::{self, Capacity, Target, Ticks, TraceJob, TraceOutput},
+    tracer::{self, Capacity, Target, Ticks, TraceJob, TraceOutput, TracePrinter},
     workload,
 };
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -39,7 +41,12 @@ pub fn main() -> ExitCode {
     // failing a print.
     // SAFETY: setting a signal disposition before any thread exists.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    let cli = match Cli::try_parse() {
+    // The matches too: which `run` flags the command line gave itself (they win over --config).
+    let matches = match Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(err) => return usage_error(err),
+    };
+    let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(err) => return usage_error(err),
     };
@@ -50,7 +57,7 @@ pub fn main() -> ExitCode {
             .map_err(Into::into),
         Command::Trace(args) => trace(&args),
         Command::Plan(args) => plan(&args),
-        Command::Run(args) => run(&args),
+        Command::Run(args) => run(&args, matches.subcommand_matches("run")),
         Command::Bench(args) => bench(&args),
         Command::Demo(args) => demo(args.duration),
         Command::Report(args) => rerender(&args),
@@ -101,8 +108,14 @@ fn trace(args: &TraceArgs) -> anyhow::Result<ExitCode> {
             redraw: !args.events && std::io::IsTerminal::is_terminal(&std::io::stdout()),
         }
     };
+    let metrics_addr = args
+        .metrics
+        .as_deref()
+        .map(convert::metrics_addr)
+        .transpose()?;
+    let capacity = convert::capacity(&args.capacity);
     let job = TraceJob {
-        capacity: convert::capacity(&args.capacity),
+        capacity,
         ticks: Ticks { interval, duration },
         output,
         snapshot: args.snapshot.clone(),
@@ -110,7 +123,33 @@ fn trace(args: &TraceArgs) -> anyhow::Result<ExitCode> {
     // Ctrl-C and SIGTERM are caught from here on: one during seeding still ends with a
     // snapshot.
     let (rt, mut signals) = runtime()?;
-    match rt.block_on(tracer::trace(target, job, signals.recv())) {
+    let printer = TracePrinter { output };
+    let traced = match metrics_addr {
+        None => {
+            let mut printer = printer;
+            rt.block_on(tracer::trace_with(
+                target,
+                job,
+                &mut printer,
+                signals.recv(),
+            ))
+        }
+        Some(addr) => {
+            let metrics = Metrics::new(false);
+            let _endpoint = serve_metrics(&rt, addr, &metrics)?;
+            let mut handler = WithMetrics {
+                inner: printer,
+                feed: Feed::new(metrics, capacity.max_regions),
+            };
+            rt.block_on(tracer::trace_with(
+                target,
+                job,
+                &mut handler,
+                signals.recv(),
+            ))
+        }
+    };
+    match traced {
         // Whoever read us went away (`| head -1`): the snapshot is written and the command
         // stopped; like other tools in a pipeline, end quietly.
         Err(tracer::TracerError::OutputClosed) => Ok(ExitCode::SUCCESS),
@@ -153,9 +192,29 @@ fn load_regions(args: &PlanArgs, input: &PlanInput) -> anyhow::Result<Vec<Snapsh
     }
 }
 
-fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
+/// `run`'s arguments with its config file's values under them (a flag given wins).
+fn run_args(args: &RunArgs, given: Option<&ArgMatches>) -> anyhow::Result<RunArgs> {
+    match &args.config {
+        None => Ok(args.clone()),
+        Some(path) => Ok(config::apply(
+            &config::load(path)?,
+            args,
+            &config::Given(given),
+        )),
+    }
+}
+
+/// The settings a SIGHUP may change, checked as the flags are.
+fn reloadable(args: &RunArgs) -> anyhow::Result<Reload> {
     let overrides = policy::overrides(&args.policy)?;
     let rails = convert::guard_rails(args)?;
+    let settings = planner::resolve(&overrides, false, ThpSettings::read)?;
+    Ok(Reload { settings, rails })
+}
+
+fn run(cli_args: &RunArgs, given: Option<&ArgMatches>) -> anyhow::Result<ExitCode> {
+    let args = &run_args(cli_args, given)?;
+    let Reload { settings, rails } = reloadable(args)?;
     let duration = args
         .duration
         .map(|d| convert::seconds("--duration", d))
@@ -164,7 +223,11 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("run: --once and --duration do not go together");
     }
     let spec = convert::run_target(&args.target)?;
-    let settings = planner::resolve(&overrides, false, ThpSettings::read)?;
+    let metrics_addr = args
+        .metrics
+        .as_deref()
+        .map(convert::metrics_addr)
+        .transpose()?;
     if let Origin::Defaults { reason } = &settings.origin {
         eprintln!(
             "collapse: warning: THP settings unreadable ({reason}); using the kernel defaults"
@@ -178,15 +241,28 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             redraw: std::io::IsTerminal::is_terminal(&std::io::stdout()),
         }
     };
+    let capacity = convert::capacity(&args.capacity);
+    let (rt, mut signals) = runtime()?;
+    let metrics = metrics_addr.map(|addr| (addr, Metrics::new(true)));
+    let _endpoint = metrics
+        .as_ref()
+        .map(|(addr, m)| serve_metrics(&rt, *addr, m))
+        .transpose()?;
+    let reload = args
+        .config
+        .as_ref()
+        .map(|path| watch_config(&rt, path.clone(), cli_args.clone(), given.cloned(), args))
+        .transpose()?;
     let job = RunJob {
-        capacity: convert::capacity(&args.capacity),
+        capacity,
         settings,
         rails,
         once: args.once,
         duration,
         output,
+        metrics: metrics.map(|(_, m)| Feed::new(m, capacity.max_regions)),
+        reload,
     };
-    let (rt, mut signals) = runtime()?;
     let summary = rt.block_on(pipeline::run(target, job, signals.recv()))?;
     if args.once && !summary.all_fine() {
         eprintln!(
@@ -196,6 +272,84 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the metrics endpoint on `rt` and says where it is.
+fn serve_metrics(
+    rt: &tokio::runtime::Runtime,
+    addr: std::net::SocketAddr,
+    metrics: &Metrics,
+) -> anyhow::Result<metrics::Endpoint> {
+    let endpoint = {
+        let _in_runtime = rt.enter();
+        metrics::serve(addr, metrics.clone())?
+    };
+    if !endpoint.local_addr().ip().is_loopback() {
+        eprintln!(
+            "collapse: warning: metrics are served beyond this host, on {}",
+            endpoint.local_addr()
+        );
+    }
+    eprintln!(
+        "collapse: metrics at http://{}/metrics",
+        endpoint.local_addr()
+    );
+    Ok(endpoint)
+}
+
+/// On each SIGHUP, reads `path` again over the command line's own flags: valid settings go to
+/// the pipeline (taken at its next pass), invalid ones are said and the old ones kept. The
+/// target, outputs, capacities and endpoint stay as started (a restart changes them).
+fn watch_config(
+    rt: &tokio::runtime::Runtime,
+    path: std::path::PathBuf,
+    cli_args: RunArgs,
+    given: Option<ArgMatches>,
+    started: &RunArgs,
+) -> anyhow::Result<std::sync::mpsc::Receiver<Reload>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut hup = {
+        let _in_runtime = rt.enter();
+        signal(SignalKind::hangup()).context("SIGHUP handler")?
+    };
+    let fixed = |a: &RunArgs| {
+        format!(
+            "{:?}",
+            (
+                &a.target,
+                &a.metrics,
+                a.json,
+                a.once,
+                a.duration,
+                &a.capacity
+            )
+        )
+    };
+    let started = fixed(started);
+    rt.spawn(async move {
+        while hup.recv().await.is_some() {
+            let next = run_args(&cli_args, given.as_ref())
+                .and_then(|args| Ok((reloadable(&args)?, args)));
+            match next {
+                Ok((reload, args)) => {
+                    if fixed(&args) != started {
+                        eprintln!(
+                            "collapse: {}: the target, outputs, capacities and --metrics change only at a restart; they stay as started",
+                            path.display()
+                        );
+                    }
+                    if tx.send(reload).is_err() {
+                        break;
+                    }
+                }
+                Err(err) => eprintln!(
+                    "collapse: SIGHUP: {}; keeping the previous settings",
+                    format!("{err:#}").replace('\n', " ")
+                ),
+            }
+        }
+    });
+    Ok(rx)
 }
 
 fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {

@@ -133,6 +133,22 @@ impl Executor {
         }
     }
 
+    /// New guard rails and policy from the next pass on (SIGHUP re-read the config): a new
+    /// token bucket when the rate changed, a new interval when the base interval did; the
+    /// targets, back-offs and totals stay.
+    pub fn reconfigure(&mut self, rails: GuardRails, planner: Planner) {
+        if rails.max_rate != self.rails.max_rate {
+            self.bucket = rails
+                .max_rate
+                .map(|rate| Mutex::new(TokenBucket::new(rate, PMD_SIZE, Instant::now())));
+        }
+        if rails.base_interval != self.rails.base_interval {
+            self.interval = IntervalScaler::new(rails.base_interval);
+        }
+        self.rails = rails;
+        self.planner = planner;
+    }
+
     pub fn rails(&self) -> &GuardRails {
         &self.rails
     }

@@ -31,6 +31,9 @@ pub enum Feature {
     /// `BPF_MAP_LOOKUP_BATCH` (Linux 5.6+): the region map in a few calls per tick (else one
     /// `get_next_key` and one lookup per region).
     MapBatch,
+    /// A process's memory cgroup and its `memory.stat` in cgroup v2 (else the v1 memory
+    /// controller's, `kernel::memcg`).
+    CgroupV2Memory,
 }
 
 impl Feature {
@@ -40,6 +43,7 @@ impl Feature {
         Self::ExitGroupDead,
         Self::PagemapScan,
         Self::MapBatch,
+        Self::CgroupV2Memory,
     ];
 
     /// The name `COLLAPSE_FALLBACKS` and the reports use.
@@ -50,6 +54,7 @@ impl Feature {
             Self::ExitGroupDead => "exit_group_dead",
             Self::PagemapScan => "pagemap_scan",
             Self::MapBatch => "map_batch",
+            Self::CgroupV2Memory => "cgroup_v2_memory",
         }
     }
 
@@ -64,6 +69,10 @@ impl Feature {
             Self::ExitGroupDead => "a process has ended when current->signal->live is 0",
             Self::PagemapScan => "pagemap is read PTE by PTE over every anonymous VMA (slower)",
             Self::MapBatch => "the region map is read one get_next_key and lookup per region",
+            Self::CgroupV2Memory => {
+                "per-cgroup coverage from the v1 memory controller's memory.stat (total_rss, \
+                 total_rss_huge)"
+            }
         }
     }
 
@@ -110,6 +119,7 @@ impl Feature {
             // Since 5.6, older than any kernel collapse loads on; the tracer still falls back
             // when a batch call is refused.
             Self::MapBatch => Ok(()),
+            Self::CgroupV2Memory => super::memcg::probe_v2(),
         }
     }
 

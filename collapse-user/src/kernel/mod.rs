@@ -1,5 +1,5 @@
 //! Interfaces to the running kernel: tracefs formats, THP sysfs (with restore), pagemap and
-//! kpageflags, BTF, /proc, pidfd + process_madvise, THP opt-outs, PSI.
+//! kpageflags, BTF, /proc, pidfd + process_madvise, THP opt-outs, PSI, memory cgroups.
 
 use std::path::PathBuf;
 
@@ -7,6 +7,7 @@ pub mod btf;
 pub mod eligibility;
 pub mod features;
 pub mod journal;
+pub mod memcg;
 pub mod pagemap;
 pub mod pidfd;
 pub mod procs;

@@ -93,6 +93,19 @@ pub struct TargetLine {
     pub anon_huge_bytes: u64,
     /// AnonHugePages / RssAnon.
     pub coverage: f64,
+    /// Its memory cgroup (`/kubepods.slice/...`), empty when unknown.
+    pub cgroup: String,
+}
+
+/// A memory cgroup holding targets: its own `memory.stat` numbers.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CgroupLine {
+    pub cgroup: String,
+    pub processes: u64,
+    pub anon_bytes: u64,
+    pub anon_thp_bytes: u64,
+    /// anon_thp / anon.
+    pub coverage: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -107,6 +120,8 @@ pub struct PassLine<'a> {
     /// Outcomes reported in this pass, by result.
     pub results: BTreeMap<&'static str, u64>,
     pub targets: &'a [TargetLine],
+    /// The targets' memory cgroups.
+    pub cgroups: &'a [CgroupLine],
 }
 
 #[derive(Debug, Serialize)]

@@ -25,10 +25,11 @@ use collapse_common::{
     policy::Planner,
 };
 
-pub use self::json::{RunLine, TargetLine};
+pub use self::json::{CgroupLine, RunLine, TargetLine};
 use crate::{
     executor::{Advice, CollapseOutcome, CollapseResult, Executor, GuardRails, SkipReason},
-    kernel::{pagemap, procs},
+    kernel::{memcg, pagemap, procs},
+    metrics::{Feed, PassSeries},
     planner::{PlanSettings, RegionPlan, plan_regions},
     snapshot::SnapshotRegion,
     tracer::{
@@ -43,7 +44,7 @@ const NOTICEABLE_PTES: u32 = 64;
 const RECHECK_SKIPPED: Duration = Duration::from_secs(30);
 
 /// What `collapse run` was asked for, validated.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct RunJob {
     pub capacity: Capacity,
     pub settings: PlanSettings,
@@ -53,6 +54,18 @@ pub struct RunJob {
     /// Stop after this long (`None`: until stopped or the targets end).
     pub duration: Option<Duration>,
     pub output: RunOutput,
+    /// `--metrics`: the families this run feeds.
+    pub metrics: Option<Feed>,
+    /// New settings (SIGHUP re-read the config file), taken at the next pass.
+    pub reload: Option<std::sync::mpsc::Receiver<Reload>>,
+}
+
+/// Settings that replace the running ones at the next pass; the targets, outputs and the
+/// endpoint stay as they were.
+#[derive(Clone, Debug)]
+pub struct Reload {
+    pub settings: PlanSettings,
+    pub rails: GuardRails,
 }
 
 /// How `run` reports.
@@ -195,6 +208,9 @@ pub struct Pipeline {
     collapsed_before_last: u64,
     /// Print each reported outcome for people (`--once`).
     each_outcome: bool,
+    metrics: Option<Feed>,
+    reload: Option<std::sync::mpsc::Receiver<Reload>>,
+    last_pass_at: Instant,
 }
 
 impl Pipeline {
@@ -212,7 +228,48 @@ impl Pipeline {
             last: view::PassView::default(),
             collapsed_before_last: 0,
             each_outcome: false,
+            metrics: None,
+            reload: None,
+            last_pass_at: Instant::now(),
         }
+    }
+
+    /// Feeds `metrics` at every pass.
+    pub fn with_metrics(mut self, metrics: Option<Feed>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Takes new settings from `reload` at each pass.
+    pub fn with_reload(mut self, reload: Option<std::sync::mpsc::Receiver<Reload>>) -> Self {
+        self.reload = reload;
+        self
+    }
+
+    /// The newest settings sent, if any: the policy and the guard rails change from this pass
+    /// on; what the executor knows of its targets (pidfds, back-offs, totals) stays.
+    fn take_reload(&mut self) {
+        let Some(rx) = &self.reload else {
+            return;
+        };
+        let Some(Reload { settings, rails }) = rx.try_iter().last() else {
+            return;
+        };
+        self.planner = Planner::new(settings.policy, settings.settings);
+        self.executor.reconfigure(rails, self.planner);
+        // Under new settings every region not huge is planned again at once (a lasting skip
+        // was a verdict of the old ones).
+        self.reported.retain(|_, r| r.state.0 == "huge");
+        eprintln!(
+            "collapse: settings reloaded: {}, interval {} s, max rate {}, psi limit {}",
+            view::policy_line(&self.planner),
+            rails.base_interval.as_secs_f64(),
+            rails.max_rate.map_or_else(
+                || "none".to_owned(),
+                |r| format!("{} MiB/s", r as f64 / 1048576.0)
+            ),
+            rails.psi_limit
+        );
     }
 
     pub fn executor(&self) -> &Executor {
@@ -279,6 +336,7 @@ impl Pipeline {
     /// One pass: plan the candidates, execute, report what changed.
     fn pass(&mut self, session: &Session) -> Result<(), RunError> {
         let now = Instant::now();
+        self.take_reload();
         self.follow_targets(session);
         let regions = self.candidates(session, now);
         // A region reported huge is a candidate again only once it is no longer PMD-mapped
@@ -296,12 +354,26 @@ impl Pipeline {
             }
         }
         let mut plans: Vec<RegionPlan> = plan_regions(&self.planner, &regions);
-        self.within_rate(&mut plans);
+        let collapsible = collapsible_bytes(session, &plans);
+        let deferred = self.within_rate(&mut plans);
         let pass = self.executor.execute(&plans);
         self.tally.passes += 1;
         if pass.paused_by_psi.is_some() {
             self.tally.psi_pauses += 1;
         }
+        if let Some(feed) = &self.metrics {
+            let m = feed.metrics();
+            m.record_pass(&PassSeries {
+                paused_for: pass
+                    .paused_by_psi
+                    .map(|_| now.duration_since(self.last_pass_at)),
+                psi_avg10: pass.psi_avg10,
+                interval: self.executor.interval(),
+                rate_limit: self.executor.rails().max_rate,
+                rate_deferred_pmds: deferred,
+            });
+        }
+        self.last_pass_at = now;
         let present: HashMap<(i32, u64), u32> = regions
             .iter()
             .map(|r| ((r.pid, r.addr), r.state.present.count()))
@@ -336,6 +408,19 @@ impl Pipeline {
                 continue;
             }
             self.tally.record(o);
+            if let Some(feed) = &self.metrics {
+                let bytes = if o.result == CollapseResult::Collapsed {
+                    PMD_SIZE
+                } else {
+                    0
+                };
+                feed.metrics().record_outcome(
+                    o.result.result_name(),
+                    o.result.reason(),
+                    o.latency,
+                    bytes,
+                );
+            }
             if o.result == CollapseResult::Collapsed {
                 // Swapped-out PTEs are swapped in, not zero-filled.
                 let occupied = occupied.get(&key).copied().unwrap_or(0);
@@ -358,6 +443,9 @@ impl Pipeline {
             .collect();
         for a in fresh {
             *self.tally.advice.entry(a.order).or_default() += 1;
+            if let Some(feed) = &self.metrics {
+                feed.metrics().record_advice(a.order);
+            }
             if self.output == RunOutput::Json {
                 writeln!(out, "{}", RunLine::Advice(a.into()).to_json())?;
             }
@@ -373,6 +461,7 @@ impl Pipeline {
             .map(|(key, bits)| ((key.tgid, key.addr), bits.count()))
             .collect();
         let collapsed = self.tally.count("collapsed");
+        let (targets, cgroups) = targets(session);
         self.last = view::PassView {
             elapsed: self.started.elapsed(),
             interval: self.executor.interval(),
@@ -380,19 +469,24 @@ impl Pipeline {
             paused_by_psi: pass.paused_by_psi,
             results,
             collapsed_now: collapsed - self.collapsed_before_last,
-            targets: targets(session),
+            targets,
+            cgroups,
         };
         self.collapsed_before_last = collapsed;
+        if let Some(feed) = &mut self.metrics {
+            feed.tick(session, &collapsible)?;
+        }
         self.show()
     }
 
     /// With `--max-rate`, a pass takes only the PMD decisions the rate allows in one interval
     /// (the rest wait for later passes), so that waiting for tokens never holds the tracer's
     /// loop for long.
-    fn within_rate(&self, plans: &mut Vec<RegionPlan>) {
+    /// Returns how many PMD decisions wait.
+    fn within_rate(&self, plans: &mut Vec<RegionPlan>) -> u64 {
         let rails = self.executor.rails();
         let Some(rate) = rails.max_rate else {
-            return;
+            return 0;
         };
         let budget = (rate as f64 * rails.base_interval.as_secs_f64() / PMD_SIZE as f64)
             .ceil()
@@ -412,6 +506,7 @@ impl Pipeline {
             pmds += 1;
             pmds <= budget
         });
+        pmds.saturating_sub(budget) as u64
     }
 
     fn show(&self) -> Result<(), RunError> {
@@ -451,21 +546,66 @@ impl Pipeline {
     }
 }
 
-/// Each traced process's coverage now.
-fn targets(session: &Session) -> Vec<TargetLine> {
-    session
+/// What the plans would still collapse per process, in bytes: every decision of a region
+/// not PMD-mapped yet.
+fn collapsible_bytes(session: &Session, plans: &[RegionPlan]) -> HashMap<u32, u64> {
+    let mut out: HashMap<u32, u64> = session.tgids().map(|t| (t, 0)).collect();
+    for p in plans {
+        let huge = session
+            .current()
+            .get(&(p.pid as u32))
+            .and_then(|rs| rs.iter().find(|r| r.addr == p.addr))
+            .is_some_and(|r| r.pmd_mapped);
+        if huge {
+            continue;
+        }
+        let bytes: u64 = p.decisions.iter().map(|d| 4096u64 << d.order).sum();
+        *out.entry(p.pid as u32).or_default() += bytes;
+    }
+    out
+}
+
+/// Each traced process's coverage now, and its memory cgroup's.
+fn targets(session: &Session) -> (Vec<TargetLine>, Vec<CgroupLine>) {
+    let mut groups: BTreeMap<String, (memcg::MemoryCgroup, u64)> = BTreeMap::new();
+    let targets = session
         .processes()
         .map(|p| {
-            let m = procs::memory_coverage(p.tgid as i32).unwrap_or_default();
+            let pid = p.tgid as i32;
+            let m = procs::memory_coverage(pid).unwrap_or_default();
+            let group = memcg::of_process(pid).ok();
+            let cgroup = group.as_ref().map(|g| g.path.clone()).unwrap_or_default();
+            if let Some(g) = group {
+                groups.entry(g.path.clone()).or_insert((g, 0)).1 += 1;
+            }
             TargetLine {
-                pid: p.tgid as i32,
+                pid,
                 comm: p.comm.clone(),
                 anon_rss_bytes: m.anon_rss_kb * 1024,
                 anon_huge_bytes: m.anon_huge_kb * 1024,
                 coverage: m.coverage(),
+                cgroup,
             }
         })
-        .collect()
+        .collect();
+    let cgroups = groups
+        .into_values()
+        .filter_map(|(g, processes)| {
+            let m = g.memory().ok()?;
+            Some(CgroupLine {
+                cgroup: g.path,
+                processes,
+                anon_bytes: m.anon_bytes,
+                anon_thp_bytes: m.anon_thp_bytes,
+                coverage: if m.anon_bytes == 0 {
+                    0.0
+                } else {
+                    m.anon_thp_bytes as f64 / m.anon_bytes as f64
+                },
+            })
+        })
+        .collect();
+    (targets, cgroups)
 }
 
 impl TickHandler for Pipeline {
@@ -493,6 +633,9 @@ impl TickHandler for Pipeline {
     }
 
     fn observed(&mut self, session: &mut Session, what: &Observed) -> Result<(), RunError> {
+        if let Some(feed) = &self.metrics {
+            feed.observed();
+        }
         match what {
             Observed::Started { .. } => self.follow_targets(session),
             Observed::Ended { tgid, .. } => {
@@ -588,7 +731,9 @@ pub async fn run(
         }
     }
     let mut session = Session::start(target, job.capacity)?;
-    let mut pipeline = Pipeline::new(&job.settings, job.rails, job.output);
+    let mut pipeline = Pipeline::new(&job.settings, job.rails, job.output)
+        .with_metrics(job.metrics)
+        .with_reload(job.reload);
     let _stop_on_signal = StopOnSignal::install(pipeline.executor.stop_flag());
     if job.once {
         pipeline.each_outcome = true;

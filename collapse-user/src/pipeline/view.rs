@@ -7,7 +7,7 @@ use collapse_common::policy::Planner;
 
 use super::{
     Pipeline,
-    json::{LatencyLine, PassLine, RunLine, SummaryLine, TargetLine},
+    json::{CgroupLine, LatencyLine, PassLine, RunLine, SummaryLine, TargetLine},
 };
 use crate::{
     executor::{CollapseOutcome, LatencyHistogram},
@@ -29,6 +29,7 @@ pub(super) struct PassView {
     /// Regions collapsed in this pass.
     pub collapsed_now: u64,
     pub targets: Vec<TargetLine>,
+    pub cgroups: Vec<CgroupLine>,
 }
 
 impl PassView {
@@ -41,6 +42,7 @@ impl PassView {
             paused_by_psi: self.paused_by_psi.is_some(),
             results: self.results.clone(),
             targets: &self.targets,
+            cgroups: &self.cgroups,
         })
     }
 }
@@ -137,6 +139,22 @@ fn targets_table(targets: &[TargetLine]) -> String {
     t.render("  ")
 }
 
+/// Coverage by memory cgroup (its own memory.stat), when the targets span more than one
+/// process.
+fn cgroups_table(cgroups: &[CgroupLine]) -> String {
+    let mut t = Table::new(["cgroup", "processes", "anon MiB", "THP MiB", "coverage"]);
+    for c in cgroups {
+        t.row([
+            c.cgroup.clone(),
+            c.processes.to_string(),
+            format!("{:.1}", mib_of_bytes(c.anon_bytes)),
+            format!("{:.1}", mib_of_bytes(c.anon_thp_bytes)),
+            format!("{:.1}%", 100.0 * c.coverage),
+        ]);
+    }
+    t.render("  ")
+}
+
 /// The live view, redrawn in place each pass.
 pub(super) fn render_live(p: &Pipeline, v: &PassView) -> String {
     let stats = p.executor.stats();
@@ -175,6 +193,10 @@ pub(super) fn render_live(p: &Pipeline, v: &PassView) -> String {
     );
     s.push('\n');
     s.push_str(&targets_table(&v.targets));
+    if !v.cgroups.is_empty() {
+        s.push_str("\nBy memory cgroup:\n");
+        s.push_str(&cgroups_table(&v.cgroups));
+    }
     s
 }
 

@@ -27,7 +27,7 @@ pub use self::{
     output::{TraceOutput, TracePrinter},
     session::{Observed, Session, TracedProcess, TracedRegion},
     target::{Target, TargetSpec},
-    view::{ProcessStats, Sample},
+    view::{ProcessStats, Sample, sample},
 };
 use crate::snapshot::{SnapshotRegion, write_snapshot};
 
@@ -49,9 +49,20 @@ pub async fn trace(
     job: TraceJob,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Stop, TracerError> {
-    let mut session = Session::start(target, job.capacity)?;
     let mut printer = TracePrinter { output: job.output };
-    let stop = run(&mut session, shutdown, job.ticks, &mut printer).await;
+    trace_with(target, job, &mut printer, shutdown).await
+}
+
+/// [`trace`] with another tick handler than the printer (the printer and the metrics of
+/// `--metrics`).
+pub async fn trace_with<H: TickHandler<Error = TracerError>>(
+    target: Target,
+    job: TraceJob,
+    handler: &mut H,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Stop, TracerError> {
+    let mut session = Session::start(target, job.capacity)?;
+    let stop = run(&mut session, shutdown, job.ticks, handler).await;
     // An error while tracing still leaves the snapshot of what was traced.
     if let Some(path) = &job.snapshot {
         let regions = session.snapshot()?;
