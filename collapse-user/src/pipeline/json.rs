@@ -111,6 +111,9 @@ pub struct CgroupLine {
 #[derive(Debug, Serialize)]
 pub struct PassLine<'a> {
     pub pass: u64,
+    /// Why it ran: `start` (the first), `interval`, or `change` (a region changed by 64 PTEs or
+    /// more since the last pass).
+    pub trigger: &'static str,
     pub elapsed_s: f64,
     /// How long until the next pass (grows while collapses are slow).
     pub interval_s: f64,

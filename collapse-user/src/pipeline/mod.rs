@@ -211,6 +211,11 @@ pub struct Pipeline {
     metrics: Option<Feed>,
     reload: Option<std::sync::mpsc::Receiver<Reload>>,
     last_pass_at: Instant,
+    /// The next pass runs because a region changed by [`NOTICEABLE_PTES`] or more, not
+    /// because its interval came (set by [`TickHandler::tick_now`]).
+    early: bool,
+    /// Passes so far (the first one runs at start, whatever changed).
+    passes: u64,
 }
 
 impl Pipeline {
@@ -227,6 +232,8 @@ impl Pipeline {
             tally: RunTally::default(),
             last: view::PassView::default(),
             collapsed_before_last: 0,
+            early: false,
+            passes: 0,
             each_outcome: false,
             metrics: None,
             reload: None,
@@ -336,6 +343,9 @@ impl Pipeline {
     /// One pass: plan the candidates, execute, report what changed.
     fn pass(&mut self, session: &Session) -> Result<(), RunError> {
         let now = Instant::now();
+        // Early: a change was seen and the pass comes before its interval would have.
+        let early = std::mem::take(&mut self.early)
+            && now.duration_since(self.last_pass_at) < self.executor.interval();
         self.take_reload();
         self.follow_targets(session);
         let regions = self.candidates(session, now);
@@ -462,7 +472,16 @@ impl Pipeline {
             .collect();
         let collapsed = self.tally.count("collapsed");
         let (targets, cgroups) = targets(session);
+        let trigger = if self.passes == 0 {
+            view::Trigger::Start
+        } else if early {
+            view::Trigger::Change
+        } else {
+            view::Trigger::Interval
+        };
+        self.passes += 1;
         self.last = view::PassView {
+            trigger,
             elapsed: self.started.elapsed(),
             interval: self.executor.interval(),
             psi_avg10: pass.psi_avg10,
@@ -665,7 +684,7 @@ impl TickHandler for Pipeline {
 
     fn tick_now(&mut self, session: &Session) -> Result<bool, RunError> {
         let regions = session.bpf().regions().map_err(TracerError::from)?;
-        Ok(regions.iter().any(|(key, bits)| {
+        self.early = regions.iter().any(|(key, bits)| {
             session.is_live(key.tgid, key.generation)
                 && self
                     .counts_at_pass
@@ -674,7 +693,8 @@ impl TickHandler for Pipeline {
                     .unwrap_or(0)
                     .abs_diff(bits.count())
                     >= NOTICEABLE_PTES
-        }))
+        });
+        Ok(self.early)
     }
 }
 

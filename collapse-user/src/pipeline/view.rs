@@ -20,6 +20,7 @@ const RESULTS: [&str; 4] = ["collapsed", "already_huge", "skipped", "failed"];
 /// The last pass, as the views show it.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(super) struct PassView {
+    pub trigger: Trigger,
     pub elapsed: Duration,
     pub interval: Duration,
     pub psi_avg10: Option<f64>,
@@ -32,10 +33,33 @@ pub(super) struct PassView {
     pub cgroups: Vec<CgroupLine>,
 }
 
+/// Why a pass ran.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) enum Trigger {
+    /// The first pass, at start.
+    #[default]
+    Start,
+    /// Its interval came.
+    Interval,
+    /// A traced region changed by `NOTICEABLE_PTES` or more since the last pass.
+    Change,
+}
+
+impl Trigger {
+    pub(super) const fn name(self) -> &'static str {
+        match self {
+            Self::Start => "start",
+            Self::Interval => "interval",
+            Self::Change => "change",
+        }
+    }
+}
+
 impl PassView {
     pub(super) fn json(&self, pass: u64) -> RunLine<'_> {
         RunLine::Pass(PassLine {
             pass,
+            trigger: self.trigger.name(),
             elapsed_s: self.elapsed.as_secs_f64(),
             interval_s: self.interval.as_secs_f64(),
             psi_avg10: self.psi_avg10,
