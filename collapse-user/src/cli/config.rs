@@ -51,7 +51,7 @@ fn parse(text: &str) -> Result<ConfigFile, String> {
     toml::from_str(text).map_err(|e: toml::de::Error| {
         let line = e
             .span()
-            .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
         let message = e.message().replace('\n', " ");
         match line {
             Some(n) => format!("line {n}: {message}"),
