@@ -9,8 +9,8 @@ use aya_ebpf::{
 use collapse_common::{consts::CLONE_THREAD, event::EventKind};
 
 use crate::state::{
-    CONFIG, TRACKED, bit_clear, bit_set, clear_pending_all, conf, current_tgid, emit_range, field,
-    forget_mm, is_tracked,
+    CONFIG, FAULT_IN_FLIGHT, TRACKED, bit_clear, bit_set, clear_pending_all, conf, current_tgid,
+    emit_range, field, forget_mm, is_tracked,
 };
 
 /// Whether the current task's comm is the `--comm` target.
@@ -85,8 +85,19 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     0
 }
 
+#[inline(always)]
+fn forget_fault_in_flight() {
+    let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
+    if let Some(slot) = FAULT_IN_FLIGHT.get_ptr_mut(tid) {
+        // SAFETY: the exiting thread's own slot.
+        unsafe { *slot = 0 };
+    }
+}
+
 #[tracepoint]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    // Every thread: a thread id reused later must not find this one's fault in flight.
+    forget_fault_in_flight();
     let group_dead: u8 = field(&ctx, conf!(exit_group_dead));
     if group_dead == 0 {
         return 0;
