@@ -9,15 +9,21 @@
 pub enum Feature {
     /// BTF-typed raw tracepoints for the hot programs (else classic tracepoints).
     BtfTracepoints,
+    /// `task_struct::in_user_fault` (CONFIG_MEMCG, CONFIG_MEMCG_V1 since 6.11): the
+    /// large-folio hook takes a thread's in-flight fault only while it is inside a user fault
+    /// (else the record is trusted until its first large folio, the thread's next fault or a
+    /// hooked syscall, and pagemap confirms every large folio).
+    InUserFault,
 }
 
 impl Feature {
-    pub const ALL: &[Self] = &[Self::BtfTracepoints];
+    pub const ALL: &[Self] = &[Self::BtfTracepoints, Self::InUserFault];
 
     /// The name `COLLAPSE_FALLBACKS` and the reports use.
     pub const fn name(self) -> &'static str {
         match self {
             Self::BtfTracepoints => "btf_tracepoints",
+            Self::InUserFault => "in_user_fault",
         }
     }
 

@@ -5,20 +5,20 @@ use std::{collections::HashMap as StdHashMap, path::Path};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, TracePoint},
+    programs::{BtfTracePoint, RawTracePoint, RawTracePointRunOptions, TestRun, TracePoint},
 };
 use collapse_common::{
     OccupancyBitmap,
-    consts::{PAGE_SIZE, PMD_SIZE, TASK_COMM_LEN},
+    consts::TASK_COMM_LEN,
     maps::{
-        Config, DropReason, KhugepagedEvent, KhugepagedKey, MAX_PENDING_CPUS, PendingRegion,
-        RegionKey, names,
+        Config, Correction, DropReason, KhugepagedEvent, KhugepagedKey, MAX_CORRECTIONS,
+        MAX_PENDING_CPUS, PendingRegion, RegionKey, Switch, names,
     },
 };
 
 use crate::kernel::{
     btf::{self, BtfError},
-    features::Feature,
+    features::{FORCED, Fallback, Feature},
     tracefs::{TracefsError, TracepointFormat},
 };
 
@@ -103,6 +103,10 @@ pub enum BpfError {
     PidAboveLimit { pid: u32, limit: u32 },
     #[error("region map full while seeding")]
     RegionMapFull(#[source] aya::maps::MapError),
+    #[error("region map full: {0} corrections could not be applied")]
+    CorrectionsDropped(u32),
+    #[error("running the correction program")]
+    Correct(#[source] aya::programs::ProgramError),
     #[error("recording a process's mm")]
     RecordMm(#[source] aya::maps::MapError),
     #[error("recording an mm's owner")]
@@ -274,6 +278,8 @@ pub struct Bpf {
     large_folio_hook: Option<&'static str>,
     /// The ring buffer while nobody polls it.
     events: Option<RingBuf<MapData>>,
+    /// Probed features this kernel lacks (or that were forced off), with why.
+    fallbacks: Vec<Fallback>,
 }
 
 /// Where tracefs is; `COLLAPSE_TRACEFS` overrides it (tests point it at a fake tree).
@@ -293,7 +299,12 @@ fn pid_limit() -> u32 {
 }
 
 /// Builds the program configuration from the tracefs formats and BTF.
-fn config(root: &Path, sel: &Selection) -> Result<(Config, StatusNames)> {
+fn config(
+    root: &Path,
+    sel: &Selection,
+    cap: Capacity,
+    fallbacks: &mut Vec<Fallback>,
+) -> Result<(Config, StatusNames)> {
     let fmt = |cat: &str, name: &str| -> Result<TracepointFormat> {
         Ok(TracepointFormat::read(root, cat, name)?)
     };
@@ -397,6 +408,21 @@ fn config(root: &Path, sel: &Selection) -> Result<(Config, StatusNames)> {
     c.mm_brk = btf::KernelBtf::open()
         .and_then(|b| b.member_offset("mm_struct", "brk"))
         .unwrap_or(0);
+    c.task_in_user_fault = match in_user_fault_bit() {
+        Ok(bit) => bit + 1,
+        Err(why) => {
+            fallbacks.push(Fallback {
+                feature: Feature::InUserFault,
+                why,
+            });
+            0
+        }
+    };
+    c.max_regions = cap.max_regions;
+    // Without it every clear in a process is re-read from pagemap too.
+    c.mm_users = btf::KernelBtf::open()
+        .and_then(|b| b.member_offset("mm_struct", "mm_users"))
+        .unwrap_or(0);
     c.self_tgid = std::process::id();
     let cpus = aya::util::nr_cpus().map_err(|(path, source)| BpfError::Cpus {
         path: path.to_owned(),
@@ -425,6 +451,16 @@ fn config(root: &Path, sel: &Selection) -> Result<(Config, StatusNames)> {
             .collect(),
     );
     Ok((c, names))
+}
+
+/// The bit offset of `task_struct::in_user_fault`, or why it cannot be used.
+fn in_user_fault_bit() -> Result<u32, String> {
+    if Feature::InUserFault.forced_off() {
+        return Err(FORCED.into());
+    }
+    btf::KernelBtf::open()
+        .and_then(|b| b.bit_member_offset("task_struct", "in_user_fault"))
+        .map_err(|e| e.to_string())
 }
 
 /// The kernel's BTF, as collapse reads it (parameter checks) and as aya loads it.
@@ -515,6 +551,11 @@ impl Bpf {
         self.large_folio_hook
     }
 
+    /// Probed features this kernel lacks (or that were forced off), with why.
+    pub fn fallbacks(&self) -> &[Fallback] {
+        &self.fallbacks
+    }
+
     /// Loads the programs configured for `sel` and attaches them all.
     pub fn load(sel: &Selection, cap: Capacity) -> Result<Self> {
         if OBJECT.is_empty() {
@@ -525,7 +566,8 @@ impl Bpf {
         }
         let root = tracefs_root()?;
         let pid_limit = pid_limit();
-        let (config, status_names) = config(&root, sel)?;
+        let mut fallbacks = Vec::new();
+        let (config, status_names) = config(&root, sel, cap, &mut fallbacks)?;
         let bitset_words = pid_limit.div_ceil(64);
         if cap.max_regions == 0 || cap.max_processes == 0 {
             return Err(BpfError::ZeroCapacity);
@@ -544,8 +586,22 @@ impl Bpf {
             .map_max_entries(names::MM_OWNERS, cap.max_processes)
             .map_max_entries(names::TGID_MM, cap.max_processes)
             .map_max_entries(names::EVENTS, ringbuf)
+            .map_max_entries(names::FAULT_IN_FLIGHT, pid_limit)
             .load(OBJECT)
             .map_err(BpfError::Object)?;
+        // The correction program is never attached, only run (see `Bpf::correct`).
+        let correct: &mut RawTracePoint = ebpf
+            .program_mut(names::CORRECT)
+            .ok_or(BpfError::MissingProgram(names::CORRECT))?
+            .try_into()
+            .map_err(|source| BpfError::ProgramType {
+                program: names::CORRECT,
+                source,
+            })?;
+        correct.load().map_err(|source| BpfError::Load {
+            program: names::CORRECT,
+            source,
+        })?;
         let btfs = Btfs::open();
         let mut fast_path = Vec::new();
         let mut slow_path = Vec::new();
@@ -608,6 +664,7 @@ impl Bpf {
             btfs: btfs.ok(),
             large_folio_hook: None,
             events: None,
+            fallbacks,
         })
     }
 
@@ -620,6 +677,11 @@ impl Bpf {
         if self.large_folio_hook.is_some() {
             return Ok(false);
         }
+        // Faults keep their in-flight record from now on; the hook may see a fault that
+        // started before with no record, which the caller's re-read from pagemap covers.
+        let mut switches: Array<&mut MapData, u64> =
+            Array::try_from(self.map_mut(names::SWITCHES)?)?;
+        switches.set(Switch::LargeFolioHook as u32, 1, 0)?;
         if let Some(btfs) = &self.btfs {
             match btfs.attach(&mut self.ebpf, ALLOC_FAST_PATH) {
                 Ok(()) => {
@@ -758,35 +820,58 @@ impl Bpf {
             .fold(stored, |acc, b| Some(acc.unwrap_or_default().union(&b))))
     }
 
-    /// Writes (or, when empty, deletes) one region.
-    pub fn set_region(&mut self, key: &RegionKey, bits: &OccupancyBitmap) -> Result<()> {
-        let mut map: HashMap<&mut MapData, RegionKey, OccupancyBitmap> =
-            HashMap::try_from(self.map_mut(names::REGIONS)?)?;
-        if bits.is_empty() {
-            match map.remove(key) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-                Err(e) => Err(e.into()),
+    /// Applies `corrections` in the kernel: for each, its `clear` bits are cleared and then its
+    /// `set` bits set, atomically, in the region map and in every CPU's pending slot (a missing
+    /// region is created when something is set). A bit a program sets meanwhile outside
+    /// `clear` is kept, and no region value is ever replaced from here.
+    pub fn correct(&mut self, corrections: &[Correction]) -> Result<()> {
+        let mut dropped = 0;
+        for batch in corrections.chunks(MAX_CORRECTIONS as usize) {
+            let mut arr: Array<&mut MapData, Correction> =
+                Array::try_from(self.map_mut(names::CORRECTIONS)?)?;
+            for (i, c) in batch.iter().enumerate() {
+                arr.set(i as u32, c, 0)?;
             }
-        } else {
-            map.insert(key, bits, 0).map_err(BpfError::RegionMapFull)
+            let program: &RawTracePoint = self
+                .ebpf
+                .program(names::CORRECT)
+                .ok_or(BpfError::MissingProgram(names::CORRECT))?
+                .try_into()
+                .map_err(|source| BpfError::ProgramType {
+                    program: names::CORRECT,
+                    source,
+                })?;
+            let mut opts = RawTracePointRunOptions::new();
+            opts.args[0] = batch.len() as u64;
+            let run = program.test_run(opts).map_err(BpfError::Correct)?;
+            dropped += run.return_value;
         }
+        if dropped > 0 {
+            return Err(BpfError::CorrectionsDropped(dropped));
+        }
+        Ok(())
     }
 
-    /// Clears `[start, end)` of `tgid`'s regions (what the programs left of a wide unmap).
-    pub fn clear_range(&mut self, tgid: u32, start: u64, end: u64) -> Result<()> {
-        let keys: Vec<RegionKey> = self
-            .region_keys()?
-            .into_iter()
-            .filter(|k| k.tgid == tgid && k.addr < end && k.addr + PMD_SIZE > start)
-            .collect();
+    /// Makes one region `bits` as of now: whatever a program sets between the caller's read
+    /// and this call is overwritten where `bits` lacks it. Prefer [`Bpf::correct`] with masks
+    /// computed against what was read.
+    pub fn set_region(&mut self, key: &RegionKey, bits: &OccupancyBitmap) -> Result<()> {
+        self.correct(&[Correction {
+            key: *key,
+            clear: OccupancyBitmap::FULL.difference(bits),
+            set: *bits,
+        }])
+    }
+
+    /// Deletes regions no program writes any more (of processes that ended).
+    pub fn remove_regions(&mut self, keys: &[RegionKey]) -> Result<()> {
+        let mut map: HashMap<&mut MapData, RegionKey, OccupancyBitmap> =
+            HashMap::try_from(self.map_mut(names::REGIONS)?)?;
         for key in keys {
-            let Some(mut bits) = self.region(&key)? else {
-                continue;
-            };
-            let lo = (start.max(key.addr) - key.addr) / PAGE_SIZE;
-            let hi = (end.min(key.addr + PMD_SIZE) - key.addr).div_ceil(PAGE_SIZE);
-            bits.clear_range(lo as usize, hi as usize);
-            self.set_region(&key, &bits)?;
+            match map.remove(key) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(())
     }

@@ -12,7 +12,7 @@ use collapse_common::{
     OccupancyBitmap,
     consts::PMD_SIZE,
     event::{Event, EventKind},
-    maps::{DropReason, KhugepagedEvent, RegionKey},
+    maps::{Correction, DropReason, KhugepagedEvent, RegionKey},
     policy::RegionState,
 };
 
@@ -197,6 +197,11 @@ impl Session {
     /// The loaded programs and their maps.
     pub fn bpf(&self) -> &Bpf {
         &self.bpf
+    }
+
+    /// The loaded programs, to correct their maps ([`Bpf::correct`]).
+    pub fn bpf_mut(&mut self) -> &mut Bpf {
+        &mut self.bpf
     }
 
     /// The processes traced now.
@@ -441,12 +446,8 @@ impl Session {
                     })
                 }
             }
-            EventKind::ClearRange => {
-                self.bpf
-                    .clear_range(tgid, ev.addr, ev.addr.saturating_add(ev.len))?;
-                None
-            }
-            EventKind::Resync => {
+            // Wide unmaps finish in the kernel now; a record from another build is re-read.
+            EventKind::ClearRange | EventKind::Resync => {
                 if let Some(p) = self.procs.get_mut(&tgid) {
                     p.resync_ranges
                         .push(ev.addr..ev.addr.saturating_add(ev.len));
@@ -543,6 +544,14 @@ impl Session {
         Ok(seen)
     }
 
+    /// Re-reads every traced process from pagemap now, as a lost ring-buffer record would.
+    pub fn resync_now(&mut self) -> Result<()> {
+        for p in self.procs.values_mut() {
+            p.resync_whole = true;
+        }
+        self.resync_pending()
+    }
+
     /// Re-reads from pagemap what the events said may have changed without a fault.
     pub(super) fn resync_pending(&mut self) -> Result<()> {
         let todo: Vec<(u32, bool, Vec<Range<u64>>)> = self
@@ -624,6 +633,7 @@ impl Session {
         .map(|t| (t.addr, t.present))
         .collect();
         let addrs: BTreeSet<u64> = before.keys().chain(truth.keys()).copied().collect();
+        let mut corrections = Vec::new();
         for addr in addrs {
             let key = RegionKey::new(tgid, addr);
             let after = self.bpf.region(&key)?.unwrap_or_default();
@@ -637,32 +647,62 @@ impl Session {
                     after.difference(&mask).union(&merged.intersection(&mask))
                 }
             };
+            // As masks against what was read last: a bit a program sets from here on is kept
+            // unless pagemap denied it and the map already had it.
             if new != after {
-                self.bpf.set_region(&key, &new)?;
+                corrections.push(Correction {
+                    key,
+                    clear: after.difference(&new),
+                    set: new.difference(&after),
+                });
             }
         }
+        // A fault's bit is set at its entry, before its PTE is: a fault in flight while pagemap
+        // was read looks like a stale bit. Look again at what is about to be cleared.
+        for c in corrections.iter_mut().filter(|c| !c.clear.is_empty()) {
+            let again = pagemap::read_range(tgid as i32, c.key.addr..c.key.addr + PMD_SIZE)?;
+            if let Some(t) = again.iter().find(|t| t.addr == c.key.addr) {
+                c.clear = c.clear.difference(&t.present);
+            }
+        }
+        self.bpf.correct(&corrections)?;
         Ok(())
     }
 
     /// Every traced process's regions as they are now: present bits from the programs, masked
-    /// to anonymous VMAs; swap, shared and whether a PMD maps it from pagemap. By tgid.
-    fn traced_regions(&self) -> Result<BTreeMap<u32, Vec<TracedRegion>>> {
+    /// to anonymous VMAs; swap, shared and whether a PMD maps it from pagemap. By tgid. A
+    /// region a PMD maps has all its bits set in the map too (a THP whose folio the hook did
+    /// not see, a collapse not yet re-read).
+    fn traced_regions(&mut self) -> Result<BTreeMap<u32, Vec<TracedRegion>>> {
         let mut by_tgid = self.regions_by_tgid()?;
         by_tgid.retain(|tgid, _| self.procs.contains_key(tgid));
         let mut out = BTreeMap::new();
+        let mut corrections = Vec::new();
         for (tgid, regions) in by_tgid {
             // A process may exit at any point here: skip it rather than fail.
             let Ok(truths) = pagemap::read_regions(tgid as i32) else {
                 continue;
             };
+            for t in truths.iter().filter(|t| t.pmd_mapped) {
+                let bits = regions.get(&t.addr).copied().unwrap_or_default();
+                if bits != OccupancyBitmap::FULL {
+                    corrections.push(Correction {
+                        key: RegionKey::new(tgid, t.addr),
+                        clear: OccupancyBitmap::EMPTY,
+                        set: OccupancyBitmap::FULL.difference(&bits),
+                    });
+                }
+            }
             let traced: Vec<TracedRegion> = truths
                 .into_iter()
                 .filter_map(|t| {
+                    let bits = if t.pmd_mapped {
+                        OccupancyBitmap::FULL
+                    } else {
+                        *regions.get(&t.addr)?
+                    };
                     // A swapped-out PTE is not present, whatever its last fault said.
-                    let present = regions
-                        .get(&t.addr)?
-                        .intersection(&t.vma_mask)
-                        .difference(&t.swap);
+                    let present = bits.intersection(&t.vma_mask).difference(&t.swap);
                     (!present.is_empty()).then_some(TracedRegion {
                         addr: t.addr,
                         state: RegionState {
@@ -676,6 +716,7 @@ impl Session {
                 .collect();
             out.insert(tgid, traced);
         }
+        self.bpf.correct(&corrections)?;
         Ok(out)
     }
 
@@ -712,10 +753,13 @@ impl Session {
         if dead.is_empty() {
             return Ok(());
         }
-        let keys = self.bpf.region_keys()?;
-        for key in keys.iter().filter(|k| dead.contains(&k.tgid)) {
-            self.bpf.set_region(key, &OccupancyBitmap::EMPTY)?;
-        }
+        let keys: Vec<RegionKey> = self
+            .bpf
+            .region_keys()?
+            .into_iter()
+            .filter(|k| dead.contains(&k.tgid))
+            .collect();
+        self.bpf.remove_regions(&keys)?;
         Ok(())
     }
 
