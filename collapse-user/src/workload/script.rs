@@ -30,12 +30,13 @@ use super::{Area, WorkloadError};
 /// churn NAME START END         -> ok      (a thread MADV_DONTNEEDs the range in a loop until exit)
 /// madvise-any NAME START END   -> ok | errno ERRNO  (MADV_DONTNEED, its error reported, not
 ///                                          refused: a range with a hole gives ENOMEM)
-/// race NAME START END ROUNDS   -> ok      (ROUNDS times: a second thread MADV_DONTNEEDs the
-///                                          range while this one writes every page of it)
-/// stride NAME REGIONS PAGES    -> ok      (starts a thread writing pages [0, PAGES) of each of
+/// race NAME START END ROUNDS   -> ok      (this thread writes every page of the range ROUNDS
+///                                          times while a second one MADV_DONTNEEDs it in a
+///                                          loop until the writes are done)
+/// stride NAME REGIONS PAGES [US] -> ok    (starts a thread writing pages [0, PAGES) of each of
 ///                                          the first REGIONS PMD regions, interleaved: page 0
-///                                          of every region, then page 1, ...; `join NAME 0 0`
-///                                          waits for it)
+///                                          of every region, then page 1, ..., pausing US µs
+///                                          between; `join NAME 0 0` waits for it)
 /// join NAME 0 0                -> ok
 /// touch-read NAME PAGE PATH    -> ok      (writes page PAGE, then read(2)s PATH into a buffer
 ///                                          already faulted in, without another syscall between)
@@ -219,9 +220,11 @@ impl Script {
                 let rounds = num(4)?;
                 let (base, len) = (a.page_ptr(start)? as usize, (end - start) * PAGE_SIZE);
                 a.page_ptr(end)?;
+                let writing = std::sync::atomic::AtomicBool::new(true);
                 std::thread::scope(|scope| {
                     scope.spawn(|| {
-                        for _ in 0..rounds {
+                        // Until the writer is done, so the last purges overlap its last writes.
+                        while writing.load(std::sync::atomic::Ordering::Relaxed) {
                             // SAFETY: our own anonymous memory; its pages read back as zeroes.
                             unsafe {
                                 libc::madvise(
@@ -240,14 +243,19 @@ impl Script {
                             };
                         }
                     }
+                    writing.store(false, std::sync::atomic::Ordering::Relaxed);
                 });
             }
             "stride" => {
                 let (regions, pages) = (start, end.min(512));
+                let pause = std::time::Duration::from_micros(num(4).unwrap_or(0));
                 let base = a.page_ptr(0)? as usize;
                 a.page_ptr(regions * 512)?;
                 let handle = std::thread::spawn(move || {
                     for i in 0..pages {
+                        if !pause.is_zero() {
+                            std::thread::sleep(pause);
+                        }
                         for r in 0..regions {
                             let page = r * 512 + i;
                             // SAFETY: inside the mapping (checked above); the area stays
