@@ -5,6 +5,7 @@ mod child;
 mod cmd;
 mod executor_bench;
 mod interrupt;
+mod kernels;
 mod setup;
 mod sysfs;
 mod tasks;
@@ -54,6 +55,9 @@ enum Task {
     },
     /// Setup, then rustfmt (nightly), clippy on the host crates, clippy on the eBPF crate.
     Lint,
+    /// Boot Debian's 6.1 and 6.12 LTS kernels in qemu (downloaded, not installed) and run
+    /// `collapse status` and the tracer's root tests inside each; as root.
+    Kernels(KernelsArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -74,6 +78,20 @@ enum Bench {
     /// Time to 90 % huge and CPU cost on dense memory: `collapse run`, a plain
     /// process_madvise loop, khugepaged (scan_sleep 0 and default), and --jobs 1 vs 2.
     Executor(ExecutorBenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct KernelsArgs {
+    /// Only this kernel (6.1 or 6.12); repeat for more. Default: all.
+    #[arg(long = "kernel", value_name = "VERSION")]
+    kernels: Vec<String>,
+    /// Only this root test file (e.g. tracer); repeat for more. Default: the tracer's and
+    /// executor's files.
+    #[arg(long = "test", value_name = "FILE")]
+    tests: Vec<String>,
+    /// Seconds a guest may run before it is stopped.
+    #[arg(long, default_value_t = 2400)]
+    timeout: u64,
 }
 
 #[derive(Debug, Args)]
@@ -155,6 +173,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Task::Test => tasks::test(&ws),
         Task::Run { release, args } => tasks::run(&ws, release, args),
         Task::Lint => tasks::lint(&ws).map(|()| ExitCode::SUCCESS),
+        Task::Kernels(KernelsArgs {
+            kernels,
+            tests,
+            timeout,
+        }) => kernels::run(
+            &ws,
+            &kernels::Settings {
+                kernels,
+                tests,
+                timeout,
+            },
+        )
+        .map(|ok| {
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }),
         Task::Bench {
             bench: Bench::Policies { args },
         } => tasks::bench_policies(&ws, args).map(|()| ExitCode::SUCCESS),

@@ -32,14 +32,20 @@ pub(crate) fn setup(ws: &Workspace) -> Result<()> {
 }
 
 fn apt_packages(ws: &Workspace) -> Result<()> {
-    say!("setup: checking apt packages {}", APT_PACKAGES.join(" "));
+    apt_install(ws, &APT_PACKAGES)
+}
+
+/// Installs the Debian packages of `packages` that are missing (as root), saying what it does.
+pub(crate) fn apt_install(ws: &Workspace, packages: &[&str]) -> Result<()> {
+    say!("setup: checking apt packages {}", packages.join(" "));
     let mut missing = Vec::new();
-    for package in APT_PACKAGES {
+    for &package in packages {
         let out = cmd::query(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))?;
         let Some(out) = out else {
             say!(
                 "setup: dpkg-query not found (not a Debian-like system); skipping apt packages: \
-                 install LLVM 22 with its development files yourself if bpf-linker must be built"
+                 install {} yourself",
+                packages.join(" ")
             );
             return Ok(());
         };
@@ -57,15 +63,17 @@ fn apt_packages(ws: &Workspace) -> Result<()> {
         bail!("missing: {missing}; run `cargo xtask setup` as root to install them");
     }
     say!("setup: apt packages missing: {missing}; installing");
-    let apt_get = |args: &[&str]| {
-        let mut c = Command::new("apt-get");
-        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
-        c
-    };
     cmd::run(&mut apt_get(&["update"]), &ws.root)?;
     let mut install = apt_get(&["install", "-y"]);
     install.args(missing.split(' '));
     cmd::run(&mut install, &ws.root)
+}
+
+/// `apt-get ARGS`, non-interactive.
+pub(crate) fn apt_get(args: &[&str]) -> Command {
+    let mut c = Command::new("apt-get");
+    c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+    c
 }
 
 fn rustup(args: &[&str]) -> Command {
