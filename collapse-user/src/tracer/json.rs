@@ -23,6 +23,8 @@ pub enum TraceLine<'a> {
         fast_path: &'a [&'static str],
         slow_path: &'a [String],
         large_folio_hook: Option<&'static str>,
+        /// Probed kernel features collapse runs without here, as "name: why".
+        fallbacks: Vec<String>,
     },
     Sample(SampleLine<'a>),
     Event(EventLine<'a>),
@@ -120,6 +122,11 @@ impl<'a> TraceLine<'a> {
             fast_path: bpf.fast_path(),
             slow_path: bpf.slow_path(),
             large_folio_hook: bpf.large_folio_hook(),
+            fallbacks: bpf
+                .fallbacks()
+                .iter()
+                .map(|f| format!("{}: {}", f.feature.name(), f.why))
+                .collect(),
         }
     }
 

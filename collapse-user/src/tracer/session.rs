@@ -659,10 +659,32 @@ impl Session {
         }
         // A fault's bit is set at its entry, before its PTE is: a fault in flight while pagemap
         // was read looks like a stale bit. Look again at what is about to be cleared.
-        for c in corrections.iter_mut().filter(|c| !c.clear.is_empty()) {
-            let again = pagemap::read_range(tgid as i32, c.key.addr..c.key.addr + PMD_SIZE)?;
-            if let Some(t) = again.iter().find(|t| t.addr == c.key.addr) {
-                c.clear = c.clear.difference(&t.present);
+        let clearing: Vec<u64> = corrections
+            .iter()
+            .filter(|c| !c.clear.is_empty())
+            .map(|c| c.key.addr)
+            .collect();
+        if !clearing.is_empty() {
+            // One read of what was read, or one per region when only a few are cleared.
+            let again: BTreeMap<u64, OccupancyBitmap> = if clearing.len() > 8 {
+                match range {
+                    None => pagemap::read_regions(tgid as i32)?,
+                    Some(r) => pagemap::read_range(tgid as i32, r.clone())?,
+                }
+            } else {
+                let mut v = Vec::new();
+                for &addr in &clearing {
+                    v.extend(pagemap::read_range(tgid as i32, addr..addr + PMD_SIZE)?);
+                }
+                v
+            }
+            .into_iter()
+            .map(|t| (t.addr, t.present))
+            .collect();
+            for c in &mut corrections {
+                if let Some(present) = again.get(&c.key.addr) {
+                    c.clear = c.clear.difference(present);
+                }
             }
         }
         self.bpf.correct(&corrections)?;
