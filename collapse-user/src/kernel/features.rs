@@ -31,6 +31,11 @@ pub enum Feature {
     /// `BPF_MAP_LOOKUP_BATCH` (Linux 5.6+): the region map in a few calls per tick (else one
     /// `get_next_key` and one lookup per region).
     MapBatch,
+    /// `task_struct::in_user_fault` (CONFIG_MEMCG, CONFIG_MEMCG_V1 since 6.11): the
+    /// large-folio hook takes a thread's in-flight fault only while it is inside a user fault
+    /// (else the record is trusted until its first large folio, the thread's next fault or a
+    /// hooked syscall, and pagemap confirms every large folio).
+    InUserFault,
 }
 
 impl Feature {
@@ -40,6 +45,7 @@ impl Feature {
         Self::ExitGroupDead,
         Self::PagemapScan,
         Self::MapBatch,
+        Self::InUserFault,
     ];
 
     /// The name `COLLAPSE_FALLBACKS` and the reports use.
@@ -50,6 +56,7 @@ impl Feature {
             Self::ExitGroupDead => "exit_group_dead",
             Self::PagemapScan => "pagemap_scan",
             Self::MapBatch => "map_batch",
+            Self::InUserFault => "in_user_fault",
         }
     }
 
@@ -64,6 +71,10 @@ impl Feature {
             Self::ExitGroupDead => "a process has ended when current->signal->live is 0",
             Self::PagemapScan => "pagemap is read PTE by PTE over every anonymous VMA (slower)",
             Self::MapBatch => "the region map is read one get_next_key and lookup per region",
+            Self::InUserFault => {
+                "a thread's in-flight fault is trusted until its first large folio, its next \
+                 fault or a hooked syscall, and pagemap confirms every large folio"
+            }
         }
     }
 
@@ -110,6 +121,10 @@ impl Feature {
             // Since 5.6, older than any kernel collapse loads on; the tracer still falls back
             // when a batch call is refused.
             Self::MapBatch => Ok(()),
+            Self::InUserFault => KernelBtf::open()
+                .and_then(|b| b.bit_member_offset("task_struct", "in_user_fault"))
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
         }
     }
 
