@@ -22,8 +22,16 @@ pub mod names {
     pub const DROPS: &str = "DROPS";
     /// `RingBuf` of [`crate::event::Event`].
     pub const EVENTS: &str = "EVENTS";
-    /// `PerCpuArray<FaultInFlight>` (one slot): the fault being handled on this CPU.
+    /// `Array<u64>`, one slot per thread id: the user fault that thread is in, see
+    /// [`super::fault_in_flight`]. Written only while the large-folio hook is attached.
     pub const FAULT_IN_FLIGHT: &str = "FAULT_IN_FLIGHT";
+    /// `Array<u64>`: switches userspace flips while the programs run, see [`super::Switch`].
+    pub const SWITCHES: &str = "SWITCHES";
+    /// `Array<Correction>`: userspace's corrections, applied in the kernel by the `correct`
+    /// program (run with `BPF_PROG_TEST_RUN`).
+    pub const CORRECTIONS: &str = "CORRECTIONS";
+    /// The program that applies [`CORRECTIONS`] to the region map.
+    pub const CORRECT: &str = "correct";
     /// `HashMap<u32, PendingIsolate>`: isolate results waiting for their collapse event.
     pub const PENDING_ISOLATE: &str = "PENDING_ISOLATE";
     /// `HashMap<u64, PendingSyscall>`: syscalls whose effect is known only at exit.
@@ -134,7 +142,9 @@ pub enum DropReason {
     RingBufFull = 1,
     /// `mm` → tgid could not be recorded: khugepaged events of that process go unattributed.
     MmMapFull = 2,
-    /// An unmap spanned more regions than one program can visit; userspace finished it.
+    /// An unmap spanned more regions than one program can visit; userspace re-read them from
+    /// pagemap. No longer emitted since wide unmaps finish in the kernel (`bpf_loop`); kept
+    /// so the indices stay stable.
     ClearDeferred = 3,
     /// A khugepaged count could not be inserted.
     CountMapFull = 4,
@@ -174,17 +184,44 @@ impl DropReason {
     }
 }
 
-/// The fault being handled on one CPU, so `kmem:mm_page_alloc` inside it can tell which
-/// address a large folio is for.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct FaultInFlight {
-    /// `bpf_get_current_pid_tgid()` of the faulting task; 0 when nothing is in flight.
-    pub pid_tgid: u64,
-    pub addr: u64,
+/// The per-thread in-flight fault record (`FAULT_IN_FLIGHT[tid]`): the faulting address, page
+/// aligned, with these flags in its low bits; 0 when nothing is in flight.
+pub mod fault_in_flight {
+    /// A user-mode fault (`page_fault_user`) whose folio `mm_page_alloc` has not seen yet.
+    pub const USER: u64 = 1;
+    /// The last kernel-mode fault on a user address (`page_fault_kernel`): the region it was in
+    /// was handed to userspace to re-read, and is not handed over again for the next one.
+    pub const KERNEL: u64 = 2;
+    pub const FLAGS: u64 = 0xfff;
 }
 
-const _: () = assert!(core::mem::size_of::<FaultInFlight>() == 16);
+/// Indices of the `SWITCHES` array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Switch {
+    /// Non-zero once the large-folio hook (`mm_page_alloc`) is attached: only then do faults
+    /// keep a per-thread in-flight record.
+    LargeFolioHook = 0,
+}
+
+impl Switch {
+    pub const COUNT: u32 = 1;
+}
+
+/// One correction userspace makes to a region: `clear` is cleared, then `set` is set, both
+/// atomically in the kernel, so whatever a program ORs in meanwhile outside `clear` stays.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Correction {
+    pub key: RegionKey,
+    pub clear: crate::OccupancyBitmap,
+    pub set: crate::OccupancyBitmap,
+}
+
+const _: () = assert!(core::mem::size_of::<Correction>() == 144);
+
+/// Corrections one run of the `correct` program applies (the size of `CORRECTIONS`).
+pub const MAX_CORRECTIONS: u32 = 256;
 
 /// The region one CPU is recording faults for, and the bits it has recorded that are not yet
 /// in the region map. Faults usually come in runs within one region, so the common fault
@@ -315,6 +352,17 @@ pub struct Config {
     /// when `current->signal->live` is 0, which `do_exit` decrements before the tracepoint
     /// (`kernel/exit.c`).
     pub exit_by_live: u32,
+    /// Bit offset of `in_user_fault` in `struct task_struct` (from BTF) plus one; 0: not
+    /// available (CONFIG_MEMCG_V1 off since 6.11) or forced off, and an in-flight record is
+    /// trusted until its first large folio, the next fault or a hooked syscall.
+    pub task_in_user_fault: u32,
+    /// Regions the region map holds at most: a wide unmap covering more PMDs than this walks
+    /// the map instead of the range.
+    pub max_regions: u32,
+    /// Offset of `mm_users` in `struct mm_struct` (from BTF); 0: unknown, every process counts
+    /// as multi-threaded.
+    pub mm_users: u32,
+    pub _pad0: u32,
     /// Non-zero: every process is traced; `TRACKED` is not consulted.
     pub all: u8,
     /// Non-zero: new processes forked by a traced one are traced too.
@@ -331,7 +379,7 @@ pub struct Config {
     pub comm: [u8; crate::consts::TASK_COMM_LEN],
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 224);
+const _: () = assert!(core::mem::size_of::<Config>() == 240);
 
 impl Config {
     /// All offsets zero and every switch off: the placeholder compiled into the object.
@@ -346,7 +394,7 @@ mod pod {
     use super::*;
     unsafe impl aya::Pod for RegionKey {}
     unsafe impl aya::Pod for KhugepagedKey {}
-    unsafe impl aya::Pod for FaultInFlight {}
+    unsafe impl aya::Pod for Correction {}
     unsafe impl aya::Pod for PendingIsolate {}
     unsafe impl aya::Pod for PendingSyscall {}
     unsafe impl aya::Pod for PendingRegion {}

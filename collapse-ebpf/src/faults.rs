@@ -2,22 +2,32 @@
 //! processes leave after one inlined array load, and a traced fault costs an OR into this
 //! CPU's pending-region slot in the common case (a hash update only when the fault is in
 //! another region than the last one on this CPU).
+//!
+//! Once the large-folio hook (`mm_page_alloc`) is attached, a traced fault also leaves its
+//! address in its thread's in-flight slot, and an allocation takes it only while that thread
+//! is inside a user fault now (`task_struct::in_user_fault`, set and cleared around
+//! `handle_mm_fault()` for FAULT_FLAG_USER faults, `mm/memory.c`), so a fault that slept and
+//! migrated is still matched, and a later allocation of that thread outside a fault
+//! (readahead in a syscall) is not.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel},
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use collapse_common::{
-    consts::{MIGRATE_MOVABLE, PF_WRITE, PMD_ORDER, USER_ADDR_END},
+    consts::{MIGRATE_MOVABLE, PF_WRITE, PMD_MASK, PMD_ORDER, PMD_SIZE, USER_ADDR_END},
     event::{Event, EventKind},
-    maps::FaultInFlight,
+    maps::fault_in_flight,
 };
 
 use crate::state::{
-    FAULT_IN_FLIGHT, conf, emit, is_tracked, now, pte_index, record, record_bit, region_key,
-    set_bits, u32_at, u64_at,
+    FAULT_IN_FLIGHT, conf, emit, emit_range, is_tracked, large_folio_hook_on, now, pte_index,
+    record, record_bit, region_key, set_bits, u32_at, u64_at,
 };
+
+/// `error_code` bit 2 (x86 `X86_PF_USER`): the fault came from user mode.
+const PF_USER: u64 = 4;
 
 #[tracepoint]
 pub fn page_fault_user(ctx: TracePointContext) -> u32 {
@@ -85,11 +95,35 @@ fn fault(pid_tgid: u64, addr: u64, error_code: u64) -> Result<u32, i64> {
     if error_code & PF_WRITE != 0 {
         record_bit(tgid, addr);
     }
-    if let Some(slot) = FAULT_IN_FLIGHT.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot; the fault handler is not re-entered on one CPU.
-        unsafe { *slot = FaultInFlight { pid_tgid, addr } };
+    // Without the hook nothing reads the slot: a traced fault pays one array load for this.
+    if large_folio_hook_on() {
+        note_in_flight(pid_tgid, addr, error_code & PF_USER == 0);
     }
     Ok(0)
+}
+
+/// Keeps the fault in its thread's slot for `mm_page_alloc`.
+#[inline(always)]
+fn note_in_flight(pid_tgid: u64, addr: u64, kernel_mode: bool) {
+    let Some(slot) = FAULT_IN_FLIGHT.get_ptr_mut(pid_tgid as u32) else {
+        return;
+    };
+    // SAFETY: this thread's slot; only this thread writes it outside its exit.
+    let slot = unsafe { &mut *slot };
+    if !kernel_mode {
+        *slot = (addr & !fault_in_flight::FLAGS) | fault_in_flight::USER;
+        return;
+    }
+    // A kernel-mode fault (a syscall writing into an untouched buffer) does not set
+    // `in_user_fault`, and the syscall's own large allocations (readahead) cannot be told from
+    // its folio: its region is re-read from pagemap instead, once per run of kernel-mode
+    // faults in one region.
+    let region = addr & PMD_MASK;
+    if *slot == region | fault_in_flight::KERNEL {
+        return;
+    }
+    *slot = region | fault_in_flight::KERNEL;
+    emit_range(EventKind::Resync, (pid_tgid >> 32) as u32, region, PMD_SIZE);
 }
 
 /// A large folio allocated inside a traced fault maps 2^order PTEs at once (THP at fault time,
@@ -132,23 +166,45 @@ pub fn mm_page_alloc_btf(ctx: BtfTracePointContext) -> i32 {
     large_folio(slot, pid_tgid, order as u32, page != 0, migratetype as i32).unwrap_or(0) as i32
 }
 
-/// The in-flight fault of this CPU, if the current task is in one: allocations outside a
-/// traced fault leave after one inlined per-CPU load and a compare.
+/// The current thread's in-flight slot, if it holds a user fault: allocations of other
+/// threads leave after one inlined array load and a test.
 #[inline(always)]
-fn traced_fault_here() -> Option<(*mut FaultInFlight, u64)> {
-    let slot = FAULT_IN_FLIGHT.get_ptr_mut(0)?;
-    // SAFETY: this CPU's slot.
-    let inflight = unsafe { *slot }.pid_tgid;
-    if inflight == 0 {
-        return None;
-    }
+fn traced_fault_here() -> Option<(*mut u64, u64)> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    (inflight == pid_tgid).then_some((slot, pid_tgid))
+    let slot = FAULT_IN_FLIGHT.get_ptr_mut(pid_tgid as u32)?;
+    // SAFETY: this thread's slot.
+    let inflight = unsafe { *slot };
+    (inflight & fault_in_flight::USER != 0).then_some((slot, pid_tgid))
+}
+
+/// Whether the fault in the slot is still going on. Exact where the kernel has
+/// `in_user_fault`: the slot holds the thread's last user fault, and the thread is inside a
+/// user fault now, so that fault is this one.
+#[inline(always)]
+fn still_in_fault(slot: &mut u64) -> bool {
+    let bit = conf!(task_in_user_fault);
+    if bit != 0 && !in_user_fault(bit - 1) {
+        *slot = 0;
+        return false;
+    }
+    true
+}
+
+/// `current->in_user_fault`, at bit offset `bit` of `struct task_struct` (from BTF; x86 is
+/// little endian, so bit n of the struct is bit n % 8 of byte n / 8).
+#[inline(always)]
+fn in_user_fault(bit: u32) -> bool {
+    // SAFETY: reading one byte of the current task with the checked helper.
+    let byte: u8 = unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        bpf_probe_read_kernel(task.add((bit / 8) as usize)).unwrap_or(0)
+    };
+    byte >> (bit % 8) & 1 == 1
 }
 
 #[inline(always)]
 fn large_folio(
-    slot: *mut FaultInFlight,
+    slot: *mut u64,
     pid_tgid: u64,
     order: u32,
     allocated: bool,
@@ -158,14 +214,21 @@ fn large_folio(
     if order == 0 || order > PMD_ORDER as u32 || !allocated || migratetype != MIGRATE_MOVABLE {
         return Ok(0);
     }
-    // SAFETY: this CPU's slot.
+    // SAFETY: this thread's slot.
     let inflight = unsafe { &mut *slot };
-    // One folio per fault: consume the slot so a later allocation of the same task outside
-    // a fault (page cache readahead in a syscall) is not mistaken for it.
-    inflight.pid_tgid = 0;
+    if !still_in_fault(inflight) {
+        return Ok(0);
+    }
     let tgid = (pid_tgid >> 32) as u32;
+    if !is_tracked(tgid) {
+        return Ok(0);
+    }
+    let addr = *inflight & !fault_in_flight::FLAGS;
+    // One folio per fault: consume the slot (where `in_user_fault` is missing, that is what
+    // keeps a later allocation of the task outside a fault from being taken for it).
+    *inflight = 0;
     let pages = 1u64 << order;
-    let start = inflight.addr & !((pages << 12) - 1);
+    let start = addr & !((pages << 12) - 1);
     let lo = pte_index(start);
     set_bits(&region_key(tgid, start), lo, lo + pages as u32);
     emit(&Event {

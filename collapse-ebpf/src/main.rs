@@ -2,7 +2,8 @@
 //! by unmaps and exits, and khugepaged's scan/collapse events attributed to processes.
 //!
 //! One module per concern: `faults` (the hot path), `unmaps` (syscalls that drop or populate
-//! pages), `procs` (fork, exec, exit), `khugepaged`, `attribution` (whose `mm` is which). Each `#[tracepoint]` is a thin wrapper
+//! pages), `procs` (fork, exec, exit), `khugepaged`, `attribution` (whose `mm` is which),
+//! `correct` (userspace's corrections, applied as masks). Each `#[tracepoint]` is a thin wrapper
 //! over a `try_*` function. Field offsets come from userspace (`CONFIG`, read from the tracefs
 //! format files), so nothing here assumes one kernel's layout.
 #![no_std]
@@ -14,6 +15,7 @@
 )]
 
 mod attribution;
+mod correct;
 mod faults;
 mod khugepaged;
 mod procs;

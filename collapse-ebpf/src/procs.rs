@@ -12,8 +12,8 @@ use aya_ebpf::{
 use collapse_common::{consts::CLONE_THREAD, event::EventKind};
 
 use crate::state::{
-    CONFIG, TRACKED, bit_clear, bit_set, clear_pending_all, conf, current_tgid, emit_range,
-    end_generation, field, forget_mm, generation, is_tracked, learn_mm,
+    CONFIG, FAULT_IN_FLIGHT, TRACKED, bit_clear, bit_set, clear_pending_all, conf, current_tgid,
+    emit_range, end_generation, field, forget_mm, generation, is_tracked, learn_mm,
 };
 
 /// Whether the current task's comm is the `--comm` target.
@@ -120,8 +120,19 @@ fn group_dead(ctx: &TracePointContext) -> bool {
     }
 }
 
+#[inline(always)]
+fn forget_fault_in_flight() {
+    let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
+    if let Some(slot) = FAULT_IN_FLIGHT.get_ptr_mut(tid) {
+        // SAFETY: the exiting thread's own slot.
+        unsafe { *slot = 0 };
+    }
+}
+
 #[tracepoint]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    // Every thread: a thread id reused later must not find this one's fault in flight.
+    forget_fault_in_flight();
     if !group_dead(&ctx) {
         return 0;
     }

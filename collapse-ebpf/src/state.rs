@@ -1,7 +1,12 @@
 //! Maps, configuration and the small operations every program shares.
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
-    helpers::{bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::{
+        bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        generated::{bpf_for_each_map_elem, bpf_loop},
+    },
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
@@ -11,8 +16,8 @@ use collapse_common::{
     consts::{BITMAP_WORDS, PAGE_SHIFT, PMD_MASK, PMD_SIZE, PTES_PER_PMD},
     event::{Event, EventKind},
     maps::{
-        Config, DropReason, FaultInFlight, KhugepagedKey, MAX_PENDING_CPUS, PendingIsolate,
-        PendingRegion, PendingSyscall, RegionKey,
+        Config, Correction, DropReason, KhugepagedKey, MAX_CORRECTIONS, MAX_PENDING_CPUS,
+        PendingIsolate, PendingRegion, PendingSyscall, RegionKey, Switch,
     },
 };
 
@@ -49,8 +54,13 @@ pub static KHUGEPAGED_COUNTS: HashMap<KhugepagedKey, u64> = HashMap::with_max_en
 pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReason::COUNT, 0);
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+/// Per thread id (resized to pid_max by userspace), see `collapse_common::maps::fault_in_flight`.
 #[map]
-pub static FAULT_IN_FLIGHT: PerCpuArray<FaultInFlight> = PerCpuArray::with_max_entries(1, 0);
+pub static FAULT_IN_FLIGHT: Array<u64> = Array::with_max_entries(65_536, 0);
+#[map]
+pub static SWITCHES: Array<u64> = Array::with_max_entries(Switch::COUNT, 0);
+#[map]
+pub static CORRECTIONS: Array<Correction> = Array::with_max_entries(MAX_CORRECTIONS, 0);
 #[map]
 pub static PENDING_REGION: PerCpuArray<PendingRegion> = PerCpuArray::with_max_entries(1, 0);
 #[map]
@@ -318,48 +328,75 @@ fn and_not(words: *mut u64, mask: &OccupancyBitmap) {
     }
 }
 
-/// Clears, in every CPU's pending slot of `tgid`: `first_mask` in region `first`, `last_mask`
-/// in region `last`, everything in the regions between. The masks are computed once by the
-/// caller, so the loop over CPUs has no per-word branching for the verifier to walk.
+/// What to clear in every CPU's pending slot of `tgid`: `first_mask` in region `first`,
+/// `last_mask` in region `last`, everything in the regions between. The masks are computed
+/// once by the caller, so the walk over CPUs has no per-word branching for the verifier.
+#[repr(C)]
+pub struct PendingClear {
+    pub tgid: u32,
+    /// The generation whose slots are cleared (a slot of the pid's earlier process is not
+    /// touched), unless `any_generation` is non-zero (exit: every slot of the pid).
+    pub generation: u32,
+    pub any_generation: u32,
+    pub first: u64,
+    pub last: u64,
+    pub first_mask: OccupancyBitmap,
+    pub last_mask: OccupancyBitmap,
+}
+
+/// Applies `pc` to every CPU's pending slot: one `bpf_loop` callback, verified once, instead
+/// of a loop over up to 64 CPUs unrolled into every program that clears.
 #[inline(always)]
-fn clear_pending(
-    tgid: u32,
-    generation: u32,
-    first: u64,
-    first_mask: &OccupancyBitmap,
-    last: u64,
-    last_mask: &OccupancyBitmap,
-) {
-    let nr_cpus = conf!(nr_cpus);
-    let mut cpu = 0;
-    while cpu < MAX_CPUS && cpu < nr_cpus {
-        let Some(q) = pending_slot(cpu) else { break };
-        if q.tgid == tgid && q.generation == generation {
-            let words = &raw mut q.bits.words as *mut u64;
-            if q.addr == first {
-                and_not(words, first_mask);
-            } else if q.addr == last {
-                and_not(words, last_mask);
-            } else if q.addr > first && q.addr < last {
-                and_not(words, &OccupancyBitmap::FULL);
-            }
-        }
-        cpu += 1;
+pub fn clear_pending(pc: &mut PendingClear) {
+    let nr_cpus = conf!(nr_cpus).min(MAX_CPUS);
+    if nr_cpus == 0 {
+        return;
     }
+    // SAFETY: the callback only reads `pc`, which outlives the call.
+    unsafe {
+        bpf_loop(
+            nr_cpus,
+            clear_pending_on as *mut c_void,
+            (pc as *mut PendingClear).cast(),
+            0,
+        )
+    };
+}
+
+#[inline(never)]
+extern "C" fn clear_pending_on(cpu: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the caller's `PendingClear`.
+    let Some(pc) = (unsafe { ctx.cast::<PendingClear>().as_ref() }) else {
+        return 1;
+    };
+    let Some(q) = pending_slot(cpu as u32) else {
+        return 1;
+    };
+    if q.tgid == pc.tgid && (pc.any_generation != 0 || q.generation == pc.generation) {
+        let words = &raw mut q.bits.words as *mut u64;
+        if q.addr == pc.first {
+            and_not(words, &pc.first_mask);
+        } else if q.addr == pc.last {
+            and_not(words, &pc.last_mask);
+        } else if q.addr > pc.first && q.addr < pc.last {
+            and_not(words, &OccupancyBitmap::FULL);
+        }
+    }
+    0
 }
 
 /// Forgets everything pending for `tgid` (exit, exec).
 #[inline(always)]
 pub fn clear_pending_all(tgid: u32) {
-    let nr_cpus = conf!(nr_cpus);
-    let mut cpu = 0;
-    while cpu < MAX_CPUS && cpu < nr_cpus {
-        let Some(q) = pending_slot(cpu) else { break };
-        if q.tgid == tgid {
-            and_not(&raw mut q.bits.words as *mut u64, &OccupancyBitmap::FULL);
-        }
-        cpu += 1;
-    }
+    clear_pending(&mut PendingClear {
+        tgid,
+        generation: 0,
+        any_generation: 1,
+        first: 0,
+        last: u64::MAX,
+        first_mask: OccupancyBitmap::FULL,
+        last_mask: OccupancyBitmap::FULL,
+    });
 }
 
 #[inline(always)]
@@ -374,10 +411,6 @@ fn or_range(v: *mut OccupancyBitmap, lo: u32, hi: u32) {
         w += 1;
     }
 }
-
-/// Whole regions one program deletes when clearing a range; the rest of a larger range is
-/// finished by userspace (`EventKind::ClearRange`).
-const MAX_CLEAR_REGIONS: u32 = 256;
 
 /// The PTE bits of region `region` that `[start, end)` covers (a partial last page counts).
 #[inline(always)]
@@ -425,31 +458,180 @@ pub fn clear_range(tgid: u32, start: u64, end: u64) {
     }
     let first = start & PMD_MASK;
     let last = (end - 1) & PMD_MASK;
-    let first_mask = covered(first, start, end);
-    let last_mask = if last == first {
-        OccupancyBitmap::EMPTY
-    } else {
-        covered(last, start, end)
-    };
     // Called in the process's own context: its generation is the live one.
     let generation = generation(tgid);
-    clear_pending(tgid, generation, first, &first_mask, last, &last_mask);
-    clear_region(tgid, generation, first, &first_mask);
+    let mut pc = PendingClear {
+        tgid,
+        generation,
+        any_generation: 0,
+        first,
+        last,
+        first_mask: covered(first, start, end),
+        last_mask: if last == first {
+            OccupancyBitmap::EMPTY
+        } else {
+            covered(last, start, end)
+        },
+    };
+    clear_pending(&mut pc);
+    clear_region(tgid, generation, first, &pc.first_mask);
     if last == first {
         return;
     }
-    clear_region(tgid, generation, last, &last_mask);
-    let mut addr = first + PMD_SIZE;
-    let mut i = 0;
-    while i < MAX_CLEAR_REGIONS && addr < last {
-        let _ = REGIONS.remove(RegionKey::of(tgid, generation, addr));
-        addr += PMD_SIZE;
-        i += 1;
+    clear_region(tgid, generation, last, &pc.last_mask);
+    let inner = first + PMD_SIZE;
+    if inner >= last {
+        return;
     }
-    if addr < last {
-        count_drop(DropReason::ClearDeferred);
-        emit_range(EventKind::ClearRange, tgid, addr, last - addr);
+    let mut span = Span {
+        tgid,
+        generation,
+        start: inner,
+        end: last,
+    };
+    let regions = (last - inner) / PMD_SIZE;
+    let span_ptr = (&raw mut span).cast::<c_void>();
+    let by_pmd = regions <= u64::from(conf!(max_regions)).min(MAX_LOOPS);
+    // The whole regions between, in the kernel so that nothing re-faulted after this syscall
+    // can be wiped later: PMD by PMD (`bpf_loop`, 5.17), or, when the range covers more PMDs
+    // than the map can hold regions (a 128 TiB reservation unmapped), by walking the map
+    // (`bpf_for_each_map_elem`, 5.13), whose cost the map's size bounds.
+    // SAFETY: the callbacks only read `span`, which outlives the helper calls.
+    unsafe {
+        if by_pmd {
+            bpf_loop(regions as u32, clear_nth as *mut c_void, span_ptr, 0);
+        } else {
+            bpf_for_each_map_elem(
+                (&raw const REGIONS).cast_mut().cast(),
+                clear_if_inside as *mut c_void,
+                span_ptr,
+                0,
+            );
+        }
     }
+}
+
+/// `BPF_MAX_LOOPS` (`kernel/bpf/bpf_iter.c`): the most iterations one `bpf_loop` call makes.
+const MAX_LOOPS: u64 = 1 << 23;
+
+/// Whole regions `[start, end)` of `tgid` to delete (the context of the callbacks below).
+#[repr(C)]
+struct Span {
+    tgid: u32,
+    generation: u32,
+    start: u64,
+    end: u64,
+}
+
+/// `bpf_loop` callback: deletes the `index`-th region of the span.
+#[inline(never)]
+extern "C" fn clear_nth(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the caller's `Span`.
+    let Some(span) = (unsafe { ctx.cast::<Span>().as_ref() }) else {
+        return 1;
+    };
+    let _ = REGIONS.remove(RegionKey::of(
+        span.tgid,
+        span.generation,
+        span.start + index * PMD_SIZE,
+    ));
+    0
+}
+
+/// `bpf_for_each_map_elem` callback: deletes the region if it is one of the span's.
+#[inline(never)]
+extern "C" fn clear_if_inside(
+    _map: *mut c_void,
+    key: *const RegionKey,
+    _value: *mut c_void,
+    ctx: *mut c_void,
+) -> i64 {
+    // SAFETY: the helper passes the element's key and the caller's `Span`.
+    let (Some(key), Some(span)) = (unsafe { key.as_ref() }, unsafe {
+        ctx.cast::<Span>().as_ref()
+    }) else {
+        return 1;
+    };
+    if key.tgid == span.tgid
+        && key.generation == span.generation
+        && key.addr >= span.start
+        && key.addr < span.end
+    {
+        let key = *key;
+        let _ = REGIONS.remove(key);
+    }
+    0
+}
+
+/// Applies one correction: `clear`, then `set`, atomically word by word, in the region map and
+/// in every CPU's pending slot, so no bit a program sets outside `clear` meanwhile is lost.
+/// Returns whether it could (a new region needs room in the map).
+#[inline(always)]
+pub fn apply_correction(c: &Correction) -> bool {
+    let (tgid, generation, addr) = (c.key.tgid, c.key.generation, c.key.addr);
+    // Pending slots first: a slot flushed between the two steps lands in the map, which is
+    // cleared next.
+    clear_pending(&mut PendingClear {
+        tgid,
+        generation,
+        any_generation: 0,
+        first: addr,
+        last: addr,
+        first_mask: c.clear,
+        last_mask: c.clear,
+    });
+    let key = RegionKey::of(tgid, generation, addr);
+    if let Some(v) = REGIONS.get_ptr_mut(key) {
+        and_or(v.cast(), &c.clear, &c.set);
+        return true;
+    }
+    if c.set.is_empty() {
+        return true;
+    }
+    if REGIONS.insert(key, c.set, NOEXIST).is_ok() {
+        return true;
+    }
+    // Inserted by a program meanwhile, or the map is full.
+    match REGIONS.get_ptr_mut(key) {
+        Some(v) => {
+            and_or(v.cast(), &c.clear, &c.set);
+            true
+        }
+        None => {
+            count_drop(DropReason::RegionMapFull);
+            false
+        }
+    }
+}
+
+#[inline(always)]
+fn and_or(words: *mut u64, clear: &OccupancyBitmap, set: &OccupancyBitmap) {
+    let mut w = 0;
+    while w < BITMAP_WORDS {
+        // SAFETY: w < 8 words of a bitmap.
+        let p = unsafe { words.add(w) };
+        if clear.words[w] != 0 {
+            atomic_and(p, !clear.words[w]);
+        }
+        if set.words[w] != 0 {
+            atomic_or(p, set.words[w]);
+        }
+        w += 1;
+    }
+}
+
+/// The correction at `index` of `CORRECTIONS`, if inside it.
+#[inline(always)]
+pub fn correction(index: u32) -> Option<Correction> {
+    CORRECTIONS.get(index).copied()
+}
+
+/// Whether the large-folio hook is attached (userspace flips the switch before attaching it).
+#[inline(always)]
+pub fn large_folio_hook_on() -> bool {
+    SWITCHES
+        .get(Switch::LargeFolioHook as u32)
+        .is_some_and(|v| *v != 0)
 }
 
 #[inline(always)]

@@ -1,6 +1,9 @@
 //! Syscalls that change which pages a traced process has without a page fault of its own.
 //! munmap, madvise(DONTNEED/REMOVE), MAP_FIXED and a shrinking brk drop pages: their ranges
-//! are cleared here, at syscall exit, once the pages are gone and only if the call succeeded.
+//! are cleared here, at syscall exit, once the pages are gone. A call that failed may still
+//! have dropped part of the range (madvise goes VMA by VMA and reports a hole or a refused VMA
+//! at the end, a failed MAP_FIXED may leave the old range unmapped): its range is cleared
+//! where the error says every mapped part was done, and re-read from pagemap otherwise.
 //! mremap moves pages; MADV_POPULATE_*, MADV_COLLAPSE, MAP_POPULATE create them; MADV_FREE
 //! leaves them mapped until reclaim: userspace re-reads those ranges from pagemap once the
 //! syscall has returned.
@@ -21,7 +24,12 @@ use collapse_common::{
 
 use crate::state::{
     FAULT_IN_FLIGHT, PENDING_SYSCALL, clear_range, conf, count_drop, emit_range, field, is_tracked,
+    large_folio_hook_on,
 };
+
+/// `-ENOMEM` from madvise: part of the range was not mapped; every VMA in it was still done
+/// (`madvise_walk_vmas()` in `mm/madvise.c` remembers the hole and goes on).
+const ENOMEM: i64 = 12;
 
 /// `MADV_DONTNEED_LOCKED` (since 5.18) drops pages like DONTNEED.
 const MADV_DONTNEED_LOCKED: u64 = 24;
@@ -46,12 +54,36 @@ fn range_end(start: u64, len: u64) -> u64 {
     start.saturating_add(len).saturating_add(0xfff) & !0xfff
 }
 
-/// The syscall is about to run in this task: whatever fault it remembered has ended.
+/// The syscall is about to run in this thread: whatever fault it remembered has ended (what
+/// keeps a stale record from matching where the kernel lacks `in_user_fault`).
 #[inline(always)]
-fn end_fault_in_flight() {
-    if let Some(slot) = FAULT_IN_FLIGHT.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot.
-        unsafe { (*slot).pid_tgid = 0 };
+fn end_fault_in_flight(pid_tgid: u64) {
+    if large_folio_hook_on()
+        && let Some(slot) = FAULT_IN_FLIGHT.get_ptr_mut(pid_tgid as u32)
+    {
+        // SAFETY: this thread's slot.
+        unsafe { *slot = 0 };
+    }
+}
+
+/// Whether another task uses the caller's mm (`mm_users` > 1: other threads, or a reader of
+/// its memory for a moment): only then can a page come back between a zap and its exit.
+#[inline(always)]
+fn shares_mm() -> bool {
+    let (task_mm, mm_users) = (conf!(task_mm) as usize, conf!(mm_users) as usize);
+    if mm_users == 0 {
+        return true;
+    }
+    // SAFETY: kernel pointers read with the checked helper.
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let Ok(mm) = bpf_probe_read_kernel(task.add(task_mm) as *const u64) else {
+            return true;
+        };
+        if mm == 0 {
+            return true;
+        }
+        bpf_probe_read_kernel((mm as *const u8).add(mm_users) as *const i32).map_or(true, |n| n > 1)
     }
 }
 
@@ -86,9 +118,11 @@ fn traced_caller() -> Option<(u32, u64)> {
     is_tracked(tgid).then_some((tgid, pid_tgid))
 }
 
-/// The common exit: clear and/or resync the kept range, if the call succeeded (`ok`).
+/// The common exit: clear and/or resync the kept range. `done(ret)` says the call dropped
+/// every page of its range it could reach (success, or an error reported after all of it was
+/// walked); any other failure may have dropped part of it, which pagemap tells.
 #[inline(always)]
-fn finish(ctx: &TracePointContext, ok: impl Fn(i64) -> bool) -> Result<u32, i64> {
+fn finish(ctx: &TracePointContext, done: impl Fn(i64) -> bool) -> Result<u32, i64> {
     let Some((tgid, pid_tgid)) = traced_caller() else {
         return Ok(0);
     };
@@ -96,11 +130,14 @@ fn finish(ctx: &TracePointContext, ok: impl Fn(i64) -> bool) -> Result<u32, i64>
         return Ok(0);
     };
     let ret: i64 = field(ctx, conf!(sys_exit_ret));
-    if p.kind & CLEAR != 0 && ok(ret) {
+    let cleared = p.kind & CLEAR != 0 && done(ret);
+    if cleared {
         clear_range(tgid, p.start, range_end(p.start, p.len));
     }
-    // Even a failed populate or collapse may have done part of the range.
-    if p.kind & RESYNC != 0 {
+    // Even a failed populate or collapse may have done part of the range. And a clear at exit
+    // also wipes what another thread faulted in again after the pages went and before the
+    // call returned (a purging thread beside a faulting one): pagemap tells.
+    if p.kind & RESYNC != 0 || (p.kind & CLEAR != 0 && (!cleared || shares_mm())) {
         emit_range(EventKind::Resync, tgid, p.start, p.len);
     }
     Ok(0)
@@ -115,7 +152,7 @@ fn try_enter_munmap(ctx: &TracePointContext) -> Result<u32, i64> {
     let Some((_, pid_tgid)) = traced_caller() else {
         return Ok(0);
     };
-    end_fault_in_flight();
+    end_fault_in_flight(pid_tgid);
     remember(
         pid_tgid,
         field(ctx, conf!(munmap_addr)),
@@ -127,6 +164,8 @@ fn try_enter_munmap(ctx: &TracePointContext) -> Result<u32, i64> {
 
 #[tracepoint]
 pub fn sys_exit_munmap(ctx: TracePointContext) -> u32 {
+    // munmap fails before it unmaps anything (`do_vmi_align_munmap()` gathers first); a failure
+    // is re-read all the same.
     finish(&ctx, |ret| ret == 0).unwrap_or(0)
 }
 
@@ -139,7 +178,7 @@ fn try_madvise(ctx: &TracePointContext) -> Result<u32, i64> {
     let Some((tgid, pid_tgid)) = traced_caller() else {
         return Ok(0);
     };
-    end_fault_in_flight();
+    end_fault_in_flight(pid_tgid);
     let start: u64 = field(ctx, conf!(madvise_start));
     let len: u64 = field(ctx, conf!(madvise_len));
     let behavior: u64 = field::<u64>(ctx, conf!(madvise_behavior)) & 0xffff_ffff;
@@ -159,7 +198,7 @@ fn try_madvise(ctx: &TracePointContext) -> Result<u32, i64> {
 
 #[tracepoint]
 pub fn sys_exit_madvise(ctx: TracePointContext) -> u32 {
-    finish(&ctx, |ret| ret == 0).unwrap_or(0)
+    finish(&ctx, |ret| ret == 0 || ret == -ENOMEM).unwrap_or(0)
 }
 
 #[tracepoint]
@@ -171,7 +210,7 @@ fn try_mmap(ctx: &TracePointContext) -> Result<u32, i64> {
     let Some((_, pid_tgid)) = traced_caller() else {
         return Ok(0);
     };
-    end_fault_in_flight();
+    end_fault_in_flight(pid_tgid);
     let addr: u64 = field(ctx, conf!(mmap_addr));
     let len: u64 = field(ctx, conf!(mmap_len));
     let flags: u64 = field(ctx, conf!(mmap_flags));
@@ -204,8 +243,12 @@ fn try_exit_mmap(ctx: &TracePointContext) -> Result<u32, i64> {
         return Ok(0);
     };
     let ret: i64 = field(ctx, conf!(sys_exit_ret));
-    // mmap returns the address, or -errno (`IS_ERR_VALUE`: the last page of the space).
+    // mmap returns the address, or -errno (`IS_ERR_VALUE`: the last page of the space). A
+    // failed MAP_FIXED may have unmapped the old range already (`mmap_region()`): re-read it.
     if ret < 0 && ret > -4096 {
+        if p.kind & CLEAR != 0 {
+            emit_range(EventKind::Resync, tgid, p.start, p.len);
+        }
         return Ok(0);
     }
     let addr = ret as u64;
@@ -227,7 +270,7 @@ fn try_mremap(ctx: &TracePointContext) -> Result<u32, i64> {
     let Some((_, pid_tgid)) = traced_caller() else {
         return Ok(0);
     };
-    end_fault_in_flight();
+    end_fault_in_flight(pid_tgid);
     // The exit needs the old range and the new length: two records, the second keyed by
     // the complemented id.
     remember(
@@ -254,7 +297,10 @@ fn try_exit_mremap(ctx: &TracePointContext) -> Result<u32, i64> {
     };
     let new_len = new.start;
     let ret: i64 = field(ctx, conf!(sys_exit_ret));
+    // A failed mremap moves back what it moved (`move_vma()`), but a shrink done before the
+    // failure stays: re-read the old range.
     if ret < 0 && ret > -4096 {
+        emit_range(EventKind::Resync, tgid, p.start, p.len);
         return Ok(0);
     }
     let new_addr = ret as u64;
@@ -292,7 +338,7 @@ fn current_brk() -> Option<u64> {
 #[tracepoint]
 pub fn sys_enter_brk(_ctx: TracePointContext) -> u32 {
     if let Some((_, pid_tgid)) = traced_caller() {
-        end_fault_in_flight();
+        end_fault_in_flight(pid_tgid);
         if let Some(old) = current_brk() {
             remember(pid_tgid, old, 0, BRK);
         }
@@ -335,7 +381,7 @@ pub fn sys_enter_mlock2(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn enter_mlock(ctx: &TracePointContext) -> u32 {
     if let Some((_, pid_tgid)) = traced_caller() {
-        end_fault_in_flight();
+        end_fault_in_flight(pid_tgid);
         remember(
             pid_tgid,
             field(ctx, conf!(mlock_start)),
@@ -365,7 +411,7 @@ pub fn sys_exit_mlockall(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_enter_mlockall(ctx: TracePointContext) -> u32 {
     if let Some((_, pid_tgid)) = traced_caller() {
-        end_fault_in_flight();
+        end_fault_in_flight(pid_tgid);
         // The flags are the first argument, where mlock has `start`.
         let flags: u64 = field(&ctx, conf!(mlock_start));
         if flags & MCL_CURRENT != 0 {

@@ -45,7 +45,7 @@ pub(crate) const KERNELS: [Kernel; 2] = [
 
 /// The root test files run in each guest (those that exercise the tracer and the executor;
 /// the bench and report tests need redis and chromium, which the guest does not have).
-pub(crate) const GUEST_TESTS: [&str; 8] = [
+pub(crate) const GUEST_TESTS: [&str; 9] = [
     "tracer",
     "untracked",
     "khugepaged",
@@ -54,6 +54,7 @@ pub(crate) const GUEST_TESTS: [&str; 8] = [
     "exactness",
     "lifecycle",
     "lifetimes",
+    "tick",
 ];
 
 pub(crate) struct Settings {

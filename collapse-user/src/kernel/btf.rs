@@ -35,6 +35,12 @@ pub enum BtfError {
         name: String,
         member: String,
     },
+    #[error("BTF in {}: `{name}.{member}` is not a bitfield", path.display())]
+    NotBitfield {
+        path: PathBuf,
+        name: String,
+        member: String,
+    },
     #[error("BTF in {}: resolving a type of `struct {name}`: {source}", path.display())]
     Resolve {
         path: PathBuf,
@@ -115,6 +121,25 @@ impl KernelBtf {
             .unwrap_or_default()
             .iter()
             .any(|t| matches!(t, Type::Func(_)))
+    }
+
+    /// Bit offset of the one-bit bitfield `member` in `struct struct_name` (such as
+    /// `task_struct::in_user_fault`, include/linux/sched.h).
+    pub fn bit_member_offset(&self, struct_name: &str, member: &str) -> Result<u32, BtfError> {
+        let st = self.find_struct(struct_name)?;
+        match self.find_member(&st, struct_name, member, 0)? {
+            Some((bits, true)) => Ok(bits),
+            Some((_, false)) => Err(BtfError::NotBitfield {
+                path: self.path.clone(),
+                name: struct_name.to_owned(),
+                member: member.to_owned(),
+            }),
+            None => Err(BtfError::NoMember {
+                path: self.path.clone(),
+                name: struct_name.to_owned(),
+                member: member.to_owned(),
+            }),
+        }
     }
 
     /// Size in bytes of `struct struct_name`.

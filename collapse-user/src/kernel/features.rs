@@ -34,6 +34,11 @@ pub enum Feature {
     /// A process's memory cgroup and its `memory.stat` in cgroup v2 (else the v1 memory
     /// controller's, `kernel::memcg`).
     CgroupV2Memory,
+    /// `task_struct::in_user_fault` (CONFIG_MEMCG, CONFIG_MEMCG_V1 since 6.11): the
+    /// large-folio hook takes a thread's in-flight fault only while it is inside a user fault
+    /// (else the record is trusted until its first large folio, the thread's next fault or a
+    /// hooked syscall, and pagemap confirms every large folio).
+    InUserFault,
 }
 
 impl Feature {
@@ -44,6 +49,7 @@ impl Feature {
         Self::PagemapScan,
         Self::MapBatch,
         Self::CgroupV2Memory,
+        Self::InUserFault,
     ];
 
     /// The name `COLLAPSE_FALLBACKS` and the reports use.
@@ -55,6 +61,7 @@ impl Feature {
             Self::PagemapScan => "pagemap_scan",
             Self::MapBatch => "map_batch",
             Self::CgroupV2Memory => "cgroup_v2_memory",
+            Self::InUserFault => "in_user_fault",
         }
     }
 
@@ -72,6 +79,10 @@ impl Feature {
             Self::CgroupV2Memory => {
                 "per-cgroup coverage from the v1 memory controller's memory.stat (total_rss, \
                  total_rss_huge)"
+            }
+            Self::InUserFault => {
+                "a thread's in-flight fault is trusted until its first large folio, its next \
+                 fault or a hooked syscall, and pagemap confirms every large folio"
             }
         }
     }
@@ -120,6 +131,10 @@ impl Feature {
             // when a batch call is refused.
             Self::MapBatch => Ok(()),
             Self::CgroupV2Memory => super::memcg::probe_v2(),
+            Self::InUserFault => KernelBtf::open()
+                .and_then(|b| b.bit_member_offset("task_struct", "in_user_fault"))
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
         }
     }
 

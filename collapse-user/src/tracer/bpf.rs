@@ -5,14 +5,14 @@ use std::{collections::HashMap as StdHashMap, path::Path};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, Iter, TracePoint},
+    programs::{BtfTracePoint, Iter, RawTracePoint, RawTracePointRunOptions, TestRun, TracePoint},
 };
 use collapse_common::{
     OccupancyBitmap,
-    consts::{PAGE_SIZE, PMD_SIZE, TASK_COMM_LEN},
+    consts::TASK_COMM_LEN,
     maps::{
-        Config, DropReason, KhugepagedEvent, KhugepagedKey, MAX_PENDING_CPUS, PendingRegion,
-        RegionKey, names,
+        Config, Correction, DropReason, KhugepagedEvent, KhugepagedKey, MAX_CORRECTIONS,
+        MAX_PENDING_CPUS, PendingRegion, RegionKey, Switch, names,
     },
 };
 
@@ -112,8 +112,8 @@ pub enum BpfError {
     RingTaken,
     #[error("pid {pid} is above pid_max {limit}")]
     PidAboveLimit { pid: u32, limit: u32 },
-    #[error("writing a region")]
-    RegionWrite(#[source] aya::maps::MapError),
+    #[error("running the correction program")]
+    Correct(#[source] aya::programs::ProgramError),
     #[error("recording a process's mm")]
     RecordMm(#[source] aya::maps::MapError),
     #[error("recording an mm's owner")]
@@ -317,13 +317,6 @@ fn removed(r: Result<(), aya::maps::MapError>) -> Result<()> {
     }
 }
 
-/// Whether a map write failed because the map is full (`-E2BIG` from a hash map at
-/// `max_entries`, `-ENOMEM` when no preallocated element is free).
-fn is_map_full(e: &aya::maps::MapError) -> bool {
-    matches!(e, aya::maps::MapError::SyscallError(s)
-        if matches!(s.io_error.raw_os_error(), Some(libc::E2BIG | libc::ENOMEM)))
-}
-
 /// Where tracefs is; `COLLAPSE_TRACEFS` overrides it (tests point it at a fake tree).
 pub fn tracefs_root() -> Result<std::path::PathBuf> {
     if let Some(root) = std::env::var_os("COLLAPSE_TRACEFS") {
@@ -349,6 +342,7 @@ const SCHED_SWITCH: &str = "sched_switch";
 fn config(
     root: &Path,
     sel: &Selection,
+    cap: Capacity,
     fallbacks: &mut Vec<Fallback>,
 ) -> Result<(Config, StatusNames)> {
     let fmt = |cat: &str, name: &str| -> Result<TracepointFormat> {
@@ -479,6 +473,19 @@ fn config(
     c.task_tgid = kbtf.member_offset("task_struct", "tgid").unwrap_or(0);
     // Without it a shrinking brk is not seen (the heap top keeps stale bits until it regrows).
     c.mm_brk = kbtf.member_offset("mm_struct", "brk").unwrap_or(0);
+    c.task_in_user_fault = match in_user_fault_bit(&kbtf) {
+        Ok(bit) => bit + 1,
+        Err(why) => {
+            fallbacks.push(Fallback {
+                feature: Feature::InUserFault,
+                why,
+            });
+            0
+        }
+    };
+    c.max_regions = cap.max_regions;
+    // Without it every clear in a process is re-read from pagemap too.
+    c.mm_users = kbtf.member_offset("mm_struct", "mm_users").unwrap_or(0);
     c.self_tgid = std::process::id();
     let cpus = aya::util::nr_cpus().map_err(|(path, source)| BpfError::Cpus {
         path: path.to_owned(),
@@ -508,6 +515,15 @@ fn config(
             .collect(),
     );
     Ok((c, names))
+}
+
+/// The bit offset of `task_struct::in_user_fault`, or why it cannot be used.
+fn in_user_fault_bit(kbtf: &btf::KernelBtf) -> Result<u32, String> {
+    if Feature::InUserFault.forced_off() {
+        return Err(FORCED.into());
+    }
+    kbtf.bit_member_offset("task_struct", "in_user_fault")
+        .map_err(|e| e.to_string())
 }
 
 /// The kernel's BTF, as collapse reads it (parameter checks) and as aya loads it.
@@ -668,7 +684,7 @@ impl Bpf {
         let root = tracefs_root()?;
         let pid_limit = pid_limit();
         let mut fallbacks = Vec::new();
-        let (config, status_names) = config(&root, sel, &mut fallbacks)?;
+        let (config, status_names) = config(&root, sel, cap, &mut fallbacks)?;
         let bitset_words = PID_MAX_LIMIT.div_ceil(64);
         if cap.max_regions == 0 || cap.max_processes == 0 {
             return Err(BpfError::ZeroCapacity);
@@ -688,8 +704,22 @@ impl Bpf {
             .map_max_entries(names::MM_OWNERS, cap.max_processes)
             .map_max_entries(names::TGID_MM, cap.max_processes)
             .map_max_entries(names::EVENTS, ringbuf)
+            .map_max_entries(names::FAULT_IN_FLIGHT, pid_limit)
             .load(OBJECT)
             .map_err(BpfError::Object)?;
+        // The correction program is never attached, only run (see `Bpf::correct`).
+        let correct: &mut RawTracePoint = ebpf
+            .program_mut(names::CORRECT)
+            .ok_or(BpfError::MissingProgram(names::CORRECT))?
+            .try_into()
+            .map_err(|source| BpfError::ProgramType {
+                program: names::CORRECT,
+                source,
+            })?;
+        correct.load().map_err(|source| BpfError::Load {
+            program: names::CORRECT,
+            source,
+        })?;
         let btfs = Btfs::open();
         let mut fast_path = Vec::new();
         let mut slow_path = Vec::new();
@@ -829,6 +859,11 @@ impl Bpf {
         if self.large_folio_hook.is_some() {
             return Ok(false);
         }
+        // Faults keep their in-flight record from now on; the hook may see a fault that
+        // started before with no record, which the caller's re-read from pagemap covers.
+        let mut switches: Array<&mut MapData, u64> =
+            Array::try_from(self.map_mut(names::SWITCHES)?)?;
+        switches.set(Switch::LargeFolioHook as u32, 1, 0)?;
         if let Some(btfs) = &self.btfs {
             match btfs.attach(&mut self.ebpf, ALLOC_FAST_PATH) {
                 Ok(()) => {
@@ -1006,24 +1041,50 @@ impl Bpf {
             .fold(stored, |acc, b| Some(acc.unwrap_or_default().union(&b))))
     }
 
-    /// Writes (or, when empty, deletes) one region. A full map is counted as a
-    /// [`DropReason::RegionMapFull`] drop, not an error: the region goes unrecorded and
-    /// tracing goes on.
-    pub fn set_region(&mut self, key: &RegionKey, bits: &OccupancyBitmap) -> Result<()> {
-        let mut map: HashMap<&mut MapData, RegionKey, OccupancyBitmap> =
-            HashMap::try_from(self.map_mut(names::REGIONS)?)?;
-        if bits.is_empty() {
-            removed(map.remove(key))
-        } else {
-            match map.insert(key, bits, 0) {
-                Ok(()) => Ok(()),
-                Err(e) if is_map_full(&e) => {
-                    self.count_drop(DropReason::RegionMapFull);
-                    Ok(())
-                }
-                Err(e) => Err(BpfError::RegionWrite(e)),
+    /// Applies `corrections` in the kernel: for each, its `clear` bits are cleared and then its
+    /// `set` bits set, atomically, in the region map and in every CPU's pending slot (a missing
+    /// region is created when something is set). A bit a program sets meanwhile outside
+    /// `clear` is kept, and no region value is ever replaced from here. A correction that
+    /// needs a new region in a full map is not applied: the program counts it as a
+    /// [`DropReason::RegionMapFull`] drop, and tracing goes on. Returns how many were not.
+    pub fn correct(&mut self, corrections: &[Correction]) -> Result<u32> {
+        let mut dropped = 0;
+        for batch in corrections.chunks(MAX_CORRECTIONS as usize) {
+            let mut arr: Array<&mut MapData, Correction> =
+                Array::try_from(self.map_mut(names::CORRECTIONS)?)?;
+            for (i, c) in batch.iter().enumerate() {
+                arr.set(i as u32, c, 0)?;
             }
+            let program: &RawTracePoint = self
+                .ebpf
+                .program(names::CORRECT)
+                .ok_or(BpfError::MissingProgram(names::CORRECT))?
+                .try_into()
+                .map_err(|source| BpfError::ProgramType {
+                    program: names::CORRECT,
+                    source,
+                })?;
+            let mut opts = RawTracePointRunOptions::new();
+            opts.args[0] = batch.len() as u64;
+            let run = program.test_run(opts).map_err(BpfError::Correct)?;
+            dropped += run.return_value;
         }
+        Ok(dropped)
+    }
+
+    /// Makes one region `bits` as of now (empty: deletes it): whatever a program sets between
+    /// the caller's read and this call is overwritten where `bits` lacks it. Prefer
+    /// [`Bpf::correct`] with masks computed against what was read.
+    pub fn set_region(&mut self, key: &RegionKey, bits: &OccupancyBitmap) -> Result<()> {
+        if bits.is_empty() {
+            return self.remove_regions(std::slice::from_ref(key));
+        }
+        self.correct(&[Correction {
+            key: *key,
+            clear: OccupancyBitmap::FULL.difference(bits),
+            set: *bits,
+        }])
+        .map(|_| ())
     }
 
     /// Deletes every region and khugepaged count whose process (tgid, generation) `keep` does
@@ -1035,9 +1096,7 @@ impl Bpf {
             .into_iter()
             .filter(|k| !keep(k.tgid, k.generation))
             .collect();
-        for key in &gone {
-            self.set_region(key, &OccupancyBitmap::EMPTY)?;
-        }
+        self.remove_regions(&gone)?;
         let mut counts: HashMap<&mut MapData, KhugepagedKey, u64> =
             HashMap::try_from(self.map_mut(names::KHUGEPAGED_COUNTS)?)?;
         let stale: Vec<KhugepagedKey> = counts
@@ -1051,27 +1110,12 @@ impl Bpf {
         Ok(gone.len())
     }
 
-    /// Clears `[start, end)` of process (`tgid`, `generation`)'s regions (what the programs
-    /// left of a wide unmap).
-    pub fn clear_range(&mut self, tgid: u32, generation: u32, start: u64, end: u64) -> Result<()> {
-        let keys: Vec<RegionKey> = self
-            .region_keys()?
-            .into_iter()
-            .filter(|k| {
-                k.tgid == tgid
-                    && k.generation == generation
-                    && k.addr < end
-                    && k.addr + PMD_SIZE > start
-            })
-            .collect();
+    /// Deletes regions no program writes any more (of processes that ended).
+    pub fn remove_regions(&mut self, keys: &[RegionKey]) -> Result<()> {
+        let mut map: HashMap<&mut MapData, RegionKey, OccupancyBitmap> =
+            HashMap::try_from(self.map_mut(names::REGIONS)?)?;
         for key in keys {
-            let Some(mut bits) = self.region(&key)? else {
-                continue;
-            };
-            let lo = (start.max(key.addr) - key.addr) / PAGE_SIZE;
-            let hi = (end.min(key.addr + PMD_SIZE) - key.addr).div_ceil(PAGE_SIZE);
-            bits.clear_range(lo as usize, hi as usize);
-            self.set_region(&key, &bits)?;
+            removed(map.remove(key))?;
         }
         Ok(())
     }

@@ -12,7 +12,7 @@ use collapse_common::{
     OccupancyBitmap,
     consts::PMD_SIZE,
     event::{Event, EventKind},
-    maps::{DropReason, KhugepagedEvent, RegionKey},
+    maps::{Correction, DropReason, KhugepagedEvent, RegionKey},
     policy::RegionState,
 };
 
@@ -227,6 +227,11 @@ impl Session {
     /// The loaded programs and their maps.
     pub fn bpf(&self) -> &Bpf {
         &self.bpf
+    }
+
+    /// The loaded programs, to correct their maps ([`Bpf::correct`]).
+    pub fn bpf_mut(&mut self) -> &mut Bpf {
+        &mut self.bpf
     }
 
     /// The processes traced now.
@@ -567,18 +572,8 @@ impl Session {
                     })
                 }
             }
-            EventKind::ClearRange => {
-                if let Some(generation) = self.procs.get(&tgid).map(|p| p.generation) {
-                    self.bpf.clear_range(
-                        tgid,
-                        generation,
-                        ev.addr,
-                        ev.addr.saturating_add(ev.len),
-                    )?;
-                }
-                None
-            }
-            EventKind::Resync => {
+            // Wide unmaps finish in the kernel now; a record from another build is re-read.
+            EventKind::ClearRange | EventKind::Resync => {
                 if let Some(p) = self.procs.get_mut(&tgid) {
                     p.resync_ranges
                         .push(ev.addr..ev.addr.saturating_add(ev.len));
@@ -677,6 +672,14 @@ impl Session {
         Ok(seen)
     }
 
+    /// Re-reads every traced process from pagemap now, as a lost ring-buffer record would.
+    pub fn resync_now(&mut self) -> Result<()> {
+        for p in self.procs.values_mut() {
+            p.resync_whole = true;
+        }
+        self.resync_pending()
+    }
+
     /// Re-reads from pagemap what the events said may have changed without a fault.
     pub(super) fn resync_pending(&mut self) -> Result<()> {
         // One pass of the task iterator for every process added since the last one (under
@@ -771,6 +774,7 @@ impl Session {
         .collect();
         let addrs: BTreeSet<u64> = before.keys().chain(truth.keys()).copied().collect();
         let generation = self.procs.get(&tgid).map_or(0, |p| p.generation);
+        let mut corrections = Vec::new();
         for addr in addrs {
             let key = RegionKey::of(tgid, generation, addr);
             let after = self.bpf.region(&key)?.unwrap_or_default();
@@ -784,10 +788,47 @@ impl Session {
                     after.difference(&mask).union(&merged.intersection(&mask))
                 }
             };
+            // As masks against what was read last: a bit a program sets from here on is kept
+            // unless pagemap denied it and the map already had it.
             if new != after {
-                self.bpf.set_region(&key, &new)?;
+                corrections.push(Correction {
+                    key,
+                    clear: after.difference(&new),
+                    set: new.difference(&after),
+                });
             }
         }
+        // A fault's bit is set at its entry, before its PTE is: a fault in flight while pagemap
+        // was read looks like a stale bit. Look again at what is about to be cleared.
+        let clearing: Vec<u64> = corrections
+            .iter()
+            .filter(|c| !c.clear.is_empty())
+            .map(|c| c.key.addr)
+            .collect();
+        if !clearing.is_empty() {
+            // One read of what was read, or one per region when only a few are cleared.
+            let again: BTreeMap<u64, OccupancyBitmap> = if clearing.len() > 8 {
+                match range {
+                    None => pagemap::read_regions(tgid as i32)?,
+                    Some(r) => pagemap::read_range(tgid as i32, r.clone())?,
+                }
+            } else {
+                let mut v = Vec::new();
+                for &addr in &clearing {
+                    v.extend(pagemap::read_range(tgid as i32, addr..addr + PMD_SIZE)?);
+                }
+                v
+            }
+            .into_iter()
+            .map(|t| (t.addr, t.present))
+            .collect();
+            for c in &mut corrections {
+                if let Some(present) = again.get(&c.key.addr) {
+                    c.clear = c.clear.difference(present);
+                }
+            }
+        }
+        self.bpf.correct(&corrections)?;
         Ok(())
     }
 
@@ -844,16 +885,22 @@ impl Session {
     }
 
     /// ORs `mask` into `tgid`'s region at `addr`: bits userspace learned from pagemap that no
-    /// fault of the process set. The one place such bits are written back.
-    pub(crate) fn add_bits(&mut self, tgid: u32, addr: u64, mask: &OccupancyBitmap) -> Result<()> {
+    /// fault of the process set. The one place such bits are written back: an OR applied in
+    /// the kernel ([`Bpf::correct`]), so nothing the programs clear or set meanwhile is
+    /// overwritten. Whether it was applied (not: the region map is full, counted as a drop).
+    pub(crate) fn add_bits(
+        &mut self,
+        tgid: u32,
+        addr: u64,
+        mask: &OccupancyBitmap,
+    ) -> Result<bool> {
         let generation = self.procs.get(&tgid).map_or(0, |p| p.generation);
-        let key = RegionKey::of(tgid, generation, addr);
-        let now = self.bpf.region(&key)?.unwrap_or_default();
-        let new = now.union(mask);
-        if new != now {
-            self.bpf.set_region(&key, &new)?;
-        }
-        Ok(())
+        let dropped = self.bpf.correct(&[Correction {
+            key: RegionKey::of(tgid, generation, addr),
+            clear: OccupancyBitmap::EMPTY,
+            set: *mask,
+        }])?;
+        Ok(dropped == 0)
     }
 
     /// The THP coverage of `tgid`'s anonymous memory as of its last read (read now if it has

@@ -30,6 +30,18 @@ use super::{Area, WorkloadError};
 /// checksum NAME START END      -> sum HEX (FNV-1a over the pages' words; reads map the zero page)
 /// churn NAME START END         -> ok      (a thread MADV_DONTNEEDs the range in a loop until exit)
 /// uffd NAME START END          -> ok      (pages filled by UFFDIO_COPY: present without a fault)
+/// madvise-any NAME START END   -> ok | errno ERRNO  (MADV_DONTNEED, its error reported, not
+///                                          refused: a range with a hole gives ENOMEM)
+/// race NAME START END ROUNDS   -> ok      (this thread writes every page of the range ROUNDS
+///                                          times while a second one MADV_DONTNEEDs it in a
+///                                          loop until the writes are done)
+/// stride NAME REGIONS PAGES [US] -> ok    (starts a thread writing pages [0, PAGES) of each of
+///                                          the first REGIONS PMD regions, interleaved: page 0
+///                                          of every region, then page 1, ..., pausing US µs
+///                                          between; `join NAME 0 0` waits for it)
+/// join NAME 0 0                -> ok
+/// touch-read NAME PAGE PATH    -> ok      (writes page PAGE, then read(2)s PATH into a buffer
+///                                          already faulted in, without another syscall between)
 /// thp off|on                   -> ok      (prctl(PR_SET_THP_DISABLE, 1 | 0))
 /// fixed NAME START END         -> ok      (mmap MAP_FIXED over the pages: they are gone)
 /// remap NAME START END         -> ok      (mmap MAP_FIXED_NOREPLACE where they were unmapped)
@@ -45,6 +57,7 @@ use super::{Area, WorkloadError};
 #[derive(Default)]
 pub struct Script {
     areas: HashMap<String, Area>,
+    background: HashMap<String, std::thread::JoinHandle<()>>,
 }
 
 impl Script {
@@ -137,6 +150,30 @@ impl Script {
             a.shrink(num(2)?)?;
             return Ok("ok".into());
         }
+        if verb == "join" {
+            if let Some(handle) = self.background.remove(name) {
+                handle
+                    .join()
+                    .map_err(|_| WorkloadError::Script("thread panicked".into()))?;
+            }
+            return Ok("ok".into());
+        }
+        if verb == "touch-read" {
+            let page = num(2)?;
+            let path = words
+                .get(3)
+                .ok_or_else(|| WorkloadError::Script("missing PATH".into()))?;
+            let file = std::fs::File::open(path)?;
+            let mut buf = vec![1u8; 1 << 16];
+            let p = a.page_ptr(page)?;
+            a.page_ptr(page + 1)?;
+            // SAFETY: inside the mapping (checked above).
+            unsafe { p.write_volatile(1) };
+            use std::io::Read as _;
+            let mut file = file;
+            while file.read(&mut buf)? > 0 {}
+            return Ok("ok".into());
+        }
         let (start, end) = (num(2)?, num(3)?);
         if start > end {
             refuse!("empty range {start}..{end}");
@@ -196,6 +233,74 @@ impl Script {
                         };
                     }
                 });
+            }
+            "madvise-any" => {
+                let ptr = a.page_ptr(start)?;
+                // SAFETY: DONTNEED on our own address range; parts of it may be unmapped,
+                // which is what this command is for.
+                let ret = unsafe {
+                    libc::madvise(
+                        ptr.cast(),
+                        ((end - start) * PAGE_SIZE) as usize,
+                        libc::MADV_DONTNEED,
+                    )
+                };
+                if ret != 0 {
+                    let errno = nix::errno::Errno::last();
+                    return Ok(format!("errno {errno:?}"));
+                }
+            }
+            "race" => {
+                let rounds = num(4)?;
+                let (base, len) = (a.page_ptr(start)? as usize, (end - start) * PAGE_SIZE);
+                a.page_ptr(end)?;
+                let writing = std::sync::atomic::AtomicBool::new(true);
+                std::thread::scope(|scope| {
+                    scope.spawn(|| {
+                        // Until the writer is done, so the last purges overlap its last writes.
+                        while writing.load(std::sync::atomic::Ordering::Relaxed) {
+                            // SAFETY: our own anonymous memory; its pages read back as zeroes.
+                            unsafe {
+                                libc::madvise(
+                                    base as *mut libc::c_void,
+                                    len as usize,
+                                    libc::MADV_DONTNEED,
+                                )
+                            };
+                        }
+                    });
+                    for _ in 0..rounds {
+                        for page in 0..end - start {
+                            // SAFETY: inside the mapping (checked above).
+                            unsafe {
+                                ((base + (page * PAGE_SIZE) as usize) as *mut u8).write_volatile(1)
+                            };
+                        }
+                    }
+                    writing.store(false, std::sync::atomic::Ordering::Relaxed);
+                });
+            }
+            "stride" => {
+                let (regions, pages) = (start, end.min(512));
+                let pause = std::time::Duration::from_micros(num(4).unwrap_or(0));
+                let base = a.page_ptr(0)? as usize;
+                a.page_ptr(regions * 512)?;
+                let handle = std::thread::spawn(move || {
+                    for i in 0..pages {
+                        if !pause.is_zero() {
+                            std::thread::sleep(pause);
+                        }
+                        for r in 0..regions {
+                            let page = r * 512 + i;
+                            // SAFETY: inside the mapping (checked above); the area stays
+                            // mapped until `join`.
+                            unsafe {
+                                ((base + (page * PAGE_SIZE) as usize) as *mut u8).write_volatile(1)
+                            };
+                        }
+                    }
+                });
+                self.background.insert(name.to_owned(), handle);
             }
             other => refuse!("unknown command {other}"),
         }

@@ -272,7 +272,7 @@ impl Session {
                 }
                 // A full map is counted by the programs' drops; the bits come back at the
                 // next read.
-                if self.add_bits(tgid, addr, &add).is_ok() {
+                if let Ok(true) = self.add_bits(tgid, addr, &add) {
                     let entry = bits.entry(addr).or_default();
                     *entry = entry.union(&add);
                 }
