@@ -149,3 +149,41 @@ fn this_kernel_uses_pagemap_scan_and_batched_map_reads() {
         .expect("attached line");
     assert_eq!(attached["fallbacks"], serde_json::json!([]), "{attached}");
 }
+
+/// The bits a tick learns from pagemap land in the programs' map itself, not only in the
+/// tick's view: pages filled by UFFDIO_COPY and from another process are in the map after a
+/// refresh (read in-process, before any snapshot), and faults afterwards keep them.
+#[test]
+fn bits_learned_at_a_tick_are_written_to_the_map() {
+    skip_if!(needs_root_tests());
+    let mut w = Workload::spawn();
+    let addr = w.map("u", 4, false);
+    w.cmd("touch u 0 16");
+    let mut session = inproc::session_for(w.pid);
+    w.cmd("uffd u 100 200");
+    write_from_outside(w.pid, addr + 600 * PAGE_SIZE, 50);
+    let want = within(&truth(w.pid), addr, 4 << 20);
+    assert_eq!(
+        want.values().map(|b| b.count()).sum::<u32>(),
+        16 + 100 + 50,
+        "the pages written without a fault are there: {want:?}"
+    );
+    let before = within(&inproc::map_regions(&session, w.pid), addr, 4 << 20);
+    assert_ne!(before, want, "no fault of the process set those bits");
+    // A refresh re-reads what changed within its budget; a few cover the process.
+    let mut got = before;
+    for _ in 0..50 {
+        session.poll().expect("poll");
+        session.refresh().expect("refresh");
+        got = within(&inproc::map_regions(&session, w.pid), addr, 4 << 20);
+        if got == want {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(got, want, "the map after the ticks, against pagemap");
+    w.cmd("touch u 300 310");
+    session.poll().expect("poll");
+    let after = within(&inproc::map_regions(&session, w.pid), addr, 4 << 20);
+    assert_eq!(after, within(&truth(w.pid), addr, 4 << 20));
+}
