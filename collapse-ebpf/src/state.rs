@@ -173,9 +173,12 @@ pub fn pte_index(addr: u64) -> u32 {
 /// where branches on unknown values multiply its states.
 #[inline(always)]
 fn clamp64(d: i64) -> u64 {
-    let d = d & !(d >> 63);
+    // The sign masks go through `black_box`: LLVM would fold `d & !(d >> 63)` into a max,
+    // which BPF (no conditional move) lowers to a branch, and old verifiers (6.1) then walk
+    // every combination of the branches of a 16-mask unmap.
+    let d = d & !core::hint::black_box(d >> 63);
     let over = d - 64;
-    (64 + (over & (over >> 63))) as u64
+    (64 + (over & core::hint::black_box(over >> 63))) as u64
 }
 
 /// The low `n` bits set, `n` in `0..=64`, without a branch.
@@ -237,6 +240,29 @@ pub fn set_bits(key: &RegionKey, lo: u32, hi: u32) {
     }
 }
 
+/// Sets PTE bit `pte` of region `key`, creating the region if needed: [`set_bits`] for one
+/// bit, without its per-word loop (straight-line code is what old verifiers walk cheaply).
+#[inline(always)]
+fn set_bit(key: &RegionKey, pte: u32) {
+    let word = (pte >> 6) as usize & (BITMAP_WORDS - 1);
+    let bit = 1u64 << (pte & 63);
+    if let Some(v) = REGIONS.get_ptr_mut(key) {
+        // SAFETY: word < 8 words of the map value.
+        atomic_or(unsafe { (v as *mut u64).add(word) }, bit);
+        return;
+    }
+    let mut fresh = OccupancyBitmap::EMPTY;
+    fresh.words[word] = bit;
+    if REGIONS.insert(key, fresh, NOEXIST).is_ok() {
+        return;
+    }
+    match REGIONS.get_ptr_mut(key) {
+        // SAFETY: as above.
+        Some(v) => atomic_or(unsafe { (v as *mut u64).add(word) }, bit),
+        None => count_drop(DropReason::RegionMapFull),
+    }
+}
+
 /// Records one PTE bit: the common fault case. Into this CPU's pending region when the fault
 /// is in the same region as the last one here (no hash lookup), else the pending bits go to
 /// the region map and the slot moves to the new region.
@@ -247,7 +273,7 @@ pub fn record_bit(tgid: u32, addr: u64) {
     let slot = match PENDING_REGION.get_ptr_mut(0) {
         Some(slot) if conf!(nr_cpus) != 0 => slot,
         _ => {
-            set_bits(&key, pte, pte + 1);
+            set_bit(&key, pte);
             return;
         }
     };
@@ -269,18 +295,24 @@ pub fn record_bit(tgid: u32, addr: u64) {
 /// Moves a slot's bits into the region map.
 #[inline(always)]
 fn flush_pending(p: &mut PendingRegion) {
-    if p.tgid == 0 || p.bits.is_empty() {
+    // OR-reduced rather than `is_empty` (an early-exit loop): without branches per word the
+    // 6.1 verifier walks this once, instead of once per combination of empty words.
+    let mut any = 0;
+    let mut w = 0;
+    while w < BITMAP_WORDS {
+        any |= p.bits.words[w];
+        w += 1;
+    }
+    if p.tgid == 0 || any == 0 {
         return;
     }
     let key = RegionKey::of(p.tgid, p.generation, p.addr);
     if let Some(v) = REGIONS.get_ptr_mut(key) {
         let mut w = 0;
         while w < BITMAP_WORDS {
-            let m = p.bits.words[w];
-            if m != 0 {
-                // SAFETY: w < 8 words of the map value.
-                atomic_or(unsafe { (v as *mut u64).add(w) }, m);
-            }
+            // Unconditionally (an OR of 0 is harmless): no branch per word for the verifier.
+            // SAFETY: w < 8 words of the map value.
+            atomic_or(unsafe { (v as *mut u64).add(w) }, p.bits.words[w]);
             w += 1;
         }
         return;
@@ -403,11 +435,12 @@ pub fn clear_pending_all(tgid: u32) {
 fn or_range(v: *mut OccupancyBitmap, lo: u32, hi: u32) {
     let mut w = 0;
     while w < BITMAP_WORDS as u32 {
-        let m = range_word_mask(lo, hi, w);
-        if m != 0 {
-            // SAFETY: w < 8 words of the 64-byte map value.
-            atomic_or(unsafe { (v as *mut u64).add(w as usize) }, m);
-        }
+        // Unconditionally, as in `flush_pending`.
+        // SAFETY: w < 8 words of the 64-byte map value.
+        atomic_or(
+            unsafe { (v as *mut u64).add(w as usize) },
+            range_word_mask(lo, hi, w),
+        );
         w += 1;
     }
 }
