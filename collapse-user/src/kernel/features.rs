@@ -4,10 +4,6 @@
 //! `COLLAPSE_FALLBACKS=name,name` (or `all`) makes [`Feature::forced_off`] true for the named
 //! features; `COLLAPSE_CLASSIC_TRACEPOINTS=1` is the older spelling of `btf_tracepoints`.
 
-use std::path::Path;
-
-use super::{btf::KernelBtf, pagemap::PagemapReader, tracefs::TracepointFormat};
-
 /// The oldest kernel collapse runs on: MADV_COLLAPSE (the executor) is 6.1's, and every
 /// tracepoint, BTF member, helper and map type the tracer needs is in 6.1, or has a
 /// [`Feature`] fallback (README "Kernels" has the table and the sources checked).
@@ -84,57 +80,6 @@ impl Feature {
                 "a thread's in-flight fault is trusted until its first large folio, its next \
                  fault or a hooked syscall, and pagemap confirms every large folio"
             }
-        }
-    }
-
-    /// Whether this kernel has it, without loading anything (`collapse status`; the tracer
-    /// decides by loading). `tracefs`: the mounted tracefs, if any. `Err`: why not.
-    pub fn probe(self, tracefs: Option<&Path>) -> Result<(), String> {
-        if self.forced_off() {
-            return Err(FORCED.into());
-        }
-        match self {
-            Self::BtfTracepoints => KernelBtf::open()
-                .map_err(|e| e.to_string())?
-                .raw_tracepoint_params("page_fault_user")
-                .map_err(|e| e.to_string())?
-                .map(|_| ())
-                .ok_or_else(|| "BTF has no btf_trace_page_fault_user".into()),
-            Self::TaskIter => {
-                let btf = KernelBtf::open().map_err(|e| e.to_string())?;
-                if !btf.has_func("bpf_iter_task") {
-                    return Err("BTF has no bpf_iter_task (task iterators)".into());
-                }
-                btf.member_offset("task_struct", "tgid")
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }
-            Self::ExitGroupDead => {
-                let root = tracefs.ok_or("tracefs is not mounted")?;
-                TracepointFormat::read(root, "sched", "sched_process_exit")
-                    .map_err(|e| e.to_string())?
-                    .offset("group_dead")
-                    .map(|_| ())
-                    .map_err(|_| "sched:sched_process_exit has no group_dead (before 6.16)".into())
-            }
-            Self::PagemapScan => {
-                let mut reader =
-                    PagemapReader::open(std::process::id() as i32).map_err(|e| e.to_string())?;
-                reader.read_regions().map_err(|e| e.to_string())?;
-                if reader.uses_pagemap_scan() {
-                    Ok(())
-                } else {
-                    Err("no PAGEMAP_SCAN ioctl (before 6.7)".into())
-                }
-            }
-            // Since 5.6, older than any kernel collapse loads on; the tracer still falls back
-            // when a batch call is refused.
-            Self::MapBatch => Ok(()),
-            Self::CgroupV2Memory => super::memcg::probe_v2(),
-            Self::InUserFault => KernelBtf::open()
-                .and_then(|b| b.bit_member_offset("task_struct", "in_user_fault"))
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
         }
     }
 

@@ -151,7 +151,12 @@ impl Status {
             .map(|r| r.join("kprobe_events").exists());
         let features = Feature::ALL
             .iter()
-            .map(|&f| (f, f.probe(tracefs_root.as_deref().filter(|_| readable))))
+            .map(|&f| {
+                (
+                    f,
+                    probe::feature(f, tracefs_root.as_deref().filter(|_| readable)),
+                )
+            })
             .collect();
         let thp = ThpSettings::read();
         let madv_collapse_probe = if thp.is_ok() {
