@@ -232,17 +232,20 @@ fn readahead_after_a_fault_sets_no_bits() {
     let session = session_for(w.pid);
     unsafe { std::env::remove_var("COLLAPSE_LARGE_FOLIO_HOOK") };
     assert!(session.bpf().large_folio_hook().is_some(), "hook attached");
-    // What this test is about: the in_user_fault check itself (the other fallbacks of an
-    // older kernel do not matter here).
-    assert!(
-        !session
-            .bpf()
-            .fallbacks()
-            .iter()
-            .any(|f| f.feature == collapse::kernel::features::Feature::InUserFault),
-        "fallbacks: {:?}",
-        session.bpf().fallbacks()
-    );
+    // What this test is about is the in_user_fault check itself: without the bit (6.11+
+    // built without CONFIG_MEMCG_V1) readahead bits are only undone by pagemap's confirmation.
+    if let Some(f) = session
+        .bpf()
+        .fallbacks()
+        .iter()
+        .find(|f| f.feature == Feature::InUserFault)
+    {
+        skip::report(
+            "readahead_after_a_fault_sets_no_bits",
+            &format_args!("no task_struct::in_user_fault here: {}", f.why),
+        );
+        return;
+    }
     let a = w.map("a", 4, false);
     let file = cold_file("readahead_after_a_fault_sets_no_bits", 64);
     for round in 0..8 {
