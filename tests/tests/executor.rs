@@ -24,6 +24,7 @@ use collapse_common::{
     policy::{Planner, Policy, Settings},
 };
 use common::{
+    cloned::Cloned,
     skip::{needs_root_tests, skip_if},
     *,
 };
@@ -391,149 +392,11 @@ fn a_target_killed_before_executing_is_exited() {
     assert_eq!(ex.selected(), [alive.pid]);
 }
 
-/// A workload child started with `clone3`, optionally with a pid of our choosing (`set_tid`,
-/// root only, Linux 5.5) and always without address-space randomisation, so that a second
-/// child given the same commands maps the same addresses: an impostor for a pid that was a
-/// target.
-struct ClonedWorkload {
-    pid: i32,
-    stdin: std::fs::File,
-    lines: std::io::BufReader<std::fs::File>,
-    reaped: bool,
-}
-
-/// `struct clone_args` up to `set_tid_size` (include/uapi/linux/sched.h, CLONE_ARGS_SIZE_VER1).
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-}
-
-impl ClonedWorkload {
-    fn spawn(pid: Option<i32>) -> Self {
-        use std::{ffi::CString, os::unix::ffi::OsStringExt as _};
-        let bin = CString::new(collapse_bin().into_os_string().into_vec()).expect("path");
-        let argv = [
-            bin.as_ptr(),
-            c"workload".as_ptr(),
-            c"script".as_ptr(),
-            std::ptr::null(),
-        ];
-        let mut to_child = [0; 2];
-        let mut from_child = [0; 2];
-        // SAFETY: pipe2 fills the two-element arrays.
-        unsafe {
-            assert_eq!(libc::pipe2(to_child.as_mut_ptr(), libc::O_CLOEXEC), 0);
-            assert_eq!(libc::pipe2(from_child.as_mut_ptr(), libc::O_CLOEXEC), 0);
-        }
-        let mut tid = [pid.unwrap_or(0)];
-        let args = CloneArgs {
-            exit_signal: libc::SIGCHLD as u64,
-            set_tid: if pid.is_some() {
-                tid.as_mut_ptr() as u64
-            } else {
-                0
-            },
-            set_tid_size: u64::from(pid.is_some()),
-            ..CloneArgs::default()
-        };
-        // SAFETY: clone3 without CLONE_VM forks; the child only makes async-signal-safe calls
-        // on memory prepared above, then execs or exits.
-        let ret = unsafe {
-            let ret = libc::syscall(
-                libc::SYS_clone3,
-                &args as *const CloneArgs,
-                std::mem::size_of::<CloneArgs>(),
-            );
-            if ret == 0 {
-                libc::dup2(to_child[0], 0);
-                libc::dup2(from_child[1], 1);
-                libc::personality(libc::ADDR_NO_RANDOMIZE as libc::c_ulong);
-                libc::execv(bin.as_ptr(), argv.as_ptr());
-                libc::_exit(127);
-            }
-            libc::close(to_child[0]);
-            libc::close(from_child[1]);
-            ret
-        };
-        assert!(ret > 0, "clone3: {}", std::io::Error::last_os_error());
-        use std::os::fd::FromRawFd as _;
-        // SAFETY: the parent's ends of the pipes, owned by nothing else.
-        let (stdin, stdout) = unsafe {
-            (
-                std::fs::File::from_raw_fd(to_child[1]),
-                std::fs::File::from_raw_fd(from_child[0]),
-            )
-        };
-        let mut w = Self {
-            pid: ret as i32,
-            stdin,
-            lines: std::io::BufReader::new(stdout),
-            reaped: false,
-        };
-        let ready = w.line();
-        assert_eq!(ready, format!("ready {}", w.pid));
-        w
-    }
-
-    fn line(&mut self) -> String {
-        use std::io::BufRead as _;
-        let mut line = String::new();
-        self.lines.read_line(&mut line).expect("read from child");
-        line.trim_end().to_owned()
-    }
-
-    fn cmd(&mut self, line: &str) -> String {
-        use std::io::Write as _;
-        writeln!(self.stdin, "{line}").expect("write to child");
-        let reply = self.line();
-        assert!(
-            !reply.is_empty() && !reply.starts_with("error"),
-            "`{line}`: {reply:?}"
-        );
-        reply
-    }
-
-    /// Maps and fills `mib` MiB without advice; its address.
-    fn dense(&mut self, name: &str, mib: u64) -> u64 {
-        let reply = self.cmd(&format!("map {name} {mib} plain"));
-        self.cmd(&format!("fill {name} 0 {}", mib * 256));
-        let addr = reply.split_whitespace().nth(2).expect("mapped NAME ADDR");
-        u64::from_str_radix(addr.trim_start_matches("0x"), 16).expect("hex")
-    }
-
-    /// SIGKILL and reap: afterwards the pid is free for anyone.
-    fn kill_and_reap(&mut self) {
-        kill(Pid::from_raw(self.pid), Signal::SIGKILL).expect("kill our child");
-        nix::sys::wait::waitpid(Pid::from_raw(self.pid), None).expect("reap");
-        self.reaped = true;
-    }
-}
-
-impl Drop for ClonedWorkload {
-    fn drop(&mut self) {
-        if !self.reaped {
-            // Only the process this test started, by its pid.
-            let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
-            let _ = nix::sys::wait::waitpid(Pid::from_raw(self.pid), None);
-        }
-    }
-}
-
 #[test]
 fn a_reused_pid_is_never_touched() {
     skip_if!(needs_root_tests());
     let planner = planner();
-    let mut target = ClonedWorkload::spawn(None);
+    let mut target = Cloned::spawn(&collapse_bin(), None).expect("a child");
     let addr = target.dense("a", 8);
     let area = Area {
         name: "a",
@@ -548,7 +411,7 @@ fn a_reused_pid_is_never_touched() {
     target.kill_and_reap();
 
     // Another process gets the pid and the same dense memory at the same addresses.
-    let mut impostor = ClonedWorkload::spawn(Some(pid));
+    let mut impostor = Cloned::spawn(&collapse_bin(), Some(pid)).expect("the freed pid");
     assert_eq!(impostor.pid, pid);
     assert_eq!(
         impostor.dense("a", 8),

@@ -24,6 +24,7 @@ use nix::{
 };
 use serde_json::Value;
 
+pub mod cloned;
 pub mod inproc;
 pub mod skip;
 pub mod thp;
