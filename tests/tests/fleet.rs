@@ -114,39 +114,11 @@ fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>
     }
 }
 
-fn in_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    })
-}
-
 /// Debian's prometheus and promtool, installed when missing.
 fn prometheus_binaries() -> (PathBuf, PathBuf) {
-    if let (Some(p), Some(t)) = (in_path("prometheus"), in_path("promtool")) {
-        return (p, t);
-    }
-    eprintln!(
-        "SETUP fleet: prometheus is missing; installing Debian's prometheus (apt-get install -y prometheus)"
-    );
-    let apt = |args: &[&str]| {
-        Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    let installed = apt(&["install", "-y", "prometheus"])
-        || (apt(&["update"]) && apt(&["install", "-y", "prometheus"]));
-    match (installed, in_path("prometheus"), in_path("promtool")) {
-        (true, Some(p), Some(t)) => (p, t),
-        _ => panic!(
-            "prometheus is missing and `apt-get install -y prometheus` failed: install Debian's \
-             prometheus by hand to run this test"
-        ),
-    }
+    let mut b = debian::binaries("fleet", "prometheus", &["prometheus", "promtool"]);
+    let promtool = b.pop().expect("promtool");
+    (b.pop().expect("prometheus"), promtool)
 }
 
 /// A Prometheus server of this test's own on loopback, scraping one target every second;
@@ -774,7 +746,7 @@ fn bad_metrics_addresses_and_configs_are_one_line_errors() {
 /// nothing to say.
 #[test]
 fn the_installed_systemd_unit_verifies() {
-    let Some(analyze) = in_path("systemd-analyze") else {
+    let Some(analyze) = debian::in_path("systemd-analyze") else {
         skip!("systemd-analyze is missing (Debian package systemd)");
     };
     let bin = collapse_bin();

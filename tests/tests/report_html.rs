@@ -118,38 +118,9 @@ fn report_html_draws_its_charts_in_chromium() {
 
 /// The chromium binary, installed from Debian's packages when it is missing.
 fn chromium() -> PathBuf {
-    if let Some(path) = in_path("chromium") {
-        return path;
-    }
-    eprintln!(
-        "SETUP report_html: chromium is missing; installing Debian's chromium (apt-get install -y chromium)"
-    );
-    let apt = |args: &[&str]| {
-        Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    let installed = apt(&["install", "-y", "chromium"])
-        || (apt(&["update"]) && apt(&["install", "-y", "chromium"]));
-    match in_path("chromium") {
-        Some(path) if installed => path,
-        _ => panic!(
-            "chromium is missing and `apt-get install -y chromium` failed: install Debian's \
-             chromium by hand to run this test"
-        ),
-    }
-}
-
-fn in_path(name: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|dir| dir.join(name))
-        .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+    common::debian::binaries("report_html", "chromium", &["chromium"])
+        .pop()
+        .expect("chromium")
 }
 
 /// Headless Chromium with a profile, config and cache of its own under the test's directory

@@ -25,6 +25,7 @@ use nix::{
 use serde_json::Value;
 
 pub mod cloned;
+pub mod debian;
 pub mod inproc;
 pub mod skip;
 pub mod thp;
