@@ -20,6 +20,8 @@ pub enum AreaError {
     Outside { page: u64, pages: u64 },
     #[error("toucher thread panicked")]
     Panicked,
+    #[error("reading /proc/self/maps")]
+    Maps(#[source] procfs::ProcError),
     #[error("{call}")]
     Syscall {
         call: String,
@@ -234,29 +236,60 @@ impl Area {
     }
 
     /// Moves the whole area to a fresh 2 MiB-aligned address with `mremap` (its pages move
-    /// without a fault).
+    /// without a fault). Each mapped piece moves on its own, to the same offset: before 6.17
+    /// one `mremap` moves one VMA only (EFAULT across a hole or a split), and the area may
+    /// have both. Its holes stay holes at the new address.
     pub fn relocate(&mut self) -> Result<(), AreaError> {
         let target = Self::map(self.len as u64, None)?;
-        // SAFETY: both ranges are our own mappings of the same length; MREMAP_FIXED replaces
-        // the fresh one, whose ownership passes to `self` below.
-        let moved = unsafe {
-            libc::mremap(
-                self.base.as_ptr(),
-                self.len,
-                self.len,
-                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
-                target.base.as_ptr(),
-            )
+        let (from, to) = (self.base.as_ptr() as u64, target.base.as_ptr() as u64);
+        // Unmaps the target's bytes `[start, end)` (offsets), a hole of the source.
+        let hole = |start: u64, end: u64| match start < end {
+            true => target.unmap((start - from) / PAGE_SIZE, (end - from) / PAGE_SIZE),
+            false => Ok(()),
         };
-        if moved == libc::MAP_FAILED {
-            return Err(AreaError::Syscall {
-                call: "mremap".into(),
-                source: nix::errno::Errno::last(),
-            });
+        let mut mapped_to = from;
+        for piece in self.mapped_pieces()? {
+            hole(mapped_to, piece.start)?;
+            let len = (piece.end - piece.start) as usize;
+            // SAFETY: the piece is one VMA of our own mapping; MREMAP_FIXED replaces the
+            // same-sized part of the fresh one, whose ownership passes to `self` below.
+            let moved = unsafe {
+                libc::mremap(
+                    piece.start as *mut libc::c_void,
+                    len,
+                    len,
+                    libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                    (to + piece.start - from) as *mut libc::c_void,
+                )
+            };
+            if moved == libc::MAP_FAILED {
+                return Err(AreaError::Syscall {
+                    call: "mremap".into(),
+                    source: nix::errno::Errno::last(),
+                });
+            }
+            mapped_to = piece.end;
         }
+        hole(mapped_to, from + self.len as u64)?;
         self.base = target.base;
         std::mem::forget(target);
         Ok(())
+    }
+
+    /// The VMAs of this area as they are now (`/proc/self/maps`), clipped to it.
+    fn mapped_pieces(&self) -> Result<Vec<std::ops::Range<u64>>, AreaError> {
+        let (start, end) = (
+            self.base.as_ptr() as u64,
+            self.base.as_ptr() as u64 + self.len as u64,
+        );
+        let maps = procfs::process::Process::myself()
+            .and_then(|me| me.maps())
+            .map_err(AreaError::Maps)?;
+        Ok(maps
+            .into_iter()
+            .map(|m| m.address.0.max(start)..m.address.1.min(end))
+            .filter(|r| r.start < r.end)
+            .collect())
     }
 
     /// Maps fresh, empty anonymous memory over pages `[start, end)` at their own address:
@@ -406,4 +439,55 @@ mod uffd {
     nix::ioctl_readwrite!(register, 0xaa, 0x00, Register);
     nix::ioctl_read!(unregister, 0xaa, 0x01, Range);
     nix::ioctl_readwrite!(copy, 0xaa, 0x03, Copy);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `relocate` moves each piece of an area split by a hole and by an madvise to the same
+    /// offset, with its contents, and the hole stays a hole.
+    #[test]
+    fn relocate_moves_every_piece_and_keeps_the_holes() {
+        let mut a = Area::map(4 * PMD_SIZE, None).unwrap();
+        let pages = a.pages();
+        for page in [0, 299, 400, 700, pages - 1] {
+            // SAFETY: inside the mapping.
+            unsafe { a.page_ptr(page).unwrap().write_volatile((page % 251) as u8 + 1) };
+        }
+        a.unmap(300, 400).unwrap();
+        // SAFETY: our own mapping; the advice only splits the VMA.
+        let split = unsafe { a.page_ptr(600).unwrap().cast::<libc::c_void>() };
+        unsafe {
+            madvise(
+                NonNull::new(split).unwrap(),
+                (100 * PAGE_SIZE) as usize,
+                MmapAdvise::MADV_NOHUGEPAGE,
+            )
+        }
+        .unwrap();
+        let old = a.addr();
+        let offsets = |a: &Area| {
+            let base = a.addr();
+            a.mapped_pieces()
+                .unwrap()
+                .iter()
+                .map(|r| (r.start - base) / PAGE_SIZE..(r.end - base) / PAGE_SIZE)
+                .collect::<Vec<_>>()
+        };
+        let before = offsets(&a);
+        assert_eq!(before.len(), 4, "{before:?}");
+        a.relocate().unwrap();
+        assert_ne!(a.addr(), old);
+        assert_eq!(offsets(&a), before);
+        for page in [0, 299, 400, 700, pages - 1] {
+            // SAFETY: inside the mapping.
+            assert_eq!(unsafe { a.page_ptr(page).unwrap().read_volatile() }, (page % 251) as u8 + 1);
+        }
+        let me = procfs::process::Process::myself().unwrap();
+        let left = me.maps().unwrap().into_iter().any(|m| {
+            m.address.0 < old + a.len as u64 && m.address.1 > old
+        });
+        assert!(!left, "something is still mapped at the old address {old:#x}");
+    }
 }
