@@ -348,7 +348,9 @@ fn removed_cgroup_is_a_drop() {
 /// `trace --all` while two processes map, touch and unmap 64 MiB in a loop and a shell starts
 /// short processes: it runs its whole duration and ends with an `end` line, in JSON and for
 /// people. (It used to stop with an error when it deleted a region the programs had just
-/// deleted themselves.)
+/// deleted themselves.) It never ends before its duration, on its own clock or on ours, and
+/// never ticks faster than its interval: a report had it end with `duration` after 100 samples
+/// while the script driving it had seen about 25 s.
 #[test]
 fn all_survives_a_process_storm() {
     skip_if!(needs_root_tests());
@@ -373,11 +375,13 @@ fn all_survives_a_process_storm() {
         if json {
             args.push("--json");
         }
+        let started = std::time::Instant::now();
         let out = Command::new(collapse_bin())
             .args(&args)
             .stderr(Stdio::piped())
             .output()
             .expect("collapse trace --all");
+        let took = started.elapsed();
         let _ = shell.kill();
         let _ = shell.wait();
         for mut s in storms {
@@ -401,7 +405,14 @@ fn all_survives_a_process_storm() {
                 lines.last().map(|v| v["reason"].clone()),
                 Some("duration".into())
             );
+            let ran = lines.last().and_then(|v| v["elapsed_s"].as_f64());
+            assert!(ran.is_some_and(|s| s >= 20.0), "ended after {ran:?} s of 20");
+            // One sample a tick, at most one a 0.5 s interval, and the final one.
+            let samples = lines.iter().filter(|v| v["type"] == "sample").count();
+            assert!(samples <= 20 * 2 + 1, "{samples} samples in 20 s at 0.5 s");
         }
+        // However loaded the machine, a duration is a lower bound.
+        assert!(took.as_secs_f64() >= 20.0, "trace --all returned after {took:?} of 20 s");
     }
 }
 

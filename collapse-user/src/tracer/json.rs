@@ -28,8 +28,11 @@ pub enum TraceLine<'a> {
     },
     Sample(SampleLine<'a>),
     Event(EventLine<'a>),
+    /// Last: why the trace stopped, and how long it ran (from the start of tracing, so a
+    /// `--duration` trace says at least its duration).
     End {
         reason: &'static str,
+        elapsed_s: f64,
     },
 }
 
@@ -245,8 +248,12 @@ mod tests {
 
     #[test]
     fn lines_keep_their_keys() {
-        let end = TraceLine::End { reason: "duration" }.to_json();
-        assert_eq!(end, r#"{"type":"end","reason":"duration"}"#);
+        let end = TraceLine::End {
+            reason: "duration",
+            elapsed_s: 20.5,
+        }
+        .to_json();
+        assert_eq!(end, r#"{"type":"end","reason":"duration","elapsed_s":20.5}"#);
         let ev = Event {
             status: 1,
             pid: 77,

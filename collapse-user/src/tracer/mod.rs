@@ -84,7 +84,8 @@ pub async fn trace_with<H: TickHandler<Error = TracerError>>(
             std::io::stdout(),
             "{}",
             TraceLine::End {
-                reason: stop.name()
+                reason: stop.name(),
+                elapsed_s: session.elapsed().as_secs_f64(),
             }
             .to_json()
         ))?;
