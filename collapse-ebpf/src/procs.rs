@@ -13,7 +13,8 @@ use collapse_common::{consts::CLONE_THREAD, event::EventKind};
 
 use crate::state::{
     CONFIG, FAULT_IN_FLIGHT, TRACKED, bit_clear, bit_set, clear_pending_all, conf, current_tgid,
-    emit_range, end_generation, field, forget_mm, generation, is_tracked, learn_mm,
+    emit_range, end_generation, field, flush_pending_all, forget_mm, generation, is_tracked,
+    learn_mm,
 };
 
 /// Whether the current task's comm is the `--comm` target.
@@ -141,6 +142,8 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     if tracked {
         bit_clear(&TRACKED, tgid);
         forget_mm(tgid);
+        // Its last bits into the map (the ended snapshot reads them), then out of the slots.
+        flush_pending_all(tgid);
         clear_pending_all(tgid);
         // `len` says which generation ended, so a late record never ends the pid's next process.
         emit_range(EventKind::Exit, tgid, 0, u64::from(generation(tgid)));

@@ -417,6 +417,44 @@ extern "C" fn clear_pending_on(cpu: u64, ctx: *mut c_void) -> i64 {
     0
 }
 
+/// Moves every CPU's pending bits of `tgid` into the region map (at exit: the map then holds
+/// the process's last state, which userspace keeps for the snapshot before it sweeps the
+/// regions). Each slot is copied first and the copy flushed, so this CPU never writes another
+/// CPU's slot; a slot another process takes over meanwhile is flushed to its own key or left.
+#[inline(always)]
+pub fn flush_pending_all(tgid: u32) {
+    let nr_cpus = conf!(nr_cpus).min(MAX_CPUS);
+    if nr_cpus == 0 {
+        return;
+    }
+    let mut t = tgid;
+    // SAFETY: the callback only reads `t`, which outlives the call.
+    unsafe {
+        bpf_loop(
+            nr_cpus,
+            flush_pending_on as *mut c_void,
+            (&raw mut t).cast(),
+            0,
+        )
+    };
+}
+
+#[inline(never)]
+extern "C" fn flush_pending_on(cpu: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the caller's tgid.
+    let Some(&tgid) = (unsafe { ctx.cast::<u32>().as_ref() }) else {
+        return 1;
+    };
+    let Some(q) = pending_slot(cpu as u32) else {
+        return 1;
+    };
+    let mut copy = *q;
+    if copy.tgid == tgid {
+        flush_pending(&mut copy);
+    }
+    0
+}
+
 /// Forgets everything pending for `tgid` (exit, exec).
 #[inline(always)]
 pub fn clear_pending_all(tgid: u32) {

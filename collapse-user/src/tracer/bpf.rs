@@ -1087,16 +1087,19 @@ impl Bpf {
         .map(|_| ())
     }
 
-    /// Deletes every region and khugepaged count whose process (tgid, generation) `keep` does
-    /// not want: processes that ended, also when their exit record was lost. Returns how many
-    /// regions went.
-    pub fn prune(&mut self, keep: impl Fn(u32, u32) -> bool) -> Result<usize> {
-        let gone: Vec<RegionKey> = self
-            .region_keys()?
+    /// Deletes the regions and khugepaged counts of every (tgid, generation) `keep` refuses;
+    /// returns the regions deleted, with their last bits (an ended process's last state).
+    pub fn prune(
+        &mut self,
+        keep: impl Fn(u32, u32) -> bool,
+    ) -> Result<Vec<(RegionKey, OccupancyBitmap)>> {
+        let gone: Vec<(RegionKey, OccupancyBitmap)> = self
+            .region_entries()?
             .into_iter()
-            .filter(|k| !keep(k.tgid, k.generation))
+            .filter(|(k, _)| !keep(k.tgid, k.generation))
             .collect();
-        self.remove_regions(&gone)?;
+        let keys: Vec<RegionKey> = gone.iter().map(|(k, _)| *k).collect();
+        self.remove_regions(&keys)?;
         let mut counts: HashMap<&mut MapData, KhugepagedKey, u64> =
             HashMap::try_from(self.map_mut(names::KHUGEPAGED_COUNTS)?)?;
         let stale: Vec<KhugepagedKey> = counts
@@ -1107,7 +1110,7 @@ impl Bpf {
         for key in stale {
             removed(counts.remove(&key))?;
         }
-        Ok(gone.len())
+        Ok(gone)
     }
 
     /// Deletes regions no program writes any more (of processes that ended).

@@ -152,8 +152,8 @@ pub struct Session {
     started: Instant,
     /// Processes whose pagemap could not be read (warned once).
     unseeded: BTreeSet<u32>,
-    /// Processes that ended and whose regions are still in the map.
-    dead: BTreeSet<u32>,
+    /// Processes that ended and whose regions are still in the map, by tgid: their generation.
+    dead: BTreeMap<u32, u32>,
     /// What the THP settings allow, as of the last tick.
     large_folios: LargeFolios,
     /// Why the large-folio hook was attached, not yet reported.
@@ -303,7 +303,7 @@ impl Session {
             started: Instant::now(),
             target: Target::default(),
             unseeded: BTreeSet::new(),
-            dead: BTreeSet::new(),
+            dead: BTreeMap::new(),
             large_folios: LargeFolios::from_kernel(),
             hook_news: Vec::new(),
             ring_lost: 0,
@@ -466,7 +466,7 @@ impl Session {
             return Ok(None);
         }
         // Its regions go at the next sweep: one walk of the map per tick, not one per exit.
-        self.dead.insert(tgid);
+        self.dead.insert(tgid, p.generation);
         // The program clears the bit at exit and at a comm change already.
         if !self.target.all && self.bpf.is_tracked(tgid).unwrap_or(false) {
             let _ = self.bpf.set_tracked(tgid, false);
@@ -869,12 +869,38 @@ impl Session {
     /// Deletes the regions and khugepaged counts of every process not traced now: those that
     /// ended, earlier processes of a reused pid, and those whose exit record was lost. A
     /// process traced later is seeded whole from pagemap, so nothing it needs goes.
+    ///
+    /// What the map held of a process that ended is its last state (the programs flush its
+    /// pending bits at exit, and nothing clears bits at exit). The snapshot keeps it added to
+    /// the view of its last tick: memory it touched after that tick is there too, and memory
+    /// it freed on its way out (a program unmapping its buffers before it returns) stays as
+    /// that tick saw it. A command shorter than one interval is thus in the snapshot at all.
+    /// Only for processes kept already, or named by the target (`--pid`, the command and its
+    /// children): under `--all`, thousands of short processes nobody asked for are not kept.
     fn sweep(&mut self) -> Result<()> {
-        self.dead.clear();
+        let dead = std::mem::take(&mut self.dead);
         let procs = &self.procs;
-        self.bpf.prune(|tgid, generation| {
+        let gone = self.bpf.prune(|tgid, generation| {
             procs.get(&tgid).is_some_and(|p| p.generation == generation)
         })?;
+        let mut last: BTreeMap<u32, BTreeMap<u64, OccupancyBitmap>> = BTreeMap::new();
+        for (key, bits) in gone {
+            if dead.get(&key.tgid) == Some(&key.generation) {
+                last.entry(key.tgid).or_default().insert(key.addr, bits);
+            }
+        }
+        let named = self.target.ends_with_its_processes();
+        for (tgid, bits) in last {
+            let Some(seen) = self.ended_regions.get(&tgid) else {
+                if named {
+                    self.keep_ended(tgid, last_state(&[], &bits));
+                }
+                continue;
+            };
+            let regions = last_state(seen, &bits);
+            self.ended_count = self.ended_count - seen.len() + regions.len();
+            self.ended_regions.insert(tgid, regions);
+        }
         Ok(())
     }
 
@@ -912,8 +938,12 @@ impl Session {
     }
 
     /// The region snapshot (DESIGN.md) of every traced process, and of those that ended while
-    /// traced as they were at the last refresh before they did.
+    /// traced as they were when they did (see [`Session::sweep`]).
     pub fn snapshot(&mut self) -> Result<Vec<SnapshotRegion>> {
+        // The last state of what ended since the last tick (the command, often).
+        if !self.dead.is_empty() {
+            self.sweep()?;
+        }
         // Every process read now, whatever the tick's budget: the snapshot is exact.
         self.refresh_views(true)?;
         let mut all = self.current.clone();
@@ -946,6 +976,24 @@ impl Session {
             child.stop();
         }
     }
+}
+
+/// A process's regions for the snapshot once it ended: those of its last view, with the bits
+/// the map held at its exit added (a region only the map has is new since that view).
+fn last_state(seen: &[TracedRegion], bits: &BTreeMap<u64, OccupancyBitmap>) -> Vec<TracedRegion> {
+    let mut all: BTreeMap<u64, TracedRegion> = seen.iter().map(|r| (r.addr, r.clone())).collect();
+    for (&addr, bits) in bits {
+        let r = all.entry(addr).or_insert(TracedRegion {
+            addr,
+            state: RegionState::default(),
+            pmd_mapped: false,
+        });
+        // A page its last view saw swapped out is still not present.
+        r.state.present = r.state.present.union(&bits.difference(&r.state.swap));
+    }
+    all.into_values()
+        .filter(|r| !r.state.present.is_empty())
+        .collect()
 }
 
 impl Drop for Session {
