@@ -121,9 +121,13 @@ pub async fn run<H: TickHandler>(
                 let mut guard = guard.map_err(TracerError::Poll)?;
                 let events = session::drain(guard.get_inner_mut());
                 guard.clear_ready();
-                handle_events(session, handler, &events)?;
+                let ended = handle_events(session, handler, &events)?;
                 if !events.is_empty() {
                     shown_at = None;
+                }
+                // The last target ending stops the loop now, not at the next tick.
+                if ended && session.targets_gone() {
+                    break Stop::TargetsGone;
                 }
             }
             () = sleep_until_some(next_poll), if next_poll.is_some() => {
@@ -172,17 +176,20 @@ async fn sleep_until_some(at: Option<Instant>) {
     }
 }
 
+/// Hands `events` to the session and what it saw to the handler; whether a process ended.
 fn handle_events<H: TickHandler>(
     session: &mut Session,
     handler: &mut H,
     events: &[collapse_common::event::Event],
-) -> Result<(), H::Error> {
+) -> Result<bool, H::Error> {
+    let mut ended = false;
     for ev in events {
         let mut seen: Vec<Observed> = session.handle(ev)?.into_iter().collect();
         seen.extend(session.take_hook_news());
         for o in &seen {
+            ended |= matches!(o, Observed::Ended { .. });
             handler.observed(session, o)?;
         }
     }
-    Ok(())
+    Ok(ended)
 }
