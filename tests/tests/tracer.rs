@@ -3,7 +3,11 @@
 
 mod common;
 
-use std::time::Duration;
+use std::{
+    io::Write as _,
+    process::Stdio,
+    time::Duration,
+};
 
 use collapse_common::{OccupancyBitmap, consts::PMD_SIZE};
 use common::{
@@ -343,6 +347,73 @@ fn a_command_traced_to_its_end_still_has_a_snapshot() {
         populated >= 6272,
         "{populated} pages in the snapshot of a command that ended: {text:?}"
     );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A command whose whole life falls between two ticks (`--interval 60`: the first would come
+/// long after it ends) is in the snapshot with what the map held when it ended (its pending
+/// bits flushed at exit), not as the empty view of its start. Its end stops the trace at once,
+/// not at the next tick.
+#[test]
+fn a_command_that_ends_between_ticks_is_snapshotted_as_it_ended() {
+    skip_if!(needs_root_tests());
+    let dir = temp_dir("cmd-between-ticks");
+    let snap = dir.join("snap.jsonl");
+    let bin = collapse_bin();
+    let mut trace = std::process::Command::new(&bin)
+        .args(["trace", "--interval", "60", "--json", "--snapshot"])
+        .arg(&snap)
+        .arg("--")
+        .arg(&bin)
+        .args(["workload", "script"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run collapse trace");
+    // Two regions full, one with 100 pages, one page each in 61 more; then exit_group with
+    // all of it mapped, as most programs end.
+    let mut script = String::from("map a 128 plain\ntouch a 0 1024\ntouch a 1024 1124\n");
+    for r in 3..64 {
+        script.push_str(&format!("touch a {} {}\n", r * 512, r * 512 + 1));
+    }
+    script.push_str("exit-mapped\n");
+    trace
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let out = trace.wait_with_output().expect("collapse trace");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = json_lines(&out);
+    let samples = lines.iter().filter(|v| v["type"] == "sample").count();
+    // Only the last one, after the command ended: no tick saw its memory.
+    assert_eq!(samples, 1, "{lines:?}");
+    assert_eq!(
+        lines.last().map(|v| v["reason"].clone()),
+        Some("targets ended".into())
+    );
+    let text = std::fs::read_to_string(&snap).expect("snapshot written");
+    let regions = collapse::snapshot::read_snapshot(text.as_bytes()).expect("valid snapshot");
+    let base = regions
+        .iter()
+        .filter(|r| r.state.present.count() == 512)
+        .map(|r| r.addr)
+        .min()
+        .expect("a full region in the snapshot");
+    let area = |i: u64| {
+        regions
+            .iter()
+            .find(|r| r.addr == base + i * PMD_SIZE)
+            .map_or(0, |r| r.state.present.count())
+    };
+    assert_eq!((area(0), area(1), area(2)), (512, 512, 100), "{text}");
+    assert!((3..64).all(|i| area(i) == 1), "{text}");
     let _ = std::fs::remove_dir_all(dir);
 }
 

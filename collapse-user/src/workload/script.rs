@@ -51,7 +51,8 @@ use super::{Area, WorkloadError};
 ///                                          FIFO OUT, starting with `ready PID`)
 /// exec PATH                    -> (no reply: PATH, a `collapse` binary, runs `workload
 ///                                          script` in this process and says `ready PID`)
-/// exit                         -> (exits 0)
+/// exit                         -> (exits 0, its areas unmapped first)
+/// exit-mapped                  -> (exits 0 with its areas mapped, as most programs end)
 /// ```
 /// Errors reply `error <message>`, and the process keeps going.
 #[derive(Default)]
@@ -73,6 +74,10 @@ impl Script {
             }
             if line == "exit" {
                 break;
+            }
+            if line == "exit-mapped" {
+                out.flush()?;
+                std::process::exit(0);
             }
             match self.command(line) {
                 Ok(reply) => writeln!(out, "{reply}")?,
