@@ -9,7 +9,11 @@ use super::{Area, WorkloadError};
 
 /// The demo's layout, in 2 MiB regions: 8 dense (every page), 8 sparse (one page in 32),
 /// 8 half-full (first half of each region), populated one region set per second so the live
-/// view moves; then MADV_HUGEPAGE so khugepaged may collapse what its rules allow.
+/// view moves; then MADV_HUGEPAGE so khugepaged may collapse what its rules allow. It ends
+/// with its memory mapped, as most programs end (the kernel unmaps it at exit, which no
+/// syscall tracepoint sees): `trace -- collapse workload demo` has it all in the snapshot,
+/// whenever the last tick came. Unmapping first would leave a window before the exit in which
+/// a tick sees the memory gone.
 pub(super) fn run(hold: u64) -> Result<ExitCode, WorkloadError> {
     const REGIONS: u64 = 8;
     let per_region = PMD_SIZE / PAGE_SIZE;
@@ -29,5 +33,8 @@ pub(super) fn run(hold: u64) -> Result<ExitCode, WorkloadError> {
         a.advise(0, a.pages(), MmapAdvise::MADV_HUGEPAGE)?;
     }
     std::thread::sleep(Duration::from_secs(hold));
+    for a in [dense, sparse, half] {
+        std::mem::forget(a);
+    }
     Ok(ExitCode::SUCCESS)
 }
