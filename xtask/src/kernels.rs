@@ -1,5 +1,6 @@
 //! `cargo xtask kernels`: boots the LTS kernels collapse supports besides the one it runs on
-//! (Debian's 6.1 and 6.12 cloud kernels) in qemu, and runs `collapse status` and the tracer's
+//! (Debian's 6.1 and 6.12 cloud kernels, and any bzImage given with `--image`, such as a 6.6
+//! built from source: Debian has none) in qemu, and runs `collapse status` and the tracer's
 //! root tests inside each, with the programs loaded for real on that kernel.
 //!
 //! Everything comes from Debian: the kernel packages are downloaded (not installed: nothing
@@ -62,6 +63,8 @@ pub(crate) struct Settings {
     pub(crate) kernels: Vec<String>,
     /// Test files to run; empty: [`GUEST_TESTS`].
     pub(crate) tests: Vec<String>,
+    /// bzImages of the caller's own to boot too, by name.
+    pub(crate) images: Vec<(String, PathBuf)>,
     /// Seconds a guest may run.
     pub(crate) timeout: u64,
 }
@@ -81,11 +84,14 @@ pub(crate) fn run(ws: &Workspace, settings: &Settings) -> Result<bool> {
     setup::apt_install(ws, &HOST_PACKAGES)?;
     let dir = ws.target_dir().join("kernels");
     fs::create_dir_all(&dir)?;
+    // With images of the caller's own and no --kernel, only those boot.
+    let debian_too = settings.images.is_empty() || !settings.kernels.is_empty();
     let kernels: Vec<Kernel> = KERNELS
         .into_iter()
+        .filter(|_| debian_too)
         .filter(|k| settings.kernels.is_empty() || settings.kernels.iter().any(|n| n == k.name))
         .collect();
-    if kernels.is_empty() {
+    if kernels.is_empty() && settings.images.is_empty() {
         bail!(
             "no such kernel among {}",
             KERNELS.map(|k| k.name).join(", ")
@@ -101,20 +107,23 @@ pub(crate) fn run(ws: &Workspace, settings: &Settings) -> Result<bool> {
     let busybox = unpack(&dir, "busybox-static")?.join("bin/busybox");
     let initrd = dir.join("guest.cpio");
     initramfs(&initrd, &busybox, &collapse, &tests)?;
-    let mut results = Vec::new();
+    let mut images = Vec::new();
     for kernel in kernels {
-        let image = kernel_image(&dir, kernel)?;
-        say!("kernels: booting {} ({})", kernel.name, image.display());
-        let log = dir.join(format!("guest-{}.log", kernel.name));
+        images.push((kernel.name.to_owned(), kernel_image(&dir, kernel)?));
+    }
+    images.extend(settings.images.iter().cloned());
+    let mut results = Vec::new();
+    for (name, image) in images {
+        say!("kernels: booting {name} ({})", image.display());
+        let log = dir.join(format!("guest-{name}.log"));
         let started = Instant::now();
         let mut result = boot(&image, &initrd, &log, Duration::from_secs(settings.timeout))?;
-        result.kernel = kernel.name.to_owned();
         say!(
-            "kernels: {} done in {:.0} s; its console is in {}",
-            kernel.name,
+            "kernels: {name} done in {:.0} s; its console is in {}",
             started.elapsed().as_secs_f64(),
             log.display()
         );
+        result.kernel = name;
         results.push(result);
     }
     print!("{}", summary(&results));

@@ -109,6 +109,10 @@ struct KernelsArgs {
     /// executor's files.
     #[arg(long = "test", value_name = "FILE")]
     tests: Vec<String>,
+    /// Also boot this bzImage of your own, under NAME (e.g. 6.6=~/linux/arch/x86/boot/bzImage);
+    /// repeat for more. With an image and no --kernel, only the images boot.
+    #[arg(long = "image", value_name = "NAME=PATH", value_parser = parse_image)]
+    images: Vec<(String, std::path::PathBuf)>,
     /// Seconds a guest may run before it is stopped.
     #[arg(long, default_value_t = 2400)]
     timeout: u64,
@@ -141,6 +145,19 @@ struct ExecutorBenchArgs {
     /// memory has been reported to the host (virtio-balloon) as it is for every arm.
     #[arg(long, default_value_t = 5)]
     settle: u64,
+}
+
+/// `NAME=PATH` of `kernels --image`: a kernel name and a bzImage that exists.
+fn parse_image(s: &str) -> Result<(String, std::path::PathBuf), String> {
+    let (name, path) = s
+        .split_once('=')
+        .filter(|(n, p)| !n.is_empty() && !p.is_empty())
+        .ok_or_else(|| format!("{s:?}: expected NAME=PATH, e.g. 6.6=arch/x86/boot/bzImage"))?;
+    let path = std::path::PathBuf::from(path);
+    if !path.is_file() {
+        return Err(format!("{}: no such file", path.display()));
+    }
+    Ok((name.to_owned(), path))
 }
 
 /// `1G`, `512M`, `512MiB`, or a bare number of MiB.
@@ -227,12 +244,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Task::Kernels(KernelsArgs {
             kernels,
             tests,
+            images,
             timeout,
         }) => kernels::run(
             &ws,
             &kernels::Settings {
                 kernels,
                 tests,
+                images,
                 timeout,
             },
         )
