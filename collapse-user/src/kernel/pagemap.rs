@@ -479,11 +479,13 @@ impl PagemapReader {
     }
 
     fn read_error(&self, path: &Path, e: io::Error) -> PagemapError {
-        if e.kind() == io::ErrorKind::UnexpectedEof || e.raw_os_error() == Some(libc::ESRCH) {
-            // pagemap_read() returns 0 once the mm is gone.
-            if !Path::new(&format!("/proc/{}", self.pid)).exists() {
-                return PagemapError::NoProcess { pid: self.pid };
-            }
+        // pagemap_read() returns 0 once the mm this file was opened on has no users: the
+        // process exited (a zombie, not yet reaped, still has its /proc entry: a traced
+        // command ending while it is read) or exec'd. Nothing of that mm is left to read.
+        let gone =
+            e.kind() == io::ErrorKind::UnexpectedEof || e.raw_os_error() == Some(libc::ESRCH);
+        if gone && path != Path::new(KPAGEFLAGS) {
+            return PagemapError::NoProcess { pid: self.pid };
         }
         open_error(self.pid, path, e)
     }
@@ -762,6 +764,42 @@ mod tests {
         assert_eq!(s.len(), 4);
         assert_eq!(s[0], 0..64 * M);
         assert_eq!(s[3], 192 * M..200 * M);
+    }
+
+    /// A process that ends while its pagemap is read (its VMAs listed, its mm gone before the
+    /// entries are) is gone, not an I/O error: a zombie keeps its /proc entry until reaped, and
+    /// a traced command is one until `collapse trace` reaps it. Needs root (kpageflags).
+    #[test]
+    fn a_process_ending_under_the_reader_is_gone() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: reading /proc/kpageflags needs root");
+            return;
+        }
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .expect("spawn sleep");
+        let pid = child.id() as i32;
+        let mut reader = PagemapReader::open(pid)
+            .expect("open its pagemap")
+            .without_pagemap_scan();
+        let vmas = reader.anon_vmas().expect("its VMAs");
+        assert!(!vmas.is_empty(), "sleep has anonymous memory (its stack)");
+        child.kill().expect("kill sleep");
+        // A zombie: dead, its mm gone, not reaped.
+        let zombie = (0..500).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            Process::new(pid)
+                .and_then(|p| p.stat())
+                .is_ok_and(|s| s.state == 'Z')
+        });
+        assert!(zombie, "pid {pid} did not become a zombie");
+        let read = reader.read_region_within(&vmas, vmas[0].start);
+        let _ = child.wait();
+        assert!(
+            matches!(read, Err(PagemapError::NoProcess { pid: p }) if p == pid),
+            "{read:?}"
+        );
     }
 
     #[test]
