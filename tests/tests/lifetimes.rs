@@ -406,13 +406,19 @@ fn all_survives_a_process_storm() {
                 Some("duration".into())
             );
             let ran = lines.last().and_then(|v| v["elapsed_s"].as_f64());
-            assert!(ran.is_some_and(|s| s >= 20.0), "ended after {ran:?} s of 20");
+            assert!(
+                ran.is_some_and(|s| s >= 20.0),
+                "ended after {ran:?} s of 20"
+            );
             // One sample a tick, at most one a 0.5 s interval, and the final one.
             let samples = lines.iter().filter(|v| v["type"] == "sample").count();
             assert!(samples <= 20 * 2 + 1, "{samples} samples in 20 s at 0.5 s");
         }
         // However loaded the machine, a duration is a lower bound.
-        assert!(took.as_secs_f64() >= 20.0, "trace --all returned after {took:?} of 20 s");
+        assert!(
+            took.as_secs_f64() >= 20.0,
+            "trace --all returned after {took:?} of 20 s"
+        );
     }
 }
 

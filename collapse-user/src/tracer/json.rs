@@ -253,7 +253,10 @@ mod tests {
             elapsed_s: 20.5,
         }
         .to_json();
-        assert_eq!(end, r#"{"type":"end","reason":"duration","elapsed_s":20.5}"#);
+        assert_eq!(
+            end,
+            r#"{"type":"end","reason":"duration","elapsed_s":20.5}"#
+        );
         let ev = Event {
             status: 1,
             pid: 77,

@@ -453,7 +453,11 @@ mod tests {
         let pages = a.pages();
         for page in [0, 299, 400, 700, pages - 1] {
             // SAFETY: inside the mapping.
-            unsafe { a.page_ptr(page).unwrap().write_volatile((page % 251) as u8 + 1) };
+            unsafe {
+                a.page_ptr(page)
+                    .unwrap()
+                    .write_volatile((page % 251) as u8 + 1)
+            };
         }
         a.unmap(300, 400).unwrap();
         // SAFETY: our own mapping; the advice only splits the VMA.
@@ -482,12 +486,20 @@ mod tests {
         assert_eq!(offsets(&a), before);
         for page in [0, 299, 400, 700, pages - 1] {
             // SAFETY: inside the mapping.
-            assert_eq!(unsafe { a.page_ptr(page).unwrap().read_volatile() }, (page % 251) as u8 + 1);
+            assert_eq!(
+                unsafe { a.page_ptr(page).unwrap().read_volatile() },
+                (page % 251) as u8 + 1
+            );
         }
         let me = procfs::process::Process::myself().unwrap();
-        let left = me.maps().unwrap().into_iter().any(|m| {
-            m.address.0 < old + a.len as u64 && m.address.1 > old
-        });
-        assert!(!left, "something is still mapped at the old address {old:#x}");
+        let left = me
+            .maps()
+            .unwrap()
+            .into_iter()
+            .any(|m| m.address.0 < old + a.len as u64 && m.address.1 > old);
+        assert!(
+            !left,
+            "something is still mapped at the old address {old:#x}"
+        );
     }
 }
