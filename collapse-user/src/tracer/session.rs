@@ -981,7 +981,7 @@ impl Session {
 /// A process's regions for the snapshot once it ended: those of its last view, with the bits
 /// the map held at its exit added (a region only the map has is new since that view).
 fn last_state(seen: &[TracedRegion], bits: &BTreeMap<u64, OccupancyBitmap>) -> Vec<TracedRegion> {
-    let mut all: BTreeMap<u64, TracedRegion> = seen.iter().map(|r| (r.addr, r.clone())).collect();
+    let mut all: BTreeMap<u64, TracedRegion> = seen.iter().map(|r| (r.addr, *r)).collect();
     for (&addr, bits) in bits {
         let r = all.entry(addr).or_insert(TracedRegion {
             addr,

@@ -460,8 +460,8 @@ mod tests {
             };
         }
         a.unmap(300, 400).unwrap();
+        let split = a.page_ptr(600).unwrap().cast::<libc::c_void>();
         // SAFETY: our own mapping; the advice only splits the VMA.
-        let split = unsafe { a.page_ptr(600).unwrap().cast::<libc::c_void>() };
         unsafe {
             madvise(
                 NonNull::new(split).unwrap(),
