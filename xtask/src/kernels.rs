@@ -65,6 +65,8 @@ pub(crate) struct Settings {
     pub(crate) tests: Vec<String>,
     /// bzImages of the caller's own to boot too, by name.
     pub(crate) images: Vec<(String, PathBuf)>,
+    /// One host thread for every vCPU (`-accel tcg,thread=single`).
+    pub(crate) single_thread: bool,
     /// Seconds a guest may run.
     pub(crate) timeout: u64,
 }
@@ -117,7 +119,13 @@ pub(crate) fn run(ws: &Workspace, settings: &Settings) -> Result<bool> {
         say!("kernels: booting {name} ({})", image.display());
         let log = dir.join(format!("guest-{name}.log"));
         let started = Instant::now();
-        let mut result = boot(&image, &initrd, &log, Duration::from_secs(settings.timeout))?;
+        let mut result = boot(
+            &image,
+            &initrd,
+            &log,
+            settings.single_thread,
+            Duration::from_secs(settings.timeout),
+        )?;
         say!(
             "kernels: {name} done in {:.0} s; its console is in {}",
             started.elapsed().as_secs_f64(),
@@ -336,10 +344,25 @@ fn linked_libraries(exe: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Boots `image` with `initrd`, the console going to `log`, and reads the guest's lines.
-fn boot(image: &Path, initrd: &Path, log: &Path, timeout: Duration) -> Result<GuestResult> {
+/// With `single_thread`, qemu runs both vCPUs on one host thread: slower, but a kernel's
+/// cross-modifying code (text_poke_bp enabling a tracepoint) cannot meet a stale translation
+/// on the other vCPU.
+fn boot(
+    image: &Path,
+    initrd: &Path,
+    log: &Path,
+    single_thread: bool,
+    timeout: Duration,
+) -> Result<GuestResult> {
     let console = fs::File::create(log)?;
+    let accel = if single_thread {
+        "tcg,thread=single"
+    } else {
+        "tcg"
+    };
     let mut child = Command::new("qemu-system-x86_64")
         .args(["-machine", "q35", "-cpu", "max", "-smp", "2", "-m", "4096"])
+        .args(["-accel", accel])
         .arg("-kernel")
         .arg(image)
         .arg("-initrd")

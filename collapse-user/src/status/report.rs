@@ -32,7 +32,7 @@ pub(super) fn render(status: &Status) -> String {
         (
             "minimum kernel".to_owned(),
             format!(
-                "{min_major}.{min_minor} ({}; checked against 6.1, 6.6, 6.12 and 6.18, tested on 6.18)",
+                "{min_major}.{min_minor} ({}; checked against 6.1, 6.6, 6.12 and 6.18, tested on each)",
                 if status.kernel_supported() {
                     "this one is newer"
                 } else {
