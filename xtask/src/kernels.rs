@@ -86,12 +86,13 @@ pub(crate) fn run(ws: &Workspace, settings: &Settings) -> Result<bool> {
     setup::apt_install(ws, &HOST_PACKAGES)?;
     let dir = ws.target_dir().join("kernels");
     fs::create_dir_all(&dir)?;
-    // With images of the caller's own and no --kernel, only those boot.
-    let debian_too = settings.images.is_empty() || !settings.kernels.is_empty();
+    // Debian's kernels named with --kernel; without it all of them, unless images were given.
     let kernels: Vec<Kernel> = KERNELS
         .into_iter()
-        .filter(|_| debian_too)
-        .filter(|k| settings.kernels.is_empty() || settings.kernels.iter().any(|n| n == k.name))
+        .filter(|k| match settings.kernels.is_empty() {
+            true => settings.images.is_empty(),
+            false => settings.kernels.iter().any(|n| n == k.name),
+        })
         .collect();
     if kernels.is_empty() && settings.images.is_empty() {
         bail!(

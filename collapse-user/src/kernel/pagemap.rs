@@ -410,7 +410,7 @@ impl PagemapReader {
         let offset = (span.start >> PAGE_SHIFT) * 8;
         self.pagemap
             .read_exact_at(&mut buf, offset)
-            .map_err(|e| self.read_error(&self.pagemap_path.clone(), e))?;
+            .map_err(|e| self.pagemap_read_error(e))?;
         for (k, chunk) in buf.chunks_exact(8).enumerate() {
             let addr = span.start + k as u64 * PAGE_SIZE;
             if let Ok(r) = regions.binary_search(&(addr & PMD_MASK)) {
@@ -465,7 +465,7 @@ impl PagemapReader {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.read_error(Path::new(KPAGEFLAGS), e)),
+                Err(e) => return Err(open_error(self.pid, Path::new(KPAGEFLAGS), e)),
             }
         }
         Ok(buf
@@ -478,16 +478,14 @@ impl PagemapReader {
             .collect())
     }
 
-    fn read_error(&self, path: &Path, e: io::Error) -> PagemapError {
+    fn pagemap_read_error(&self, e: io::Error) -> PagemapError {
         // pagemap_read() returns 0 once the mm this file was opened on has no users: the
         // process exited (a zombie, not yet reaped, still has its /proc entry: a traced
         // command ending while it is read) or exec'd. Nothing of that mm is left to read.
-        let gone =
-            e.kind() == io::ErrorKind::UnexpectedEof || e.raw_os_error() == Some(libc::ESRCH);
-        if gone && path != Path::new(KPAGEFLAGS) {
+        if e.kind() == io::ErrorKind::UnexpectedEof || e.raw_os_error() == Some(libc::ESRCH) {
             return PagemapError::NoProcess { pid: self.pid };
         }
-        open_error(self.pid, path, e)
+        open_error(self.pid, &self.pagemap_path, e)
     }
 
     /// `PAGEMAP_SCAN` over `range`: the runs whose categories intersect `anyof` (if non-zero)

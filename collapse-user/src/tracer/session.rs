@@ -891,15 +891,12 @@ impl Session {
         }
         let named = self.target.ends_with_its_processes();
         for (tgid, bits) in last {
-            let Some(seen) = self.ended_regions.get(&tgid) else {
-                if named {
-                    self.keep_ended(tgid, last_state(&[], &bits));
-                }
+            let seen = self.ended_regions.get(&tgid);
+            if seen.is_none() && !named {
                 continue;
-            };
-            let regions = last_state(seen, &bits);
-            self.ended_count = self.ended_count - seen.len() + regions.len();
-            self.ended_regions.insert(tgid, regions);
+            }
+            let regions = last_state(seen.map_or(&[], Vec::as_slice), &bits);
+            self.keep_ended(tgid, regions);
         }
         Ok(())
     }
